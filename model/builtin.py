@@ -1,0 +1,101 @@
+"""A small encoder that needs no pretrained weights: log-mel, a few convolutions, a few transformer
+layers, on the same 20 ms grid as WavLM. It trains from scratch on a CPU and powers the bundled model.
+
+Padding never leaks into valid frames: frames past an item's end are zeroed before every convolution
+(exactly what zero padding of the unpadded item gives) and masked out of attention, so a padded batch
+gives each item the frames it would get alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import EncoderConfig
+from .encoders import LayerMix, frame_lengths, length_mask
+from .frames import FRAME_STRIDE_SAMPLES, RECEPTIVE_FIELD_SAMPLES, SAMPLE_RATE_HZ
+
+N_FFT = 512
+"""FFT size; the 400-sample window is zero-padded to it."""
+
+
+def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate_hz: int = SAMPLE_RATE_HZ) -> torch.Tensor:
+    """Triangular HTK-mel filters, shape ``(n_fft // 2 + 1, n_mels)``."""
+    def hz_to_mel(f):
+        return 2595.0 * math.log10(1.0 + f / 700.0)
+
+    mel_points = torch.linspace(hz_to_mel(20.0), hz_to_mel(sample_rate_hz / 2), n_mels + 2)
+    hz_points = 700.0 * (10 ** (mel_points / 2595.0) - 1.0)
+    bins = torch.linspace(0, sample_rate_hz / 2, n_fft // 2 + 1)
+    lower, centre, upper = hz_points[:-2], hz_points[1:-1], hz_points[2:]
+    up = (bins[:, None] - lower[None]) / (centre - lower)[None]
+    down = (upper[None] - bins[:, None]) / (upper - centre)[None]
+    return torch.clamp(torch.minimum(up, down), min=0.0)
+
+
+class LogMel(nn.Module):
+    """Waveform (B, N) -> log-mel (B, T, n_mels) with T = floor((N - 400) / 320) + 1, no centring."""
+
+    def __init__(self, n_mels: int) -> None:
+        super().__init__()
+        self.register_buffer("window", torch.hann_window(RECEPTIVE_FIELD_SAMPLES), persistent=False)
+        self.register_buffer("fbank", mel_filterbank(n_mels), persistent=False)
+
+    def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
+        frames = waveforms.float().unfold(1, RECEPTIVE_FIELD_SAMPLES, FRAME_STRIDE_SAMPLES)  # (B, T, 400)
+        spec = torch.fft.rfft(frames * self.window, n=N_FFT).abs().pow(2)  # (B, T, 257)
+        return torch.log(spec @ self.fbank + 1e-6)  # (B, T, n_mels)
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(dim, dim, kernel_size=5, padding=2)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = x * valid[..., None]
+        y = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, H)
+        return x + self.drop(torch.nn.functional.gelu(self.norm(y)))
+
+
+class BuiltinEncoder(nn.Module):
+    """Log-mel -> per-frame LayerNorm -> linear -> conv blocks -> transformer layers; softmax layer mix."""
+
+    downsample_rate = FRAME_STRIDE_SAMPLES
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__()
+        self.dim = cfg.dim
+        self.frontend = LogMel(cfg.n_mels)
+        self.in_norm = nn.LayerNorm(cfg.n_mels)
+        self.in_proj = nn.Linear(cfg.n_mels, cfg.dim)
+        self.convs = nn.ModuleList(ConvBlock(cfg.dim, cfg.dropout) for _ in range(cfg.conv_layers))
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                cfg.dim, cfg.heads, 2 * cfg.dim, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+            )
+            for _ in range(cfg.transformer_layers)
+        )
+        self.mix = LayerMix(1 + cfg.conv_layers + cfg.transformer_layers)
+        if cfg.freeze == "all":
+            self.requires_grad_(False)
+            self.mix.requires_grad_(True)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``waveforms`` (B, N), ``lengths`` (B,) samples -> hidden (B, T, H), frame lengths (B,)."""
+        n_frames = frame_lengths(lengths)
+        x = self.in_proj(self.in_norm(self.frontend(waveforms)))  # (B, T, H)
+        valid = length_mask(n_frames, x.shape[1]).to(x.dtype)
+        hidden = [x * valid[..., None]]
+        for block in self.convs:
+            x = block(x, valid)
+            hidden.append(x * valid[..., None])
+        pad = valid == 0
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=pad)
+            hidden.append(x * valid[..., None])
+        return self.mix(hidden), n_frames

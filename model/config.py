@@ -1,0 +1,150 @@
+"""The model's configuration: everything needed to rebuild it, saved as ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LABELS = ("angry", "happy", "neutral", "sad")
+"""The four-class set of both papers (IEMOCAP, with excited merged into happy)."""
+
+POOLINGS = ("gap", "sap", "sr")
+FREEZE_MODES = ("none", "cnn", "all")
+ENCODER_KINDS = ("hf", "builtin")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderConfig:
+    """Which encoder makes the 20 ms frames.
+
+    ``kind="hf"``: a Hugging Face wav2vec2 / HuBERT / WavLM, from ``name`` (hub id or local folder) or,
+    when ``hf_config`` is given, rebuilt from that config dict with no download (how checkpoints load).
+    ``kind="builtin"``: the small log-mel encoder of :mod:`serlive.model.builtin`, sized by ``dim``,
+    ``conv_layers``, ``transformer_layers`` and ``heads``.
+    """
+
+    kind: str = "builtin"
+    name: str = ""
+    hf_config: dict | None = None
+    freeze: str = "cnn"
+    dim: int = 128
+    n_mels: int = 64
+    conv_layers: int = 2
+    transformer_layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _choice("encoder.kind", self.kind, ENCODER_KINDS)
+        _choice("encoder.freeze", self.freeze, FREEZE_MODES)
+        if self.kind == "hf" and not self.name and self.hf_config is None:
+            raise ConfigError("encoder.name must be a hub id or a local folder when encoder.kind is 'hf'")
+        for name in ("dim", "n_mels", "heads"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"encoder.{name} must be positive")
+        if self.kind == "builtin" and self.dim % self.heads:
+            raise ConfigError("encoder.dim must be divisible by encoder.heads")
+
+
+@dataclass(frozen=True, slots=True)
+class VadConfig:
+    """WebRTC VAD settings used to build the SAP speech mask."""
+
+    mode: int = 3
+    frame_ms: int = 30
+
+    def __post_init__(self) -> None:
+        _choice("vad.mode", self.mode, (0, 1, 2, 3))
+        _choice("vad.frame_ms", self.frame_ms, (10, 20, 30))
+
+
+@dataclass(frozen=True, slots=True)
+class KnnConfig:
+    """kNN interpolation at inference: ``p = alpha * p_knn + (1 - alpha) * p_model``."""
+
+    k: int = 8
+    alpha: float = 0.0
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ConfigError("knn.k must be at least 1")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError("knn.alpha must lie in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError("knn.temperature must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """Everything that rebuilds a SER model: encoder, pooling, heads, labels, VAD and input limits."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    pooling: str = "sr"
+    labels: tuple[str, ...] = DEFAULT_LABELS
+    embed_dim: int = 32
+    sap_heads: int = 4
+    dimensional: bool = True
+    vad: VadConfig = field(default_factory=VadConfig)
+    knn: KnnConfig = field(default_factory=KnnConfig)
+    max_duration_s: float = 19.0
+    description: str = ""
+    license: str = ""
+
+    def __post_init__(self) -> None:
+        _choice("pooling", self.pooling, POOLINGS)
+        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+            raise ConfigError("labels must be at least two distinct names")
+        if self.embed_dim <= 0 or self.sap_heads <= 0:
+            raise ConfigError("embed_dim and sap_heads must be positive")
+        if self.max_duration_s <= 0:
+            raise ConfigError("max_duration_s must be positive")
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """Build from a plain dict (as in config.json or a TOML table); unknown keys are an error."""
+        data = dict(data)
+        sub = {"encoder": EncoderConfig, "vad": VadConfig, "knn": KnnConfig}
+        for key, klass in sub.items():
+            if key in data:
+                data[key] = _build(klass, data[key], key)
+        if "labels" in data:
+            data["labels"] = tuple(data["labels"])
+        return _build(cls, data, "model")
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "ModelConfig":
+        with open(path, "rb") as fh:
+            table = tomllib.load(fh)
+        return cls.from_dict(table.get("model", table))
+
+
+def _build(klass, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table, not {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+    try:
+        return klass(**data)
+    except TypeError as exc:
+        raise ConfigError(f"bad value in {where}: {exc}") from exc
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, not {value!r}")

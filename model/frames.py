@@ -1,0 +1,80 @@
+"""The one frame grid every encoder in ser-live produces, and the speech mask on it.
+
+Frame ``t`` covers samples ``[320 t, 320 t + 400)`` at 16 kHz: 20 ms stride, 25 ms receptive field,
+the grid of wav2vec2 / HuBERT / WavLM's CNN front end. Training, evaluation and streaming all call
+:func:`speech_mask`, so the features a model was trained on never differ from the ones it sees live.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SAMPLE_RATE_HZ = 16_000
+"""Every waveform is resampled to this rate before it reaches an encoder."""
+
+FRAME_STRIDE_SAMPLES = 320
+"""Encoder frame hop: 20 ms at 16 kHz."""
+
+RECEPTIVE_FIELD_SAMPLES = 400
+"""Samples one encoder frame sees: 25 ms at 16 kHz."""
+
+VAD_FRAME_MS = (10, 20, 30)
+"""Frame durations WebRTC VAD accepts."""
+
+
+def num_frames(n_samples: int) -> int:
+    """Encoder frames for ``n_samples`` samples: ``floor((N - 400) / 320) + 1``, or 0 below 400."""
+    if n_samples < RECEPTIVE_FIELD_SAMPLES:
+        return 0
+    return (n_samples - RECEPTIVE_FIELD_SAMPLES) // FRAME_STRIDE_SAMPLES + 1
+
+
+def frame_samples(frame_ms: int, sample_rate_hz: int = SAMPLE_RATE_HZ) -> int:
+    """Samples in one VAD frame; rejects durations WebRTC VAD does not accept."""
+    if frame_ms not in VAD_FRAME_MS:
+        raise ValueError(f"VAD frames must be 10, 20 or 30 ms, not {frame_ms} ms")
+    return sample_rate_hz * frame_ms // 1000
+
+
+def vad_flags(waveform: np.ndarray, mode: int = 3, frame_ms: int = 30) -> np.ndarray:
+    """Run WebRTC VAD over a 16 kHz mono waveform, one decision per ``frame_ms`` frame.
+
+    The last, partial frame is zero-padded, so ``ceil(N / frame)`` decisions come back (bool).
+    """
+    import webrtcvad
+
+    if mode not in (0, 1, 2, 3):
+        raise ValueError(f"VAD aggressiveness must be 0, 1, 2 or 3, not {mode}")
+    hop = frame_samples(frame_ms)
+    pcm = to_pcm16(waveform)
+    n_vad = -(-len(pcm) // hop)
+    pcm = np.pad(pcm, (0, n_vad * hop - len(pcm)))
+    vad = webrtcvad.Vad(mode)
+    frames = pcm.reshape(n_vad, hop)
+    return np.fromiter((vad.is_speech(f.tobytes(), SAMPLE_RATE_HZ) for f in frames), bool, n_vad)
+
+
+def mask_from_vad(flags: np.ndarray, vad_frame_samples: int, n_samples: int) -> np.ndarray:
+    """Map VAD decisions onto the encoder grid: frame t is speech when the VAD frame holding its
+    centre sample ``320 t + 200`` is speech. Returns ``num_frames(n_samples)`` booleans."""
+    centres = np.arange(num_frames(n_samples)) * FRAME_STRIDE_SAMPLES + RECEPTIVE_FIELD_SAMPLES // 2
+    idx = centres // vad_frame_samples
+    flags = np.asarray(flags, bool)
+    out = np.zeros(len(centres), bool)
+    inside = idx < len(flags)
+    out[inside] = flags[idx[inside]]
+    return out
+
+
+def speech_mask(waveform: np.ndarray, mode: int = 3, frame_ms: int = 30) -> np.ndarray:
+    """Speech mask of a 16 kHz mono waveform on the encoder frame grid, shape ``(num_frames(N),)``."""
+    waveform = np.asarray(waveform)
+    return mask_from_vad(vad_flags(waveform, mode, frame_ms), frame_samples(frame_ms), len(waveform))
+
+
+def to_pcm16(waveform: np.ndarray) -> np.ndarray:
+    """Float in [-1, 1] (or already int16) to int16 PCM, clipping out-of-range samples."""
+    waveform = np.asarray(waveform)
+    if waveform.dtype == np.int16:
+        return waveform
+    return (np.clip(waveform, -1.0, 1.0) * 32767.0).astype(np.int16)

@@ -1,0 +1,65 @@
+"""Utterance pooling: GAP over valid frames, SAP over speech frames, and SR = [GAP; SAP].
+
+SAP (Hyeon et al., Interspeech 2024, eq. 4-5): multi-head self-attention among the speech frames only
+(every other frame is masked out as a key), then the mean of the attended speech frames.
+
+No speech at all: when the VAD marks no frame of an item as speech, SAP is undefined (attention over
+an empty set). ser-live then treats every valid frame as speech for that item, so SAP equals
+"MHSA + mean over all frames": finite, and as close to GAP's view of the utterance as SAP gets.
+Predictions report ``speech_frames == 0`` so callers can tell.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` (B, T, H) over frames where ``mask`` (B, T) is True -> (B, H); 0 for empty rows."""
+    m = mask.to(x.dtype)[..., None]
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def effective_speech_mask(speech: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The speech frames SAP pools: ``speech & valid``, or all valid frames where that is empty."""
+    speech = speech & valid
+    empty = ~speech.any(dim=1, keepdim=True)
+    return torch.where(empty, valid, speech)
+
+
+class SegmentalPooling(nn.Module):
+    """SAP: MHSA over speech frames (key padding mask), then their mean. (B, T, H) -> (B, H)."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            heads = 1
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor, speech: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        keep = effective_speech_mask(speech, valid)
+        # Zero the non-speech frames too: their queries are computed but never pooled, and zeroing
+        # keeps a NaN or inf that came from non-speech audio from reaching the speech frames.
+        x = x * keep[..., None].to(x.dtype)
+        h, _ = self.attn(x, x, x, key_padding_mask=~keep, need_weights=False)  # (B, T, H)
+        return masked_mean(h, keep)
+
+
+class Pooling(nn.Module):
+    """``gap``, ``sap`` or ``sr`` (concat) pooling of encoder frames; ``out_dim`` is H or 2H."""
+
+    def __init__(self, mode: str, dim: int, heads: int) -> None:
+        super().__init__()
+        self.mode = mode
+        self.sap = SegmentalPooling(dim, heads) if mode in ("sap", "sr") else None
+        self.out_dim = 2 * dim if mode == "sr" else dim
+
+    def forward(self, x: torch.Tensor, speech: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, T, H); ``speech``, ``valid`` (B, T) bool -> (B, out_dim)."""
+        parts = []
+        if self.mode in ("gap", "sr"):
+            parts.append(masked_mean(x, valid))
+        if self.sap is not None:
+            parts.append(self.sap(x, speech, valid))
+        return torch.cat(parts, dim=-1)

@@ -1,0 +1,58 @@
+"""The SER model: encoder -> pooling (GAP / SAP / SR) -> 32-d embedding -> classifier and regressors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .encoders import build_encoder, length_mask
+from .pooling import Pooling
+
+
+@dataclass(frozen=True, slots=True)
+class SEROutput:
+    """One forward pass. ``logits`` (B, C); ``embedding`` (B, D); ``dims`` (B, 2) valence, arousal or None."""
+
+    logits: torch.Tensor
+    embedding: torch.Tensor
+    dims: torch.Tensor | None
+    speech_frames: torch.Tensor
+
+
+class SERModel(nn.Module):
+    """Encoder, pooling and heads of Hyeon et al. (2024), with the 32-d projection used by SCL and kNN."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = build_encoder(config.encoder)
+        self.pooling = Pooling(config.pooling, self.encoder.dim, config.sap_heads)
+        self.project = nn.Linear(self.pooling.out_dim, config.embed_dim)
+        self.classifier = nn.Linear(config.embed_dim, len(config.labels))
+        self.regressor = nn.Linear(config.embed_dim, 2) if config.dimensional else None
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor) -> SEROutput:
+        """``waveforms`` (B, N) float at 16 kHz, ``lengths`` (B,) samples, ``speech`` (B, T') bool mask on
+        the frame grid (T' >= the longest item's frame count; extra columns are ignored)."""
+        hidden, n_frames = self.encoder(waveforms, lengths)
+        return self.forward_frames(hidden, n_frames, speech)
+
+    def forward_frames(self, hidden: torch.Tensor, n_frames: torch.Tensor, speech: torch.Tensor) -> SEROutput:
+        """Heads on precomputed encoder frames ``hidden`` (B, T, H) (for cached-feature training)."""
+        t = hidden.shape[1]
+        valid = length_mask(n_frames, t)
+        speech = _fit(speech.to(torch.bool), t) & valid
+        pooled = self.pooling(hidden, speech, valid)
+        emb = self.project(pooled)  # (B, D)
+        dims = self.regressor(emb) if self.regressor is not None else None
+        return SEROutput(self.classifier(emb), emb, dims, speech.sum(1))
+
+
+def _fit(mask: torch.Tensor, t: int) -> torch.Tensor:
+    """Crop or right-pad (with False) a (B, T') mask to (B, t)."""
+    if mask.shape[1] >= t:
+        return mask[:, :t]
+    return torch.nn.functional.pad(mask, (0, t - mask.shape[1]), value=False)

@@ -1,0 +1,175 @@
+"""The typed events the engine emits and every sink (TUI, WebSocket, JSON lines) consumes.
+
+Times are integer sample indices on the stream's capture clock (16 kHz); the ``*_s`` values in JSON are
+derived from them. ``to_json()`` gives the wire form of protocol version :data:`PROTOCOL_VERSION`,
+described by ``protocol.schema.json`` next to this file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+PROTOCOL_VERSION = 1
+"""Bumped on any change a v1 client could misread."""
+
+SAMPLE_RATE_HZ = 16_000
+
+
+def _s(samples: int) -> float:
+    return round(samples / SAMPLE_RATE_HZ, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    type: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict:
+        return {"type": self.type, **dataclasses.asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Event):
+    """Sent first on every connection."""
+
+    type: ClassVar[str] = "hello"
+    protocol: int
+    labels: tuple[str, ...]
+    model: str
+    sample_rate_hz: int
+    streams: tuple[str, ...]
+    dimensional: bool
+    device: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus(Event):
+    """A stream (local source or remote client) started or ended (``state``: "started" | "ended")."""
+
+    type: ClassVar[str] = "stream"
+    stream: str
+    state: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Span(Event):
+    stream: str
+    segment: int
+    start_sample: int
+    end_sample: int
+
+    def to_dict(self) -> dict:
+        d = Event.to_dict(self)
+        d["start_s"], d["end_s"] = _s(self.start_sample), _s(self.end_sample)
+        return d
+
+    @property
+    def start_s(self) -> float:
+        return self.start_sample / SAMPLE_RATE_HZ
+
+    @property
+    def end_s(self) -> float:
+        return self.end_sample / SAMPLE_RATE_HZ
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStart(_Span):
+    """Speech started; ``end_sample`` is where the segmenter decided (start plus pre-roll window)."""
+
+    type: ClassVar[str] = "segment_start"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEnd(_Span):
+    """Speech ended; ``reason``: "silence", "max_duration" or "end_of_input"; ``dropped`` if too short."""
+
+    type: ClassVar[str] = "segment_end"
+    reason: str = "silence"
+    dropped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionEvent(_Span):
+    """A prediction for ``[start_sample, end_sample)``: interim while the segment is open, final after."""
+
+    type: ClassVar[str] = "prediction"
+    final: bool = False
+    label: str = ""
+    probs: dict[str, float] = field(default_factory=dict)
+    confidence: float = 0.0
+    valence: float | None = None
+    arousal: float | None = None
+    knn: bool = False
+    latency_ms: float = 0.0
+    speech_frames: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class State(Event):
+    """The stream's rolling current state: time-weighted smoothing of recent final predictions."""
+
+    type: ClassVar[str] = "state"
+    stream: str
+    label: str | None
+    probs: dict[str, float]
+    valence: float | None
+    arousal: float | None
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class Level(Event):
+    """Input level (dBFS) and whether the VAD hears speech, a few times a second per stream."""
+
+    type: ClassVar[str] = "level"
+    stream: str
+    sample: int
+    db: float
+    speech: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(Event):
+    """Engine health, about once a second."""
+
+    type: ClassVar[str] = "stats"
+    rtf: float
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    queue_depth: int
+    dropped_audio_s: float
+    device: str
+    clients: int
+    streams: int
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Event):
+    """Something went wrong that a client should know about (``code`` is a short identifier)."""
+
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+    stream: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (Hello, StreamStatus, SegmentStart, SegmentEnd, PredictionEvent, State, Level, Stats, Error)
+}
+
+
+def from_dict(data: dict) -> Event:
+    """Rebuild an event from its wire dict (the TUI's ``--connect`` mode uses this)."""
+    cls = EVENT_TYPES[data["type"]]
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in data.items() if k in names}
+    for key in ("labels", "streams"):
+        if key in kwargs:
+            kwargs[key] = tuple(kwargs[key])
+    return cls(**kwargs)

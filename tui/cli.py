@@ -1,0 +1,21 @@
+"""``ser-live``: the composition root. The TUI is the outermost room, so the command lives here and
+hands everything but the screen to :mod:`serlive.stream.cli`."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from serlive.stream import cli as stream_cli
+
+    args = stream_cli.parse_args(argv)
+    if stream_cli.wants_tui(args):
+        from .app import run_tui
+
+        return run_tui(args)
+    return stream_cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
