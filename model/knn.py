@@ -28,10 +28,11 @@ def interpolate(p_model: np.ndarray, p_knn: np.ndarray, alpha: float) -> np.ndar
 class KnnDatastore:
     """An exact faiss index over normalised embeddings ``(N, D)`` with integer labels ``(N,)``."""
 
-    def __init__(self, embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    def __init__(self, embeddings: np.ndarray, labels: np.ndarray, num_classes: int, normalise: bool = True) -> None:
         import faiss
 
-        keys = l2_normalise(embeddings)
+        # Re-normalising stored keys would move them by an ulp; loading passes normalise=False.
+        keys = l2_normalise(embeddings) if normalise else np.ascontiguousarray(embeddings, np.float32)
         labels = np.asarray(labels, np.int64)
         if keys.ndim != 2 or len(keys) != len(labels) or len(keys) == 0:
             raise ValueError("a kNN datastore needs a non-empty (N, D) array and N labels")
@@ -79,4 +80,4 @@ class KnnDatastore:
 
         with safe_open(str(path), framework="numpy") as fh:
             meta = fh.metadata() or {}
-            return cls(fh.get_tensor("keys"), fh.get_tensor("labels"), int(meta["num_classes"]))
+            return cls(fh.get_tensor("keys"), fh.get_tensor("labels"), int(meta["num_classes"]), normalise=False)

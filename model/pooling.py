@@ -17,8 +17,9 @@ from torch import nn
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``x`` (B, T, H) over frames where ``mask`` (B, T) is True -> (B, H); 0 for empty rows."""
-    m = mask.to(x.dtype)[..., None]
-    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+    m = mask[..., None]
+    total = torch.where(m, x, torch.zeros((), dtype=x.dtype, device=x.device)).sum(1)
+    return total / m.sum(1).clamp(min=1).to(x.dtype)
 
 
 def effective_speech_mask(speech: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -41,7 +42,7 @@ class SegmentalPooling(nn.Module):
         keep = effective_speech_mask(speech, valid)
         # Zero the non-speech frames too: their queries are computed but never pooled, and zeroing
         # keeps a NaN or inf that came from non-speech audio from reaching the speech frames.
-        x = x * keep[..., None].to(x.dtype)
+        x = torch.where(keep[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         h, _ = self.attn(x, x, x, key_padding_mask=~keep, need_weights=False)  # (B, T, H)
         return masked_mean(h, keep)
 

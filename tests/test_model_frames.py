@@ -1,0 +1,70 @@
+"""The frame grid and the one speech-mask function."""
+
+import numpy as np
+import pytest
+import torch
+
+from serlive.model import EncoderConfig, ModelConfig, SERModel
+from serlive.model.frames import frame_samples, mask_from_vad, num_frames, speech_mask, vad_flags
+from tests.signals import voiced
+
+LENGTHS = [6400, 6401, 6719, 6720, 6721, 16_000, 33_333, 80_000, 160_000, 479_999, 480_000]
+"""0.4 s to 30 s, including values either side of a frame boundary."""
+
+
+def test_num_frames_matches_hf_conv_stack(tiny_wavlm_dir):
+    from transformers import WavLMModel
+
+    hf = WavLMModel.from_pretrained(tiny_wavlm_dir)
+    for n in list(range(400, 20_000, 97)) + LENGTHS:
+        assert num_frames(n) == int(hf._get_feat_extract_output_lengths(torch.tensor(n)))
+    assert num_frames(399) == 0 and num_frames(0) == 0
+
+
+@pytest.mark.parametrize("n", LENGTHS)
+def test_mask_length_equals_builtin_encoder_frames(n):
+    wave = np.random.default_rng(n).standard_normal(n).astype(np.float32) * 0.01
+    mask = speech_mask(wave)
+    model = SERModel(ModelConfig(encoder=EncoderConfig(dim=16, heads=2, conv_layers=1, transformer_layers=1))).eval()
+    with torch.no_grad():
+        hidden, n_frames = model.encoder(torch.from_numpy(wave)[None], torch.tensor([n]))
+    assert len(mask) == num_frames(n) == hidden.shape[1] == int(n_frames[0])
+
+
+def test_mask_length_equals_wavlm_frames(tiny_wavlm_dir):
+    from transformers import WavLMModel
+
+    hf = WavLMModel.from_pretrained(tiny_wavlm_dir).eval()
+    for n in (6400, 16_000, 48_321):
+        wave = torch.randn(1, n) * 0.01
+        with torch.no_grad():
+            t = hf(wave).last_hidden_state.shape[1]
+        assert len(speech_mask(wave[0].numpy())) == t
+
+
+def test_mask_from_vad_uses_frame_centres():
+    # 30 ms VAD frames (480 samples); encoder frame t has its centre at 320 t + 200.
+    flags = np.array([0, 1, 0, 1], bool)
+    n = 4 * 480
+    mask = mask_from_vad(flags, 480, n)
+    centres = np.arange(num_frames(n)) * 320 + 200
+    assert mask.tolist() == [bool(flags[c // 480]) for c in centres]
+
+
+def test_speech_mask_finds_voiced_island_to_the_vad_frame():
+    sr = 16_000
+    wave = np.concatenate([np.zeros(sr, np.float32), voiced(1.5), np.zeros(sr, np.float32)])
+    mask = speech_mask(wave, mode=3, frame_ms=30)
+    speech_frames = np.flatnonzero(mask)
+    start_s, end_s = speech_frames[0] * 0.02, speech_frames[-1] * 0.02 + 0.025
+    # WebRTC VAD holds speech on for a few frames after it stops (its hang-over): allow 150 ms.
+    assert abs(start_s - 1.0) <= 0.05 and 0.0 <= end_s - 2.5 <= 0.15
+    assert not mask[: int(0.9 / 0.02)].any() and not mask[int(2.7 / 0.02):].any()
+    assert (mask == mask_from_vad(vad_flags(wave, 3, 30), 480, len(wave))).all()
+
+
+def test_vad_rejects_bad_settings():
+    with pytest.raises(ValueError, match="10, 20 or 30"):
+        frame_samples(25)
+    with pytest.raises(ValueError, match="aggressiveness"):
+        vad_flags(np.zeros(1600, np.float32), mode=4)

@@ -1,0 +1,86 @@
+"""GAP / SAP / SR pooling against the paper's definitions."""
+
+import numpy as np
+import pytest
+import torch
+
+from serlive.model import EncoderConfig, ModelConfig, SERModel
+from serlive.model.pooling import Pooling, SegmentalPooling, masked_mean
+
+
+def _frames(b=3, t=40, h=16):
+    x = torch.randn(b, t, h)
+    valid = torch.zeros(b, t, dtype=torch.bool)
+    for i, n in enumerate((40, 31, 12)[:b]):
+        valid[i, :n] = True
+    speech = torch.rand(b, t) > 0.5
+    return x, speech, valid
+
+
+def test_sap_ignores_non_speech_frames_whatever_they_hold():
+    sap = SegmentalPooling(16, 4).eval()
+    x, speech, valid = _frames()
+    ref = sap(x, speech, valid)
+    for filler in (torch.randn_like(x) * 100, torch.zeros_like(x), torch.full_like(x, float("nan"))):
+        y = torch.where((speech & valid)[..., None], x, filler)
+        torch.testing.assert_close(sap(y, speech, valid), ref, rtol=0, atol=1e-6)
+
+
+def test_sap_equals_mhsa_over_the_gathered_speech_frames():
+    # Eq. 4-5 transcribed directly: g = speech frames, h = MHSA(g), SAP = mean(h).
+    sap = SegmentalPooling(16, 4).eval()
+    x, speech, valid = _frames()
+    got = sap(x, speech, valid)
+    for i in range(x.shape[0]):
+        g = x[i][speech[i] & valid[i]][None]
+        h, _ = sap.attn(g, g, g, need_weights=False)
+        torch.testing.assert_close(got[i], h[0].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_sap_without_speech_falls_back_to_all_valid_frames():
+    sap = SegmentalPooling(16, 4).eval()
+    x, _, valid = _frames()
+    none = torch.zeros_like(valid)
+    out = sap(x, none, valid)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, sap(x, valid, valid))
+
+
+def test_gap_of_padded_batch_equals_each_item_alone():
+    x, speech, valid = _frames()
+    x = torch.where(valid[..., None], x, torch.randn_like(x) * 1e3)  # padding holds garbage
+    got = masked_mean(x, valid)
+    for i in range(3):
+        n = int(valid[i].sum())
+        torch.testing.assert_close(got[i], x[i, :n].mean(0))
+
+
+@pytest.mark.parametrize("mode,dim", [("gap", 16), ("sap", 16), ("sr", 32)])
+def test_pooling_modes_shapes(mode, dim):
+    x, speech, valid = _frames()
+    assert Pooling(mode, 16, 4)(x, speech, valid).shape == (3, dim)
+
+
+def _padded_vs_single(model, lengths):
+    waves = [torch.randn(n) * 0.1 for n in lengths]
+    n = max(lengths)
+    batch = torch.zeros(len(waves), n)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    t = (n - 400) // 320 + 1
+    speech = torch.rand(len(waves), t) > 0.3
+    with torch.no_grad():
+        out = model(batch, torch.tensor(lengths), speech)
+        for i, w in enumerate(waves):
+            one = model(w[None], torch.tensor([len(w)]), speech[i : i + 1])
+            torch.testing.assert_close(out.embedding[i], one.embedding[0], rtol=1e-4, atol=1e-4)
+
+
+def test_builtin_model_padded_batch_equals_items_alone():
+    model = SERModel(ModelConfig(encoder=EncoderConfig(dim=32, heads=4))).eval()
+    _padded_vs_single(model, [16_000, 9_000, 23_456])
+
+
+def test_wavlm_model_padded_batch_equals_items_alone(tiny_wavlm_dir):
+    model = SERModel(ModelConfig(encoder=EncoderConfig(kind="hf", name=str(tiny_wavlm_dir)))).eval()
+    _padded_vs_single(model, [16_000, 9_000, 23_456])
