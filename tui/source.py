@@ -1,0 +1,156 @@
+"""Where the monitor's events come from: the local engine, a remote WebSocket feed, or a recording.
+
+Each source is run by the app as ``await source.run(emit)``; it calls ``emit`` with engine events and
+:class:`FeedStatus` notes, returns an exit code when its input ends, and ends early on ``stop()``.
+Textual is not imported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+from serlive.stream import events as ev
+
+from .state import FeedStatus
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[ev.Event | FeedStatus], None]
+
+BACKOFF_START_S = 0.5
+"""First wait before reconnecting a dropped feed; doubled per failure up to :data:`BACKOFF_MAX_S`."""
+
+BACKOFF_MAX_S = 10.0
+
+
+class EventSource(Protocol):
+    async def run(self, emit: Emit) -> int: ...
+
+    def stop(self) -> None: ...
+
+
+class _Sink:
+    """An engine sink: ``put`` never blocks and is safe from any thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, emit: Emit) -> None:
+        self._loop, self._emit = loop, emit
+
+    def put(self, event: ev.Event) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._emit(event)
+        else:
+            self._loop.call_soon_threadsafe(self._emit, event)
+
+
+class EngineSource:
+    """The in-process engine (``serlive.stream``'s ``Engine``: ``add_sink``, ``run``, ``stop``, ``hello``)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    async def run(self, emit: Emit) -> int:
+        self.engine.add_sink(_Sink(asyncio.get_running_loop(), emit))
+        emit(FeedStatus(True, "local engine"))
+        hello = self.engine.hello()
+        if hello is not None:
+            emit(hello)
+        code = await self.engine.run()
+        emit(FeedStatus(False, "input ended — q quits"))
+        return int(code or 0)
+
+    def stop(self) -> None:
+        self.engine.stop()
+
+
+class ReplaySource:
+    """Replays a recorded event list, ``delay_s`` apart (0: as fast as the loop allows)."""
+
+    def __init__(self, events: Iterable[ev.Event], delay_s: float = 0.0, hold: bool = False) -> None:
+        self.events, self.delay_s, self.hold = list(events), delay_s, hold
+        self._stopped = asyncio.Event()
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path, **kwargs) -> ReplaySource:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return cls([ev.from_dict(json.loads(line)) for line in lines if line.strip()], **kwargs)
+
+    async def run(self, emit: Emit) -> int:
+        emit(FeedStatus(True, "replay"))
+        for event in self.events:
+            if self._stopped.is_set():
+                return 0
+            emit(event)
+            await asyncio.sleep(self.delay_s)
+        if self.hold:
+            await self._stopped.wait()
+        emit(FeedStatus(False, "input ended"))
+        return 0
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+class WebSocketSource:
+    """A remote engine's JSON feed; says when it drops and reconnects with exponential backoff."""
+
+    def __init__(self, url: str, token: str | None = None, open_timeout_s: float = 5.0) -> None:
+        self.url, self.token, self.open_timeout_s = url, token, open_timeout_s
+        self._stopped = asyncio.Event()
+
+    async def run(self, emit: Emit) -> int:
+        from websockets.asyncio.client import connect
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        backoff_s = BACKOFF_START_S
+        while not self._stopped.is_set():
+            try:
+                async with connect(
+                    self.url, additional_headers=headers, open_timeout=self.open_timeout_s, max_size=2**22
+                ) as ws:
+                    emit(FeedStatus(True, f"connected to {self.url}"))
+                    backoff_s = BACKOFF_START_S
+                    await self._pump(ws, emit)
+                reason = "feed closed"
+            except (OSError, asyncio.TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+            except Exception as exc:  # websockets' ConnectionClosed, InvalidStatus, InvalidURI, ...
+                reason = f"{type(exc).__name__}: {exc}"
+            if self._stopped.is_set():
+                break
+            log.info("feed %s lost (%s); retrying in %.1f s", self.url, reason, backoff_s)
+            emit(FeedStatus(False, f"feed lost — reconnecting in {backoff_s:g} s ({reason})"))
+            try:
+                await asyncio.wait_for(self._stopped.wait(), backoff_s)
+            except asyncio.TimeoutError:
+                pass
+            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+        return 0
+
+    async def _pump(self, ws, emit: Emit) -> None:
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            while True:
+                recv = asyncio.ensure_future(ws.recv())
+                done, _ = await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    recv.cancel()
+                    return
+                message = recv.result()
+                try:
+                    emit(ev.from_dict(json.loads(message)))
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning("skipping an unreadable feed message (%s): %.200s", exc, message)
+        finally:
+            stop.cancel()
+
+    def stop(self) -> None:
+        self._stopped.set()
