@@ -136,7 +136,13 @@ class Level(Event):
 
 @dataclass(frozen=True, slots=True)
 class Stats(Event):
-    """Engine health, about once a second."""
+    """Engine health, about once a second.
+
+    ``rtf``: model compute seconds per second of audio it predicted (finals and interims); ``load``: the
+    fraction of the last interval the model thread was busy; latencies are end of audio -> final emitted
+    over recent finals; ``dropped_audio_s``: audio the sources lost to overflow; ``skipped_interims``:
+    interim predictions not run because the stream's previous one was still in flight.
+    """
 
     type: ClassVar[str] = "stats"
     rtf: float
@@ -147,6 +153,8 @@ class Stats(Event):
     device: str
     clients: int
     streams: int
+    load: float = 0.0
+    skipped_interims: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +177,7 @@ def from_dict(data: dict) -> Event:
     cls = EVENT_TYPES[data["type"]]
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in data.items() if k in names}
-    for key in ("labels", "streams"):
-        if key in kwargs:
-            kwargs[key] = tuple(kwargs[key])
+    if cls is Hello:
+        for key in ("labels", "streams"):
+            kwargs[key] = tuple(kwargs.get(key, ()))
     return cls(**kwargs)

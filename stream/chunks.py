@@ -1,0 +1,161 @@
+"""What flows between the stages: audio chunks, VAD frames and segments, all on one integer sample clock.
+
+Every timestamp is a sample index at 16 kHz on the stream's capture clock (sample 0 is the first sample the
+source produced); seconds are derived. Also here: the two small stages every source shares, a streaming
+resampler and a rebufferer that cuts any block size into exact frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_RATE_HZ = 16_000
+"""The engine's one sample rate; every source resamples to it."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AudioChunk:
+    """``samples`` (n,) float32 mono 16 kHz, the first of which is sample ``start_sample`` of the stream."""
+
+    start_sample: int
+    samples: np.ndarray
+
+    @property
+    def end_sample(self) -> int:
+        return self.start_sample + len(self.samples)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class VadFrame:
+    """One WebRTC VAD frame (10, 20 or 30 ms) and its decision; the last frame of a stream may be short."""
+
+    start_sample: int
+    samples: np.ndarray
+    speech: bool
+
+    @property
+    def end_sample(self) -> int:
+        return self.start_sample + len(self.samples)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Segment:
+    """A closed stretch of speech.
+
+    ``start_sample`` / ``end_sample`` bound the speech the VAD heard (what events report); ``audio`` is what
+    the model sees: the speech plus pre-roll and hang-over, starting at ``audio_start_sample``.
+    ``reason`` is "silence", "max_duration" or "end_of_input"; ``dropped`` when shorter than the minimum.
+    """
+
+    id: int
+    start_sample: int
+    end_sample: int
+    audio_start_sample: int
+    audio: np.ndarray
+    reason: str
+    dropped: bool
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_sample - self.start_sample) / SAMPLE_RATE_HZ
+
+
+class Rebuffer:
+    """Cuts a stream of arbitrary-length chunks into consecutive chunks of exactly ``size`` samples."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.reset()
+
+    def reset(self) -> None:
+        self._parts: list[np.ndarray] = []
+        self._held = 0
+        self._next_start: int | None = None
+
+    def push(self, chunk: AudioChunk) -> list[AudioChunk]:
+        if self._next_start is None or self._held == 0:
+            self._next_start = chunk.start_sample
+        self._parts.append(chunk.samples)
+        self._held += len(chunk.samples)
+        if self._held < self.size:
+            return []
+        data = np.concatenate(self._parts)
+        n_full = len(data) // self.size
+        out = [AudioChunk(self._next_start + i * self.size, data[i * self.size:(i + 1) * self.size])
+               for i in range(n_full)]
+        rest = data[n_full * self.size:]
+        self._parts, self._held = ([rest] if len(rest) else []), len(rest)
+        self._next_start += n_full * self.size
+        return out
+
+    def flush(self) -> list[AudioChunk]:
+        """The short remainder, if any."""
+        if not self._held:
+            return []
+        out = [AudioChunk(self._next_start, np.concatenate(self._parts))]
+        self.reset()
+        return out
+
+
+class StreamResampler:
+    """Downmixes ``(frames, channels)`` blocks and resamples them to 16 kHz, stamping the output clock."""
+
+    def __init__(self, in_rate_hz: int, channels: int = 1) -> None:
+        self.in_rate_hz, self.channels = int(in_rate_hz), channels
+        self.reset()
+
+    def reset(self, next_sample: int = 0) -> None:
+        """Start again (e.g. after a gap), continuing the output clock at ``next_sample``."""
+        self._next = next_sample
+        self._soxr = None
+        if self.in_rate_hz != SAMPLE_RATE_HZ:
+            import soxr
+
+            self._soxr = soxr.ResampleStream(self.in_rate_hz, SAMPLE_RATE_HZ, 1, dtype="float32")
+
+    @property
+    def next_sample(self) -> int:
+        return self._next
+
+    def skip(self, n_in_frames: int) -> None:
+        """Input frames were lost (overflow): keep the clock true to capture time."""
+        self.reset(self._next + round(n_in_frames * SAMPLE_RATE_HZ / self.in_rate_hz))
+
+    def push(self, block: np.ndarray, last: bool = False) -> list[AudioChunk]:
+        mono = downmix(block)
+        if self._soxr is not None:
+            mono = self._soxr.resample_chunk(mono, last=last)
+        if not len(mono):
+            return []
+        chunk = AudioChunk(self._next, np.ascontiguousarray(mono, dtype=np.float32))
+        self._next = chunk.end_sample
+        return [chunk]
+
+    def flush(self) -> list[AudioChunk]:
+        return self.push(np.zeros(0, np.float32), last=True) if self._soxr is not None else []
+
+
+def downmix(block: np.ndarray) -> np.ndarray:
+    """``(frames,)`` or ``(frames, channels)`` float or int samples -> ``(frames,)`` float32 mono."""
+    block = np.asarray(block)
+    if block.dtype.kind == "i":
+        block = block.astype(np.float32) / float(-np.iinfo(block.dtype).min)
+    if block.ndim == 2:
+        block = block.mean(axis=1)
+    return block.astype(np.float32, copy=False)
+
+
+def pcm16_to_float(data: bytes) -> np.ndarray:
+    """Little-endian s16 PCM bytes (an odd trailing byte is ignored) -> float32 in [-1, 1)."""
+    n = len(data) // 2
+    return np.frombuffer(data[: 2 * n], dtype="<i2").astype(np.float32) / 32768.0
+
+
+def dbfs(samples: np.ndarray) -> float:
+    """RMS level in dB relative to full scale, floored at -100."""
+    if not len(samples):
+        return -100.0
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return max(-100.0, 20.0 * np.log10(rms + 1e-10))

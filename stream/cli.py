@@ -1,0 +1,253 @@
+"""Command line of ``ser-live``: argument parsing, the device string resolved here (and only here), and
+the headless run. ``serlive.tui.cli`` calls :func:`parse_args`, :func:`wants_tui` and then either the
+TUI (which uses :func:`build_engine`) or :func:`run`. Bad input is one sentence on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+"""Exit code for bad arguments, bad input files, unavailable devices."""
+
+
+class CliError(Exception):
+    """A problem with the command line or its inputs; the message is one sentence for stderr."""
+
+
+def bundled_model_dir() -> Path:
+    import serlive.model
+
+    return Path(serlive.model.__file__).parent / "pretrained" / "ravdess-builtin"
+
+
+def _common(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--model", metavar="DIR", help="model directory (default: the bundled model)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
+                    help="autocast dtype on CUDA (auto: bfloat16 where supported); the CPU runs float32")
+    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--max-batch", type=int, default=16, help="most requests in one forward pass")
+    ap.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
+    ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ser-live", description="Real-time speech emotion monitor (run `ser-live bench -h` for the benchmark).")
+    ap.add_argument("--input", action="append", metavar="SRC",
+                    help="mic (default), an audio FILE, - for s16le 16 kHz mono PCM on stdin, or none "
+                         "(only WebSocket audio); repeat for several streams")
+    ap.add_argument("--mic", metavar="NAME|INDEX", help="input device for --input mic")
+    ap.add_argument("--fast", action="store_true", help="read files as fast as possible, not in real time")
+    _common(ap)
+    ap.add_argument("--no-knn", action="store_true", help="do not apply the model's kNN datastore")
+    ap.add_argument("--vad-mode", type=int, default=2, choices=[0, 1, 2, 3], help="WebRTC VAD aggressiveness")
+    ap.add_argument("--vad-frame-ms", type=int, default=30, choices=[10, 20, 30])
+    ap.add_argument("--end-silence-ms", type=int, default=300, help="non-speech that closes a segment")
+    ap.add_argument("--min-speech-ms", type=int, default=250, help="shorter segments are dropped")
+    ap.add_argument("--max-segment-s", type=float, default=19.0, help="longer speech is force-closed")
+    ap.add_argument("--interim-ms", type=int, default=500, help="interim prediction period (0: none)")
+    ap.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT|off", help="WebSocket server")
+    ap.add_argument("--ws-token", help="token clients must send (?token= or Authorization: Bearer)")
+    ap.add_argument("--ws-max-clients", type=int, default=32)
+    ap.add_argument("--jsonl", metavar="PATH", help="write every event as JSON lines (- for stdout)")
+    ap.add_argument("--no-tui", action="store_true", help="run headless")
+    ap.add_argument("--connect", metavar="URL", help="show a running engine's WebSocket feed in the TUI")
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse ``ser-live`` arguments; ``ser-live bench ...`` gives ``command == "bench"``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench import build_parser as bench_parser
+
+        args = bench_parser().parse_args(argv[1:])
+        args.command = "bench"
+        return args
+    args = build_parser().parse_args(argv)
+    args.command = "run"
+    args.input = args.input or ["mic"]
+    return args
+
+
+def wants_tui(args: argparse.Namespace) -> bool:
+    """True for ``--connect``, or for a run on a terminal without ``--no-tui``."""
+    if args.command != "run":
+        return False
+    if args.connect:
+        return True
+    return not args.no_tui and sys.stdout.isatty()
+
+
+def resolve_device(spec: str):
+    """``auto|cpu|cuda|cuda:N`` -> ``torch.device``, or :class:`CliError` with one sentence."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    index = spec[5:] if spec.startswith("cuda:") else ""
+    if spec != "cuda" and not index.isdigit():
+        raise CliError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise CliError(f"--device {spec} asks for CUDA, but torch sees no CUDA device on this machine (use --device cpu)")
+    if index and int(index) >= torch.cuda.device_count():
+        raise CliError(f"--device {spec} asks for a CUDA device this machine lacks ({torch.cuda.device_count()} visible)")
+    return torch.device(spec)
+
+
+def resolve_dtype(name: str, device):
+    import torch
+
+    if device.type != "cuda":
+        return torch.float32
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, name)
+
+
+def load_predictor(args: argparse.Namespace, use_knn: bool = True):
+    """The Predictor for ``--model`` (or the bundled model) on ``--device``."""
+    from serlive.model import CheckpointError, Predictor
+
+    device = resolve_device(args.device)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model_dir = Path(args.model) if args.model else bundled_model_dir()
+    if not args.model and not (model_dir / "config.json").is_file():
+        raise CliError("no --model given and the bundled model is not installed")
+    try:
+        return Predictor.from_dir(model_dir, device, resolve_dtype(args.dtype, device), use_knn), model_dir
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def parse_ws(args: argparse.Namespace):
+    from .config import WsConfig
+
+    if args.ws.strip().lower() == "off":
+        return None
+    host, sep, port = args.ws.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise CliError(f"--ws must be HOST:PORT or off, not {args.ws!r}")
+    host = host.strip("[]")
+    if not _is_loopback(host) and not args.ws_token:
+        log.warning("the WebSocket server on %s accepts anyone who can reach it; consider --ws-token", host)
+    return WsConfig(host=host, port=int(port), max_clients=args.ws_max_clients, token=args.ws_token)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_sources(args: argparse.Namespace) -> list:
+    from .sources import FileSource, SourceError, StdinSource
+
+    sources = []
+    try:
+        for spec in args.input:
+            if spec == "none":
+                continue
+            if spec == "mic":
+                from .mic import MicSource
+
+                sources.append(MicSource(args.mic))
+            elif spec == "-":
+                sources.append(StdinSource())
+            else:
+                sources.append(FileSource(spec, realtime=not args.fast))
+    except SourceError as exc:
+        raise CliError(str(exc)) from exc
+    return sources
+
+
+def engine_config(args: argparse.Namespace):
+    from .config import EngineConfig, InferenceConfig, SegmenterConfig, StreamConfigError
+
+    try:
+        return EngineConfig(
+            segmenter=SegmenterConfig(vad_mode=args.vad_mode, frame_ms=args.vad_frame_ms,
+                                      end_silence_ms=args.end_silence_ms, min_speech_ms=args.min_speech_ms,
+                                      max_segment_ms=int(args.max_segment_s * 1000)),
+            inference=InferenceConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                      interim_ms=args.interim_ms),
+            ws=parse_ws(args),
+        )
+    except StreamConfigError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def build_engine(args: argparse.Namespace):
+    """The :class:`Engine` the arguments describe (sources opened, model loaded, ``--jsonl`` attached);
+    raises :class:`CliError` with one sentence on bad input."""
+    from .engine import Engine
+    from .sinks import JsonlSink
+
+    config = engine_config(args)
+    sources = build_sources(args)
+    predictor, model_dir = load_predictor(args, use_knn=not args.no_knn)
+    engine = Engine(predictor, config, sources, model_name=predictor.config.description or model_dir.name)
+    if args.jsonl:
+        try:
+            engine.add_sink(JsonlSink(args.jsonl))
+        except OSError as exc:
+            raise CliError(f"cannot write --jsonl {args.jsonl}: {exc.strerror}") from exc
+    return engine
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr, format="ser-live: %(message)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run headless (or the benchmark); returns the process exit code."""
+    setup_logging(getattr(args, "log_level", "warning"))
+    try:
+        if args.command == "bench":
+            from .bench import run_bench
+
+            return run_bench(args)
+        if args.connect:
+            raise CliError("--connect shows a remote feed in the terminal UI; drop --no-tui")
+        engine = build_engine(args)
+    except CliError as exc:
+        print(f"ser-live: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.jsonl != "-":
+        from .sinks import TextSink
+
+        engine.add_sink(TextSink())
+    return asyncio.run(_serve(engine))
+
+
+async def _serve(engine) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, engine.stop)
+        except (NotImplementedError, RuntimeError):
+            pass  # not the main thread, or Windows: Ctrl-C still raises KeyboardInterrupt
+    return await engine.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))

@@ -1,0 +1,245 @@
+"""The engine: sources -> per-stream pipelines -> one model owner -> typed events fanned out to sinks.
+
+A sink is any object with a non-blocking ``put(event)`` (and optionally ``close()``). ``await
+engine.run()`` runs until every local source has ended (when a live microphone ends, e.g. unplugged, a
+running WebSocket server keeps it serving until :meth:`Engine.stop`), flushes every segment and pending prediction, and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from serlive.model import Predictor
+
+from .chunks import SAMPLE_RATE_HZ
+from .config import EngineConfig
+from .events import PROTOCOL_VERSION, Error, Event, Hello, PredictionEvent, Stats, StreamStatus
+from .pipeline import InferenceRequest, StreamPipeline
+from .sources import Source
+from .state import LatencyWindow
+from .worker import InferenceWorker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Stream:
+    source: Source
+    pipeline: StreamPipeline
+    remote: bool
+    task: asyncio.Task | None = None
+    pending: set = field(default_factory=set)
+    interim_busy: bool = False
+    last_final: asyncio.Task | None = None
+    finalized: int = -1
+
+
+class Engine:
+    """Runs ``sources`` through VAD, segmenting and ``predictor`` (on its own worker thread)."""
+
+    def __init__(self, predictor: Predictor, config: EngineConfig = EngineConfig(),
+                 sources: list[Source] | tuple = (), model_name: str = "") -> None:
+        self.predictor, self.config = predictor, config
+        self.model_name = model_name or predictor.config.description or f"{predictor.config.encoder.kind} encoder"
+        self.worker = InferenceWorker(predictor, config.inference.max_batch, config.inference.max_wait_ms)
+        self.latency = LatencyWindow()
+        self.close_latency = LatencyWindow()  # segment closed -> final emitted: the model's share
+        self.ready = asyncio.Event()
+        self.ws = None
+        self.skipped_interims = 0
+        self._sinks: list = []
+        self._initial = list(sources)
+        self._streams: dict[str, _Stream] = {}
+        self._stop: asyncio.Event | None = None
+        self._stop_requested = False
+        self._exit_code = 0
+
+    @property
+    def device(self) -> str:
+        return str(self.predictor.device)
+
+    def add_sink(self, sink) -> None:
+        self._sinks.append(sink)
+
+    def hello(self) -> Hello:
+        cfg = self.predictor.config
+        streams = tuple(self._streams) if self._stop is not None else tuple(s.name for s in self._initial)
+        return Hello(PROTOCOL_VERSION, tuple(cfg.labels), self.model_name, SAMPLE_RATE_HZ,
+                     streams, cfg.dimensional, self.device)
+
+    def emit(self, event: Event) -> None:
+        for sink in self._sinks:
+            try:
+                sink.put(event)
+            except Exception:  # noqa: BLE001 - one broken sink must not take the others down
+                log.exception("sink %r failed", sink)
+
+    def stop(self) -> None:
+        """Stop the sources and end :meth:`run` after flushing (safe to call from a signal handler)."""
+        self._stop_requested = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self) -> int:
+        """Start, run until the sources end or :meth:`stop`, flush, return an exit code."""
+        await self.start()
+        try:
+            await self._wait_done()
+        finally:
+            await self._shutdown()
+        return self._exit_code
+
+    async def start(self) -> None:
+        """Warm the model up, open the WebSocket server, start the sources; then ``ready`` is set."""
+        self._stop = asyncio.Event()
+        if self._stop_requested:  # stop() came before run()
+            self._stop.set()
+        await self.worker.start(self.config.inference.warm_up)
+        if self.config.ws is not None:
+            from .ws import WsServer
+
+            self.ws = WsServer(self, self.config.ws)
+            await self.ws.start()
+            self.add_sink(self.ws)
+        self._stats_task = asyncio.create_task(self._stats_loop())
+        for source in self._initial:
+            self.add_source(source)
+        self.ready.set()
+
+    def add_source(self, source: Source, remote: bool = False) -> str:
+        """Start consuming ``source`` (at start or while running); returns its unique stream id."""
+        name, n = source.name, 2
+        while name in self._streams:
+            name, n = f"{source.name}#{n}", n + 1
+        source.name = name
+        pipeline = StreamPipeline(name, self.predictor.labels, self.config)
+        stream = _Stream(source, pipeline, remote)
+        self._streams[name] = stream
+        self.worker.concurrent = len(self._streams) > 1 or self.ws is not None
+        self.emit(StreamStatus(name, "started", getattr(source, "device_name", "")))
+        stream.task = asyncio.create_task(self._consume(stream), name=f"stream-{name}")
+        return name
+
+    async def _consume(self, stream: _Stream) -> None:
+        loop, source, pipeline = asyncio.get_running_loop(), stream.source, stream.pipeline
+        try:
+            async for chunk in source.chunks():
+                self._dispatch(stream, pipeline.push(chunk, loop.time()))
+        except Exception as exc:  # noqa: BLE001 - a failing source ends its stream, not the engine
+            log.exception("source %s failed", source.name)
+            source.failed, source.detail = True, f"{source.name} failed: {exc}"
+        finally:
+            self._dispatch(stream, pipeline.flush(loop.time()))
+            if stream.pending:
+                await asyncio.gather(*stream.pending, return_exceptions=True)
+            source.close()
+            if source.failed:
+                self.emit(Error("source_ended", source.detail, source.name))
+            self.emit(StreamStatus(source.name, "ended", source.detail))
+            if stream.remote:
+                self._streams.pop(source.name, None)
+                self.worker.concurrent = len(self._streams) > 1 or self.ws is not None
+
+    def _dispatch(self, stream: _Stream, outputs: list) -> None:
+        for item in outputs:
+            if isinstance(item, InferenceRequest):
+                self._request(stream, item)
+            else:
+                self.emit(item)
+
+    def _request(self, stream: _Stream, req: InferenceRequest) -> None:
+        if not req.final:
+            if stream.interim_busy:
+                self.skipped_interims += 1
+                return
+            stream.interim_busy = True
+        future = self.worker.submit(req.audio, urgent=req.final)
+        previous = stream.last_final if req.final else None
+        task = asyncio.create_task(self._finish(stream, req, future, previous))
+        if req.final:
+            stream.last_final = task
+        stream.pending.add(task)
+        task.add_done_callback(stream.pending.discard)
+
+    async def _finish(self, stream: _Stream, req: InferenceRequest, future: asyncio.Future,
+                      previous: asyncio.Task | None) -> None:
+        try:
+            pred = await future
+        except Exception as exc:  # noqa: BLE001 - reported as an event; the stream goes on
+            self.emit(Error("inference_failed", f"prediction for segment {req.segment} failed: {exc}", req.stream))
+            return
+        finally:
+            if not req.final:
+                stream.interim_busy = False
+        if previous is not None:
+            await asyncio.wait([previous])  # finals of one stream go out in order
+        if not req.final and req.segment <= stream.finalized:
+            return  # the final already went out; a late interim would only confuse
+        latency_ms = round((asyncio.get_running_loop().time() - req.ref_time_s) * 1000, 1)
+        event = PredictionEvent(
+            req.stream, req.segment, req.start_sample, req.end_sample, final=req.final, label=pred.label,
+            probs=pred.prob_dict, confidence=pred.confidence, valence=pred.valence, arousal=pred.arousal,
+            knn=pred.knn, latency_ms=latency_ms, speech_frames=pred.speech_frames,
+        )
+        self.emit(event)
+        if req.final:
+            stream.finalized = req.segment
+            self.latency.add(latency_ms)
+            self.close_latency.add((asyncio.get_running_loop().time() - req.decided_s) * 1000)
+            self.emit(stream.pipeline.state.update(event))
+
+    async def _wait_done(self) -> None:
+        local = [s for s in self._streams.values() if not s.remote]
+        stop = asyncio.create_task(self._stop.wait())
+        if local:
+            ended = asyncio.gather(*(s.task for s in local))
+            await asyncio.wait([stop, ended], return_when=asyncio.FIRST_COMPLETED)
+            if any(s.source.live for s in local) and self.ws is not None and not self._stop.is_set():
+                log.warning("the microphone ended; still serving WebSocket clients until stopped")
+                await stop
+        else:
+            await stop
+        stop.cancel()
+        if any(s.source.failed for s in local):
+            self._exit_code = 1
+
+    async def _shutdown(self) -> None:
+        streams = list(self._streams.values())
+        for stream in streams:
+            stream.source.close()
+        tasks = [s.task for s in streams if s.task is not None]
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=2.0)
+            for task in stuck:  # e.g. stdin blocked in a read: cancel; its finally still flushes
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._stats_task.cancel()
+        self.emit(self.stats())
+        if self.ws is not None:
+            await self.ws.close()
+        await self.worker.stop()
+        for sink in self._sinks:
+            close = getattr(sink, "close", None)
+            if close is not None and sink is not self.ws:
+                close()
+
+    def stats(self, load: float = 0.0) -> Stats:
+        worker = self.worker
+        rtf = worker.compute_s / worker.audio_s if worker.audio_s else 0.0
+        dropped = sum(s.source.dropped_samples for s in self._streams.values()) / SAMPLE_RATE_HZ
+        return Stats(round(rtf, 4), self.latency.percentile(50), self.latency.percentile(95), worker.queue_depth,
+                     round(dropped, 3), self.device, self.ws.client_count if self.ws else 0, len(self._streams),
+                     round(load, 3), self.skipped_interims)
+
+    async def _stats_loop(self) -> None:
+        interval = self.config.stats_interval_s
+        busy, t_last = self.worker.compute_s, time.perf_counter()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.perf_counter()
+            load = (self.worker.compute_s - busy) / max(now - t_last, 1e-9)
+            busy, t_last = self.worker.compute_s, now
+            self.emit(self.stats(min(load, 1.0)))

@@ -1,0 +1,90 @@
+"""Sinks: objects with a non-blocking ``put(event)`` (and optionally ``close()``) that the engine fans out to."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import TextIO
+
+from .events import Event, PredictionEvent, StreamStatus
+
+log = logging.getLogger(__name__)
+
+
+class JsonlSink:
+    """One JSON object per line, flushed per line, to ``path`` ("-" for stdout). ``types`` (event type
+    names) keeps only those events; None keeps all."""
+
+    def __init__(self, path: str = "-", types: set[str] | None = None) -> None:
+        self._own = path != "-"
+        self._fh: TextIO | None = open(path, "w", encoding="utf-8") if self._own else sys.stdout
+        self.types = types
+
+    def put(self, event: Event) -> None:
+        if self._fh is None or (self.types is not None and event.type not in self.types):
+            return
+        try:
+            self._fh.write(event.to_json() + "\n")
+            self._fh.flush()
+        except OSError as exc:  # e.g. `| head` closed the pipe: stop writing, keep the engine going
+            log.warning("JSON lines output stopped: %s", exc.strerror or exc)
+            self._fh = None
+
+    def close(self) -> None:
+        if self._fh is None:
+            return
+        if self._own:
+            self._fh.close()
+        else:
+            self._fh.flush()
+
+
+class TextSink:
+    """A line per final prediction and per stream start or end, for a headless run without ``--jsonl``."""
+
+    def __init__(self, fh: TextIO | None = None) -> None:
+        self._fh = fh or sys.stdout
+
+    def put(self, event: Event) -> None:
+        if isinstance(event, PredictionEvent) and event.final:
+            probs = " ".join(f"{k}={v:.2f}" for k, v in event.probs.items())
+            dims = "" if event.valence is None else f"  valence={event.valence:+.2f} arousal={event.arousal:+.2f}"
+            line = (f"{event.stream} #{event.segment} {event.start_s:7.2f}-{event.end_s:7.2f} s  {event.label:<8} "
+                    f"{event.confidence:.2f}  [{probs}]{dims}  ({event.latency_ms:.0f} ms)")
+        elif isinstance(event, StreamStatus):
+            line = f"{event.stream}: {event.state}" + (f" ({event.detail})" if event.detail else "")
+        else:
+            return
+        self._fh.write(line + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.flush()
+
+
+class QueueSink:
+    """Puts events on an asyncio queue (e.g. for a UI); a full queue drops the event and counts it."""
+
+    def __init__(self, queue: asyncio.Queue) -> None:
+        self.queue = queue
+        self.dropped = 0
+
+    def put(self, event: Event) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+
+class ListSink:
+    """Keeps every event in ``events`` (tests, the benchmark)."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def put(self, event: Event) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
