@@ -1,0 +1,117 @@
+"""Audio held in memory with its speech masks, length-bucketed batches, and padding into tensors."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from serlive.model import num_frames
+
+from .augment import augment
+from .cache import MaskCache
+from .config import AugmentConfig
+from .data import Utterance, load_audio
+
+log = logging.getLogger(__name__)
+
+
+class AudioSet:
+    """The waveforms (truncated, 16 kHz) and speech masks of ``utts``. With ``preload`` every waveform
+    stays in memory; otherwise files are read again on each access (masks are always kept)."""
+
+    def __init__(self, utts: list[Utterance], max_samples: int, cache: MaskCache, preload: bool = True,
+                 progress: bool = True) -> None:
+        self.utts, self.max_samples, self.preload = utts, max_samples, preload
+        self.waves: list[np.ndarray | None] = []
+        self.masks: list[np.ndarray] = []
+        lengths = []
+        for u in tqdm(utts, desc="audio + VAD", unit="utt", disable=not progress, leave=False):
+            w = load_audio(u.path, max_samples)
+            self.masks.append(cache.get(u.path, w))
+            self.waves.append(w if preload else None)
+            lengths.append(len(w))
+        self.lengths = np.asarray(lengths, np.int64)
+        log.info("loaded %d utterances (%.1f min of audio); VAD cache %d hits, %d misses",
+                 len(utts), self.lengths.sum() / 16000 / 60, cache.hits, cache.misses)
+
+    def __len__(self) -> int:
+        return len(self.utts)
+
+    def wave(self, i: int) -> np.ndarray:
+        w = self.waves[i]
+        return w if w is not None else load_audio(self.utts[i].path, self.max_samples)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([u.label for u in self.utts], np.int64)
+
+    @property
+    def dims(self) -> np.ndarray:
+        """(N, 2) valence, arousal; NaN where absent."""
+        return np.array([[u.valence, u.arousal] for u in self.utts], np.float32).reshape(-1, 2)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Padded tensors: ``waves`` (B, N), ``lengths`` (B,), ``speech`` (B, T), ``labels`` (B,),
+    ``dims`` (B, 2) with NaN where absent, ``index`` (B,) positions in the AudioSet."""
+
+    waves: torch.Tensor
+    lengths: torch.Tensor
+    speech: torch.Tensor
+    labels: torch.Tensor
+    dims: torch.Tensor
+    index: torch.Tensor
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.waves, self.lengths, self.speech,
+                                                                 self.labels, self.dims, self.index)))
+
+
+def collate(data: AudioSet, index: list[int], views: AugmentConfig | None = None,
+            rng: np.random.Generator | None = None) -> Batch:
+    """Pad ``index`` into a batch; with ``views``, append one augmented view of each item (2B rows,
+    originals first), as the SCL batch of 2N instances."""
+    waves = [data.wave(i) for i in index]
+    masks = [data.masks[i] for i in index]
+    idx = list(index)
+    if views is not None:
+        rng = rng or np.random.default_rng()
+        aug = [augment(w, m, views, rng) for w, m in zip(waves, masks)]
+        waves += [a[0] for a in aug]
+        masks += [a[1] for a in aug]
+        idx += list(index)
+    n = max(len(w) for w in waves)
+    x = np.zeros((len(waves), n), np.float32)
+    speech = np.zeros((len(waves), max(num_frames(n), 1)), bool)
+    for row, (w, m) in enumerate(zip(waves, masks)):
+        x[row, : len(w)] = w
+        speech[row, : len(m)] = m
+    labels = np.array([data.utts[i].label for i in idx], np.int64)
+    dims = np.array([[data.utts[i].valence, data.utts[i].arousal] for i in idx], np.float32)
+    return Batch(torch.from_numpy(x), torch.tensor([len(w) for w in waves]), torch.from_numpy(speech),
+                 torch.from_numpy(labels), torch.from_numpy(dims), torch.tensor(idx))
+
+
+def bucket_batches(lengths: np.ndarray, index: np.ndarray, batch_size: int, rng: np.random.Generator,
+                   bucket_batches: int = 20) -> list[list[int]]:
+    """Shuffle ``index``, sort each run of ``batch_size * bucket_batches`` items by length, cut into
+    batches and shuffle the batches: little padding, still a different order every epoch."""
+    order = rng.permutation(np.asarray(index))
+    span = batch_size * max(1, bucket_batches)
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = order[start: start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i: i + batch_size].tolist() for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def sorted_batches(lengths: np.ndarray, index: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Deterministic length-sorted batches for evaluation."""
+    order = np.asarray(index)[np.argsort(lengths[np.asarray(index)], kind="stable")]
+    return [order[i: i + batch_size].tolist() for i in range(0, len(order), batch_size)]

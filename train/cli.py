@@ -1,0 +1,130 @@
+"""``ser-train``: fit, evaluate, ablate, prepare. Parses arguments and calls a ``run``; bad input is one
+sentence on stderr and exit status 2 (1 for a failure while running)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from serlive.model import AudioError, CheckpointError, ConfigError
+
+from .data import DataError
+
+log = logging.getLogger("serlive.train")
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, AudioError, FileNotFoundError)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ser-train", description="Train and evaluate ser-live emotion models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    fit = sub.add_parser("fit", help="train every fold of a protocol; one model directory per fold")
+    _train_args(fit)
+    fit.add_argument("--folds", default="", help="comma-separated fold indices to run (default: all)")
+    ab = sub.add_parser("ablate", help="GAP/SAP/SR x (±SCL) x (±kNN) table, mean ± 95%% CI over folds")
+    _train_args(ab)
+    ab.add_argument("--poolings", default="gap,sap,sr")
+    ev = sub.add_parser("evaluate", help="metrics of a model directory on a manifest (uses the Predictor)")
+    ev.add_argument("--model", default=None, help="model directory (default: the bundled ravdess-builtin)")
+    ev.add_argument("--data", required=True, help="manifest CSV")
+    ev.add_argument("--label-map", default="", help="preset (ravdess, iemocap, kemdy19) or raw=class,... pairs")
+    ev.add_argument("--label-column", default="emotion")
+    ev.add_argument("--predictions", default=None, help="write per-utterance predictions to this CSV")
+    ev.add_argument("--no-knn", action="store_true", help="ignore the kNN datastore")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int, default=16)
+    pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
+    pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
+    pr.add_argument("root", help="the corpus folder")
+    pr.add_argument("--out", required=True, help="manifest CSV to write")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="TOML file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-5")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--freeze-encoder", action="store_true", help="cache encoder features once; train the rest")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 (overrides run.device)")
+    p.add_argument("--spread-folds", action="store_true",
+                   help="under torchrun: one fold per process/GPU at a time instead of DDP within each fold")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("faiss", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return _dispatch(args)
+    except USER_ERRORS as exc:
+        print(f"ser-train: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ser-train: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from .devices import resolve_device, setup_distributed
+
+    if args.command == "prepare":
+        from .corpora import write_manifest
+
+        n = write_manifest(args.corpus, args.root, args.out)
+        print(f"wrote {n} utterances to {args.out}")
+        return 0
+    if args.command == "evaluate":
+        from .evaluate import run as run_evaluate
+
+        result = run_evaluate(args.model, args.data, args.label_map, args.predictions, resolve_device(args.device),
+                              use_knn=not args.no_knn, label_column=args.label_column, batch_size=args.batch_size)
+        print(json.dumps(result, indent=2))
+        return 0
+    cfg = _train_config(args)
+    device = setup_distributed(resolve_device(args.device or cfg.run.device))
+    _log_file(Path(args.out))
+    if args.command == "fit":
+        from .fit import markdown_table, run as run_fit
+
+        folds = [int(x) for x in args.folds.split(",") if x.strip()] if args.folds else None
+        summary = run_fit(cfg, args.out, device, resume=args.resume, only_folds=folds)
+        if summary:  # empty on torchrun ranks other than 0
+            print(markdown_table(summary))
+        return 0
+    from .ablate import run as run_ablate
+
+    table = run_ablate(cfg, args.out, device, args.poolings.split(","), resume=args.resume)
+    if table:
+        print(table)
+    return 0
+
+
+def _train_config(args):
+    import dataclasses
+
+    from . import config
+
+    cfg = config.load(args.config, args.set)
+    if args.freeze_encoder:
+        cfg = cfg.replace(run=dataclasses.replace(cfg.run, freeze_encoder=True))
+    if args.spread_folds:
+        cfg = cfg.replace(run=dataclasses.replace(cfg.run, spread_folds=True))
+    return cfg
+
+
+def _log_file(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

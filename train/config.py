@@ -1,0 +1,257 @@
+"""The training configuration: one frozen dataclass per stage, composed into :class:`TrainConfig`.
+
+Loaded from TOML (tables ``[data]``, ``[protocol]``, ``[loss]``, ``[augment]``, ``[optim]``, ``[knn]``,
+``[run]`` and ``[model]``), overridden by ``--set key.sub=value`` strings, validated with messages that
+name the field, and written back as ``train_config.json`` into every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serlive.model import ConfigError, ModelConfig
+
+PROTOCOLS = ("loso", "loso_session", "fixed")
+AUGMENTS = ("none", "noise", "volume", "reverb", "pitch", "mixed")
+SCL_REDUCTIONS = ("mean", "sum")
+
+
+@dataclass(frozen=True, slots=True)
+class DataConfig:
+    """A manifest CSV and how to read it. ``label_map`` maps raw labels to model labels; raw labels not
+    in it are dropped (an empty map keeps the model's own labels only). Paths are relative to the
+    manifest's folder; a relative ``manifest`` is relative to the config file."""
+
+    manifest: str = ""
+    path_column: str = "path"
+    label_column: str = "emotion"
+    speaker_column: str = "speaker"
+    session_column: str = ""
+    valence_column: str = ""
+    arousal_column: str = ""
+    label_map: dict = field(default_factory=dict)
+    cache_dir: str = ""
+    preload: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolConfig:
+    """``loso``: speakers (shuffled by ``seed``) split into ``folds`` groups; fold i tests group i,
+    validates on group i+1 and trains on the rest. ``loso_session``: the same over sessions.
+    ``fixed``: one fold from the manifest's ``split`` column (train/val/test) or the speaker lists."""
+
+    kind: str = "loso"
+    folds: int = 0
+    seed: int = 0
+    max_folds: int = 0
+    train_speakers: tuple = ()
+    val_speakers: tuple = ()
+    test_speakers: tuple = ()
+
+    def __post_init__(self) -> None:
+        _choice("protocol.kind", self.kind, PROTOCOLS)
+        if self.folds < 0 or self.folds == 1 or self.folds == 2:
+            raise ConfigError("protocol.folds must be 0 (one per speaker/session) or at least 3")
+
+
+@dataclass(frozen=True, slots=True)
+class LossConfig:
+    """``L = (1 - scl_lambda) * (ce * wCE + valence * MAE_v + arousal * MAE_a) + scl_lambda * SCL``.
+
+    With ce=1 and no dimensions this is eq. 2 of the SCL paper; with ce/valence/arousal = 0.5/0.25/0.25
+    and scl_lambda=0 it is eq. 7 of the SAP paper. ``scl_reduction="sum"`` sums eq. 1 over the 2N
+    instances exactly as written; ``"mean"`` divides by 2N so the weight does not scale with batch size."""
+
+    ce: float = 1.0
+    valence: float = 0.0
+    arousal: float = 0.0
+    scl_lambda: float = 0.1
+    scl_temperature: float = 0.07
+    scl_reduction: str = "mean"
+    class_weights: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("loss.scl_reduction", self.scl_reduction, SCL_REDUCTIONS)
+        if not 0.0 <= self.scl_lambda < 1.0:
+            raise ConfigError("loss.scl_lambda must lie in [0, 1)")
+        if self.scl_temperature <= 0:
+            raise ConfigError("loss.scl_temperature must be positive")
+        if min(self.ce, self.valence, self.arousal) < 0:
+            raise ConfigError("loss.ce, loss.valence and loss.arousal must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class AugmentConfig:
+    """The augmented view each utterance gets for SCL (only used when ``loss.scl_lambda > 0``)."""
+
+    kind: str = "mixed"
+    noise_snr_db: tuple = (10.0, 30.0)
+    volume_db: tuple = (-6.0, 6.0)
+    reverb_rt60_s: tuple = (0.2, 0.6)
+    pitch_semitones: tuple = (-2.0, 2.0)
+
+    def __post_init__(self) -> None:
+        _choice("augment.kind", self.kind, AUGMENTS)
+
+
+@dataclass(frozen=True, slots=True)
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay, per optimiser step; early stopping on val loss."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    epochs: int = 30
+    batch_size: int = 32
+    accumulate: int = 1
+    patience: int = 5
+    grad_clip: float = 5.0
+    bucket_batches: int = 20
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
+            raise ConfigError("optim.lr, optim.epochs, optim.batch_size and optim.accumulate must be positive")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("optim.warmup_ratio must lie in [0, 1)")
+
+
+@dataclass(frozen=True, slots=True)
+class KnnSearchConfig:
+    """The grid searched on validation UA: k in 1..k_max, alpha in (0, 1) on ``alpha_steps`` points."""
+
+    tune: bool = True
+    k_max: int = 32
+    alpha_steps: int = 19
+    temperature: float = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Where and how: ``device`` is resolved at the CLI edge ("auto" picks CUDA when present). Under
+    torchrun, every process trains each fold together (DDP), or with ``spread_folds`` each process
+    (one per GPU) trains its own folds: fold i on rank i mod WORLD_SIZE."""
+
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int = 0
+    bf16: bool = True
+    grad_checkpointing: bool = False
+    freeze_encoder: bool = False
+    spread_folds: bool = False
+    eval_batch_size: int = 32
+    plots: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    knn: KnnSearchConfig = field(default_factory=KnnSearchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        from serlive.model.checkpoint import write_json
+
+        write_json(Path(path), self.to_dict())
+
+
+SECTIONS = {
+    "data": DataConfig, "protocol": ProtocolConfig, "loss": LossConfig, "augment": AugmentConfig,
+    "optim": OptimConfig, "knn": KnnSearchConfig, "run": RunConfig,
+}
+
+
+def from_dict(table: dict) -> TrainConfig:
+    """Build a :class:`TrainConfig` from nested tables; unknown sections or keys are a ConfigError."""
+    unknown = sorted(set(table) - set(SECTIONS) - {"model"})
+    if unknown:
+        raise ConfigError(f"unknown config section(s): {', '.join(unknown)}")
+    parts = {name: _build(klass, table.get(name, {}), name) for name, klass in SECTIONS.items()}
+    parts["model"] = ModelConfig.from_dict(table.get("model", {}))
+    return TrainConfig(**parts)
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a TOML file (or nothing), apply ``key.sub=value`` overrides, resolve the manifest path."""
+    table: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    for item in overrides:
+        apply_override(table, item)
+    cfg = from_dict(table)
+    manifest = cfg.data.manifest
+    if manifest and path is not None and not Path(manifest).is_absolute() and not Path(manifest).exists():
+        cfg = cfg.replace(data=dataclasses.replace(cfg.data, manifest=str(path.parent / manifest)))
+    return cfg
+
+
+def load_json(path: Path) -> TrainConfig:
+    return from_dict(json.loads(Path(path).read_text()))
+
+
+def apply_override(table: dict, item: str) -> None:
+    """``a.b.c=value``: value parsed as TOML (numbers, booleans, strings, arrays), else kept as a string."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set needs key=value, not {item!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    *heads, last = key.strip().split(".")
+    node = table
+    for head in heads:
+        node = node.setdefault(head, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {head} is not a table")
+    node[last] = value
+
+
+def _build(klass, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table, not {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(klass)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}")
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    for name, value in data.items():
+        default = fields[name].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{name} must be true or false, not {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{name} must be a number, not {value!r}")
+            if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
+                raise ConfigError(f"{where}.{name} must be an integer, not {value!r}")
+            data[name] = type(default)(value)
+    try:
+        return klass(**data)
+    except TypeError as exc:
+        raise ConfigError(f"bad value in [{where}]: {exc}") from exc
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, not {value!r}")

@@ -1,0 +1,72 @@
+"""``ser-train evaluate``: a model directory measured on a manifest through :class:`Predictor`, the object
+the streaming engine uses, so the numbers are the ones a live user gets (same VAD mask, same kNN)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import serlive.model
+from serlive.model import CheckpointError, Predictor
+
+from .data import default_columns, load_audio, read_manifest
+from .metrics import classification, dimensional
+
+log = logging.getLogger(__name__)
+
+
+def default_model_dir() -> Path:
+    """The bundled model shipped inside the ``serlive.model`` package."""
+    return Path(serlive.model.__file__).parent / "pretrained" / "ravdess-builtin"
+
+
+def run(model_dir: str | Path | None, manifest: str | Path, label_map: str = "", predictions: str | Path | None = None,
+        device: torch.device = torch.device("cpu"), use_knn: bool = True, label_column: str = "emotion",
+        batch_size: int = 16) -> dict:
+    """Metrics of ``model_dir`` on ``manifest``: UA, WA, per-class recall, confusion, n (+ MAE/CCC)."""
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    if not model_dir.is_dir():
+        raise CheckpointError(f"model directory {model_dir} does not exist (train one with ser-train fit, or pass --model)")
+    predictor = Predictor.from_dir(model_dir, device=device, use_knn=use_knn)
+    labels = predictor.labels
+    utts = read_manifest(manifest, labels, label_map or None, {"label": label_column} | _optional(manifest))
+    preds = []
+    for start in tqdm(range(0, len(utts), batch_size), desc="evaluate", unit="batch", leave=False):
+        chunk = utts[start: start + batch_size]
+        preds += predictor.predict_batch([load_audio(u.path, predictor.max_samples) for u in chunk])
+    y_true = np.array([u.label for u in utts])
+    y_pred = np.array([labels.index(p.label) for p in preds])
+    result = classification(y_true, y_pred, labels)
+    if predictor.config.dimensional:
+        pred_dims = np.array([[p.valence, p.arousal] for p in preds], np.float32)
+        result |= dimensional(pred_dims, np.array([[u.valence, u.arousal] for u in utts], np.float32))
+    result |= {"model": str(model_dir), "knn": predictor.use_knn}
+    if predictions:
+        write_predictions(Path(predictions), utts, preds)
+    return result
+
+
+def _optional(manifest) -> dict:
+    """Valence / arousal / session columns are read when the manifest has them."""
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), [])
+    cols = default_columns()
+    return {k: cols[k] for k in ("valence", "arousal", "session") if cols[k] in header}
+
+
+def write_predictions(path: Path, utts, preds) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = preds[0].labels if preds else ()
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "speaker", "true", "predicted", "confidence", *[f"p_{c}" for c in labels],
+                    "valence", "arousal", "speech_frames", "frames"])
+        for u, p in zip(utts, preds):
+            w.writerow([str(u.path), u.speaker, labels[u.label], p.label, f"{p.confidence:.4f}",
+                        *[f"{x:.4f}" for x in p.probs], "" if p.valence is None else f"{p.valence:.4f}",
+                        "" if p.arousal is None else f"{p.arousal:.4f}", p.speech_frames, p.frames])

@@ -1,0 +1,112 @@
+"""``ser-train fit``: every fold of the protocol, one model directory per fold, and the aggregate
+metrics (mean ± 95% CI over folds) in ``metrics.json`` and ``metrics.md`` of the run directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serlive.model import ConfigError
+from serlive.model.checkpoint import atomic_write, write_json
+
+from .batching import AudioSet
+from .cache import MaskCache
+from .config import TrainConfig, load_json
+from .devices import barrier, world
+from .data import DataError, columns_of, max_samples_of, read_manifest
+from .fold import RESULT_FILE, run_fold
+from .metrics import fmt_ci, mean_ci
+from .protocols import make_folds
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "train_config.json"
+
+
+def load_data(cfg: TrainConfig, progress: bool = True) -> AudioSet:
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest is not set (use --set data.manifest=PATH)")
+    utts = read_manifest(cfg.data.manifest, cfg.model.labels, cfg.data.label_map, columns_of(cfg.data))
+    max_samples = max_samples_of(cfg.model.max_duration_s)
+    cache = MaskCache(cfg.data.cache_dir or None, cfg.model.vad, max_samples)
+    return AudioSet(utts, max_samples, cache, cfg.data.preload, progress)
+
+
+def check_resume(cfg: TrainConfig, out: Path) -> None:
+    """A resumed run must use the configuration it started with (the saved one wins on mismatch)."""
+    saved = out / CONFIG_FILE
+    if saved.is_file() and load_json(saved).to_dict() != cfg.to_dict():
+        raise ConfigError(f"{saved} differs from the given configuration; resume with the same config")
+
+
+def run(cfg: TrainConfig, out: str | Path, device: torch.device, resume: bool = False,
+        only_folds: list[int] | None = None, data: AudioSet | None = None) -> dict:
+    """Train and evaluate all (or ``only_folds``) folds into ``out``; returns the aggregate dict."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, size = world()
+    if resume:
+        check_resume(cfg, out)
+    if rank == 0:
+        cfg.save(out / CONFIG_FILE)
+    if size > 1 and cfg.run.freeze_encoder and not cfg.run.spread_folds:
+        raise ConfigError("--freeze-encoder with several processes needs run.spread_folds=true (DDP needs the full model)")
+    if device.type == "cpu" and cfg.run.num_threads:
+        torch.set_num_threads(cfg.run.num_threads)
+    data = data or load_data(cfg)
+    folds = make_folds(data.utts, cfg.protocol)
+    if only_folds:
+        folds = [f for f in folds if f.index in only_folds]
+    spread = size > 1 and cfg.run.spread_folds
+    for fold in folds[rank::size] if spread else folds:
+        log.info("fold %d: %d train, %d val (%s), %d test (%s)", fold.index, len(fold.train), len(fold.val),
+                 ",".join(fold.val_groups), len(fold.test), ",".join(fold.test_groups))
+        run_fold(cfg, data, fold, out / f"fold_{fold.index}", device, resume, ddp=size > 1 and not spread)
+    barrier()
+    if rank > 0:
+        return {}
+    results = [json.loads((out / f"fold_{f.index}" / RESULT_FILE).read_text()) for f in folds]
+    summary = aggregate(results, cfg.model.labels)
+    write_json(out / "metrics.json", summary)
+    atomic_write(out / "metrics.md", lambda tmp: Path(tmp).write_text(markdown_table(summary)))
+    return summary
+
+
+def aggregate(results: list[dict], labels: tuple[str, ...]) -> dict:
+    """Mean ± 95% CI over folds of UA, WA, per-class recall (± kNN) and dimensional metrics."""
+    out: dict = {"folds": len(results), "labels": list(labels), "per_fold": []}
+    for key in ("test", "test_knn"):
+        rows = [r[key] for r in results]
+        entry = {m: mean_ci([r.get(m) for r in rows]) for m in ("ua", "wa")}
+        entry["recall"] = {c: mean_ci([r["recall"].get(c) for r in rows]) for c in labels}
+        for m in ("valence_mae", "valence_ccc", "arousal_mae", "arousal_ccc"):
+            if any(m in r for r in rows):
+                entry[m] = mean_ci([r.get(m) for r in rows])
+        entry["confusion"] = np.sum([r["confusion"] for r in rows], axis=0).tolist() if rows else []
+        out[key] = entry
+    out["per_fold"] = [{"fold": r["fold"], "test_groups": r["test_groups"], "ua": r["test"]["ua"], "wa": r["test"]["wa"],
+                        "ua_knn": r["test_knn"]["ua"], "wa_knn": r["test_knn"]["wa"], "k": r["knn"]["k"],
+                        "alpha": r["knn"]["alpha"], "best_epoch": r.get("best_epoch")} for r in results]
+    return out
+
+
+def markdown_table(summary: dict) -> str:
+    """The aggregate as a markdown table: rows are metrics, columns without / with kNN."""
+    n = summary["folds"]
+    lines = [f"| metric ({n} fold{'s' if n != 1 else ''}, mean ± 95% CI, %) | model | model + kNN |", "|---|---|---|"]
+    a, b = summary["test"], summary["test_knn"]
+    for m in ("ua", "wa"):
+        lines.append(f"| {m.upper()} | {fmt_ci(a[m])} | {fmt_ci(b[m])} |")
+    for c in summary["labels"]:
+        lines.append(f"| recall {c} | {fmt_ci(a['recall'][c])} | {fmt_ci(b['recall'][c])} |")
+    for m in ("valence_mae", "valence_ccc", "arousal_mae", "arousal_ccc"):
+        if m in a:
+            lines.append(f"| {m} | {fmt_ci(a[m], 1.0)} | {fmt_ci(b[m], 1.0)} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["run", "load_data", "aggregate", "markdown_table", "DataError"]

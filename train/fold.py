@@ -1,0 +1,107 @@
+"""One fold end to end: build the model, train, build and tune the kNN datastore, measure the test
+speakers with and without kNN, and write ``fold_<i>/model`` (a ser-live model directory)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serlive.model import KnnConfig, SERModel, save_model_dir
+from serlive.model.checkpoint import resolved_config, write_json
+
+from .config import TrainConfig
+from .devices import barrier, world
+from .knn_tune import build_datastore, infer, knn_probs, tune
+from .losses import class_weights
+from .metrics import classification, dimensional
+from .sources import FeatureSource, WaveSource
+from .trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+"""Written last in a fold directory: its presence means the fold is finished."""
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> SERModel:
+    model = SERModel(cfg.model)
+    if cfg.run.freeze_encoder:
+        model.encoder.requires_grad_(False)
+    if cfg.run.grad_checkpointing and hasattr(model.encoder, "backbone"):
+        backbone = model.encoder.backbone  # transformers >= 5 renamed the switch
+        enable = getattr(backbone, "activation_checkpointing_enable", None) or backbone.gradient_checkpointing_enable
+        enable()
+    return model.to(device)
+
+
+def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device):
+    views = cfg.augment if cfg.loss.scl_lambda > 0 else None
+    if cfg.run.freeze_encoder:
+        model.eval()
+        return FeatureSource(model, data, views, cfg.optim.batch_size, cfg.optim.bucket_batches, device, cfg.run.seed)
+    return WaveSource(data, views, cfg.optim.batch_size, cfg.optim.bucket_batches)
+
+
+def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device, resume: bool = False,
+             source=None, ddp: bool = False) -> dict | None:
+    """Train and evaluate one fold; returns (and writes) its result dict. A finished fold is reloaded.
+    With ``ddp`` every rank trains; rank 0 alone evaluates and writes (the others return None)."""
+    fold_dir = Path(fold_dir)
+    done = fold_dir / RESULT_FILE
+    if resume and done.is_file():
+        log.info("fold %d already finished; skipping", fold.index)
+        return json.loads(done.read_text())
+    torch.manual_seed(cfg.run.seed + fold.index)
+    model = build_model(cfg, device)
+    source = source or make_source(cfg, model, data, device)
+    labels = cfg.model.labels
+    weights = class_weights(data.labels[fold.train], len(labels)) if cfg.loss.class_weights else None
+    trainer = Trainer(model, cfg, source, fold, fold_dir, device, weights, ddp=ddp)
+    state = trainer.fit(resume=resume)
+    if ddp and world()[0] > 0:
+        barrier()
+        return None
+    result = evaluate_fold(cfg, model, source, fold, device, trainer.autocast, fold_dir)
+    result |= {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "history": state.history}
+    write_json(done, result)
+    if cfg.run.plots:
+        from .plots import save_fold_plots
+
+        save_fold_plots(fold_dir, result)
+    if ddp:
+        barrier()
+    return result
+
+
+def evaluate_fold(cfg: TrainConfig, model: SERModel, source, fold, device, autocast: bool, fold_dir: Path) -> dict:
+    """kNN datastore + search, test metrics with alpha 0 and the tuned alpha, and the model directory."""
+    bs, labels = cfg.run.eval_batch_size, cfg.model.labels
+    train, val, test = (infer(model, source, ix, device, bs, autocast) for ix in (fold.train, fold.val, fold.test))
+    store = build_datastore([train, val], len(labels))
+    knn = tune(build_datastore([train], len(labels)), val, cfg.knn, labels) if cfg.knn.tune else {
+        "k": cfg.model.knn.k, "alpha": cfg.model.knn.alpha, "val_ua": None, "val_ua_model": None}
+    temp = cfg.knn.temperature if cfg.knn.tune else cfg.model.knn.temperature
+    result = {
+        "fold": fold.index, "val_groups": list(fold.val_groups), "test_groups": list(fold.test_groups),
+        "n_train": len(fold.train), "n_val": len(fold.val), "knn": knn,
+        "test": split_metrics(test, test.p_model, labels),
+        "test_knn": split_metrics(test, knn_probs(store, test, knn["k"], knn["alpha"], temp), labels),
+        "val": split_metrics(val, val.p_model, labels),
+    }
+    model_cfg = model.config.replace(knn=KnnConfig(k=knn["k"], alpha=knn["alpha"], temperature=temp))
+    if model_cfg.encoder.kind == "hf":
+        model_cfg = model_cfg.replace(encoder=resolved_config(model).encoder)
+    model_metrics = {"test": result["test"], "test_knn": result["test_knn"], "knn": knn,
+                     "test_groups": result["test_groups"], "train_config": cfg.to_dict()}
+    save_model_dir(fold_dir / "model", model.cpu(), store, model_metrics, config=model_cfg)
+    model.to(device)
+    return result
+
+
+def split_metrics(out, probs: np.ndarray, labels: tuple[str, ...]) -> dict:
+    m = classification(out.labels, probs.argmax(1), labels)
+    return m | dimensional(out.dims, out.targets)

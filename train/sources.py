@@ -1,0 +1,119 @@
+"""Where batches come from: waveforms through the whole model (``WaveSource``), or encoder features
+computed once with a frozen encoder and fed to :meth:`SERModel.forward_frames` (``FeatureSource``).
+
+Both yield objects with ``labels``, ``dims`` and ``index`` tensors and have ``forward(model, batch)``.
+With ``views`` (SCL on), training batches carry 2B rows: the originals, then one augmented view each.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from serlive.model import SERModel
+
+from .batching import AudioSet, Batch, bucket_batches, collate, sorted_batches
+from .config import AugmentConfig
+from .devices import shard
+
+log = logging.getLogger(__name__)
+
+
+class WaveSource:
+    def __init__(self, data: AudioSet, views: AugmentConfig | None, batch_size: int, bucket: int) -> None:
+        self.data, self.views, self.batch_size, self.bucket = data, views, batch_size, bucket
+
+    def train_batches(self, index: np.ndarray, rng: np.random.Generator, ranks: tuple[int, int] = (0, 1)):
+        for idx in shard(bucket_batches(self.data.lengths, index, self.batch_size, rng, self.bucket), *ranks):
+            yield collate(self.data, idx, self.views, rng)
+
+    def eval_batches(self, index: np.ndarray, batch_size: int, views: bool = False, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        for idx in sorted_batches(self.data.lengths, index, batch_size):
+            yield collate(self.data, idx, self.views if views else None, rng)
+
+    def n_batches(self, n: int, ranks: tuple[int, int] = (0, 1)) -> int:
+        """Training batches per epoch for ``n`` items on one of ``ranks[1]`` processes."""
+        return -(-(-(-n // self.batch_size)) // ranks[1])
+
+    @staticmethod
+    def forward(model: SERModel, batch: Batch):
+        return model(batch.waves, batch.lengths, batch.speech)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatBatch:
+    """``hidden`` (B, T, H), ``n_frames`` (B,), ``speech`` (B, T), labels, dims, index as in Batch."""
+
+    hidden: torch.Tensor
+    n_frames: torch.Tensor
+    speech: torch.Tensor
+    labels: torch.Tensor
+    dims: torch.Tensor
+    index: torch.Tensor
+
+    def to(self, device: torch.device) -> "FeatBatch":
+        return FeatBatch(*(t.to(device) for t in (self.hidden, self.n_frames, self.speech, self.labels,
+                                                   self.dims, self.index)))
+
+
+class FeatureSource:
+    """Encoder outputs of every utterance (and of one fixed augmented view when SCL is on), computed
+    once with the encoder frozen, held as float16 on the CPU. Augmentation is drawn once, not per epoch."""
+
+    def __init__(self, model: SERModel, data: AudioSet, views: AugmentConfig | None, batch_size: int,
+                 bucket: int, device: torch.device, seed: int = 0) -> None:
+        self.data, self.batch_size, self.bucket = data, batch_size, bucket
+        self.views = views is not None
+        waves = WaveSource(data, None, batch_size, bucket)
+        self.orig = self._encode(model, waves, views=None, device=device, seed=seed)
+        self.aug = self._encode(model, WaveSource(data, views, batch_size, bucket), views, device, seed) if views else None
+
+    @torch.inference_mode()
+    def _encode(self, model, source: WaveSource, views, device, seed):
+        feats: list = [None] * len(self.data)
+        all_idx = np.arange(len(self.data))
+        total = source.n_batches(len(all_idx))
+        for batch in tqdm(source.eval_batches(all_idx, self.batch_size, views is not None, seed), total=total,
+                          desc="encoder features" + (" (views)" if views else ""), leave=False):
+            batch = batch.to(device)
+            hidden, n_frames = model.encoder(batch.waves, batch.lengths)
+            rows = len(batch.index) // 2 if views else 0
+            for r in range(rows, len(batch.index)):
+                t = int(n_frames[r])
+                feats[int(batch.index[r])] = (hidden[r, :t].half().cpu(), batch.speech[r, :t].cpu())
+        return feats
+
+    def _collate(self, idx: list[int], with_views: bool) -> FeatBatch:
+        items = [self.orig[i] for i in idx] + ([self.aug[i] for i in idx] if with_views else [])
+        rows = idx + (idx if with_views else [])
+        t = max(max(h.shape[0] for h, _ in items), 1)
+        hidden = torch.zeros(len(items), t, items[0][0].shape[1])
+        speech = torch.zeros(len(items), t, dtype=torch.bool)
+        for r, (h, s) in enumerate(items):
+            hidden[r, : h.shape[0]] = h.float()
+            speech[r, : s.shape[0]] = s
+        utts = self.data.utts
+        labels = torch.tensor([utts[i].label for i in rows])
+        dims = torch.tensor([[utts[i].valence, utts[i].arousal] for i in rows], dtype=torch.float32)
+        return FeatBatch(hidden, torch.tensor([h.shape[0] for h, _ in items]), speech, labels, dims, torch.tensor(rows))
+
+    def train_batches(self, index: np.ndarray, rng: np.random.Generator, ranks: tuple[int, int] = (0, 1)):
+        for idx in shard(bucket_batches(self.data.lengths, index, self.batch_size, rng, self.bucket), *ranks):
+            yield self._collate(idx, self.views)
+
+    def eval_batches(self, index: np.ndarray, batch_size: int, views: bool = False, seed: int = 0):
+        for idx in sorted_batches(self.data.lengths, index, batch_size):
+            yield self._collate(idx, views and self.views)
+
+    def n_batches(self, n: int, ranks: tuple[int, int] = (0, 1)) -> int:
+        """Training batches per epoch for ``n`` items on one of ``ranks[1]`` processes."""
+        return -(-(-(-n // self.batch_size)) // ranks[1])
+
+    @staticmethod
+    def forward(model: SERModel, batch: FeatBatch):
+        return model.forward_frames(batch.hidden, batch.n_frames, batch.speech)

@@ -1,0 +1,187 @@
+"""The training loop of one fold: AdamW, warm-up + cosine, gradient accumulation, bf16 autocast on
+CUDA, early stopping on the validation loss, and an atomic checkpoint after every epoch so that
+``--resume`` continues from the last finished epoch with the same data order.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from serlive.model import SERModel
+from serlive.model.checkpoint import atomic_write
+
+from .config import TrainConfig
+from .devices import world
+from .losses import combined_loss
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides model / optimiser / scheduler states."""
+
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    stopped: bool = False
+    history: list = field(default_factory=list)
+    best_state: dict | None = None
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float):
+    """Linear warm-up over ``warmup_ratio`` of the steps, then cosine decay to 0."""
+    warm = max(1, int(round(total_steps * warmup_ratio))) if warmup_ratio > 0 else 0
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total_steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class Trainer:
+    """Trains ``model`` on ``fold.train`` with validation on ``fold.val``; see :meth:`fit`."""
+
+    def __init__(self, model: SERModel, cfg: TrainConfig, source, fold, fold_dir: Path,
+                 device: torch.device, class_weights: torch.Tensor | None, ddp: bool = False) -> None:
+        self.model, self.cfg, self.source, self.fold = model.to(device), cfg, source, fold
+        self.dir, self.device, self.weights = Path(fold_dir), device, class_weights
+        self.use_scl = cfg.loss.scl_lambda > 0
+        self.ranks = world() if ddp else (0, 1)
+        self.net = _wrap_ddp(model, device) if self.ranks[1] > 1 else model
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        steps_per_epoch = -(-source.n_batches(len(fold.train), self.ranks) // cfg.optim.accumulate)
+        self.total_steps = max(1, steps_per_epoch * cfg.optim.epochs)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_ratio))
+        self.autocast = device.type == "cuda" and cfg.run.bf16
+        self.state = TrainState()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT_FILE
+
+    def fit(self, resume: bool = False) -> TrainState:
+        """Train until ``optim.epochs`` or early stopping; leaves the best weights in the model."""
+        if resume and self.checkpoint_path.is_file():
+            self._load()
+            log.info("fold %d: resumed after epoch %d", self.fold.index, self.state.epoch)
+        bar = tqdm(total=self.cfg.optim.epochs, initial=self.state.epoch, desc=f"fold {self.fold.index}", unit="epoch",
+                   disable=self.ranks[0] > 0)
+        while self.state.epoch < self.cfg.optim.epochs and not self.state.stopped:
+            self.run_epoch(self.state.epoch)
+            bar.update(1)
+            h = self.state.history[-1]
+            bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{h['val_loss']:.3f}", ua=f"{h['val_ua']:.3f}")
+        bar.close()
+        if self.state.best_state is not None:
+            self.model.load_state_dict(self.state.best_state)
+        return self.state
+
+    def run_epoch(self, epoch: int) -> None:
+        seed = (self.cfg.run.seed, self.fold.index, epoch)
+        torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        train_loss = self._train_epoch(np.random.default_rng(seed))
+        val_loss, val_ua = self.validate()
+        st = self.state
+        st.epoch = epoch + 1
+        st.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, "val_ua": val_ua,
+                           "lr": self.opt.param_groups[0]["lr"]})
+        log.info("fold %d epoch %d: train loss %.4f, val loss %.4f, val UA %.4f", self.fold.index, epoch + 1,
+                 train_loss, val_loss, val_ua)
+        if val_loss < st.best_loss - 1e-6:
+            st.best_loss, st.best_epoch, st.bad_epochs = val_loss, epoch + 1, 0
+            st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        else:
+            st.bad_epochs += 1
+            st.stopped = st.bad_epochs >= self.cfg.optim.patience
+        self._save()
+
+    def _train_epoch(self, rng: np.random.Generator) -> float:
+        self.model.train()
+        accumulate, losses = self.cfg.optim.accumulate, []
+        n = self.source.n_batches(len(self.fold.train), self.ranks)
+        self.opt.zero_grad(set_to_none=True)
+        batches = self.source.train_batches(self.fold.train, rng, self.ranks)
+        for i, batch in enumerate(tqdm(batches, total=n, desc="steps", leave=False, unit="batch",
+                                       disable=self.ranks[0] > 0)):
+            parts = self._loss(batch.to(self.device))
+            (parts.total / accumulate).backward()
+            losses.append(float(parts.total.detach()))
+            if (i + 1) % accumulate == 0 or i + 1 == n:
+                self._step()
+        return float(np.mean(losses)) if losses else math.nan
+
+    def _step(self) -> None:
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def _loss(self, batch):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.source.forward(self.net, batch)
+        return combined_loss(out, batch.labels, batch.dims, self.cfg.loss, self.weights, self.use_scl)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, float]:
+        """Validation total loss (same objective, augmented views drawn with a fixed seed) and UA."""
+        from .metrics import classification
+
+        self.model.eval()
+        total, count, preds, labels = 0.0, 0, [], []
+        bs = self.cfg.run.eval_batch_size
+        for batch in self.source.eval_batches(self.fold.val, bs, views=self.use_scl, seed=self.cfg.run.seed):
+            batch = batch.to(self.device)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                out = self.source.forward(self.model, batch)
+            parts = combined_loss(out, batch.labels, batch.dims, self.cfg.loss, self.weights, self.use_scl)
+            rows = len(batch.labels)
+            total, count = total + float(parts.total) * rows, count + rows
+            half = rows // 2 if self.use_scl else rows
+            preds.append(out.logits[:half].argmax(1).cpu().numpy())
+            labels.append(batch.labels[:half].cpu().numpy())
+        ua = classification(np.concatenate(labels), np.concatenate(preds), self.model.config.labels)["ua"]
+        return total / max(count, 1), ua
+
+    def _save(self) -> None:
+        if self.ranks[0] > 0:
+            return
+        st = self.state
+        payload = {
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "state": {k: getattr(st, k) for k in ("epoch", "best_loss", "best_epoch", "bad_epochs", "stopped", "history")},
+            "best_state": st.best_state,
+        }
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(payload, tmp))
+
+    def _load(self) -> None:
+        payload = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(payload["model"])
+        self.opt.load_state_dict(payload["optimizer"])
+        self.sched.load_state_dict(payload["scheduler"])
+        self.state = TrainState(**payload["state"], best_state=payload["best_state"])
+
+
+def _wrap_ddp(model: SERModel, device: torch.device):
+    """DistributedDataParallel over the process group torchrun set up (see :mod:`.devices`)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
