@@ -7,6 +7,7 @@ the grid of :mod:`serlive.model.frames`, and mixes its hidden layers with learna
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 from torch import nn
@@ -66,6 +67,9 @@ class HFEncoder(nn.Module):
         self.dim = hf_cfg.hidden_size
         self.mix = LayerMix(hf_cfg.num_hidden_layers + 1)
         self.backbone.config.layerdrop = 0.0
+        # transformers' WavLM attention hands torch a bool padding mask next to a float position bias;
+        # torch warns about the mix on every process's first forward. The result is correct.
+        warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask", category=UserWarning)
         if cfg.freeze == "all":
             self.backbone.requires_grad_(False)
         elif cfg.freeze == "cnn":

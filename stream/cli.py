@@ -29,6 +29,11 @@ def bundled_model_dir() -> Path:
     return Path(serlive.model.__file__).parent / "pretrained" / "ravdess-builtin"
 
 
+def demo_file() -> Path:
+    """The bundled demo recording (four acted utterances with silences; see stream/demo/README.md)."""
+    return Path(__file__).parent / "demo" / "demo.flac"
+
+
 def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", metavar="DIR", help="model directory (default: the bundled model)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -44,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ser-live", description="Real-time speech emotion monitor (run `ser-live bench -h` for the benchmark).")
     ap.add_argument("--input", action="append", metavar="SRC",
-                    help="mic (default), an audio FILE, - for s16le 16 kHz mono PCM on stdin, or none "
+                    help="mic (default; the bundled demo file when there is no microphone), an audio FILE, "
+                         "demo (the bundled demo file), - for s16le 16 kHz mono PCM on stdin, or none "
                          "(only WebSocket audio); repeat for several streams")
     ap.add_argument("--mic", metavar="NAME|INDEX", help="input device for --input mic")
     ap.add_argument("--fast", action="store_true", help="read files as fast as possible, not in real time")
@@ -76,6 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return args
     args = build_parser().parse_args(argv)
     args.command = "run"
+    args.input_defaulted = not args.input
     args.input = args.input or ["mic"]
     return args
 
@@ -168,16 +175,29 @@ def build_sources(args: argparse.Namespace) -> list:
             if spec == "none":
                 continue
             if spec == "mic":
-                from .mic import MicSource
-
-                sources.append(MicSource(args.mic))
+                sources.append(_mic_or_demo(args))
             elif spec == "-":
                 sources.append(StdinSource())
             else:
-                sources.append(FileSource(spec, realtime=not args.fast))
+                path = demo_file() if spec == "demo" else spec
+                sources.append(FileSource(path, realtime=not args.fast))
     except SourceError as exc:
         raise CliError(str(exc)) from exc
     return sources
+
+
+def _mic_or_demo(args: argparse.Namespace):
+    """The microphone; when none was asked for explicitly and none works, the bundled demo file."""
+    from .mic import MicSource
+    from .sources import FileSource, SourceError
+
+    try:
+        return MicSource(args.mic)
+    except SourceError as exc:
+        if not getattr(args, "input_defaulted", False) or args.mic:
+            raise
+        log.warning("%s; playing the bundled demo file instead", str(exc).split(";")[0])
+        return FileSource(demo_file(), realtime=not args.fast)
 
 
 def engine_config(args: argparse.Namespace):

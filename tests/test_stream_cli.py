@@ -140,3 +140,36 @@ def test_cuda_run_matches_cpu(model_dir, speech_file, capsys):
                         if e["type"] == "prediction" and e["final"]]
     assert len(outs["cuda"]) == len(truth)
     assert [e["label"] for e in outs["cuda"]] == [e["label"] for e in outs["cpu"]]
+
+
+DEMO_SPEECH_S = [(0.60, 3.17), (4.87, 6.71), (8.41, 9.84), (11.54, 13.24)]
+"""Speech spans of stream/demo/demo.flac, from its README."""
+
+
+def _finals(out: str) -> list[dict]:
+    return [e for e in map(json.loads, out.splitlines()) if e["type"] == "prediction" and e["final"]]
+
+
+def test_demo_input_finds_the_four_utterances(model_dir, capsys):
+    code, out, err = run_cli(headless(model_dir, "--input", "demo", "--fast", "--jsonl", "-"), capsys)
+    assert code == 0, err
+    finals = _finals(out)
+    assert len(finals) == len(DEMO_SPEECH_S)
+    for e, (start, end) in zip(finals, DEMO_SPEECH_S):
+        assert abs(e["start_s"] - start) <= 0.15 and abs(e["end_s"] - end) <= 0.2
+
+
+def test_default_input_falls_back_to_the_demo_without_a_microphone(model_dir, capsys, caplog, monkeypatch):
+    from serlive.stream import mic
+    from serlive.stream.sources import SourceError
+
+    def no_mic(*_a, **_k):
+        raise SourceError("no audio input device is available; use --input FILE or --input - instead")
+
+    monkeypatch.setattr(mic, "MicSource", no_mic)
+    code, out, err = run_cli(headless(model_dir, "--fast", "--jsonl", "-"), capsys)
+    assert code == 0 and len(_finals(out)) == len(DEMO_SPEECH_S)
+    assert "playing the bundled demo file instead" in caplog.text
+    # Asked for explicitly, a missing microphone stays an error.
+    code, _, err = run_cli(headless(model_dir, "--input", "mic", "--fast"), capsys)
+    assert code == 2 and "no audio input device" in err

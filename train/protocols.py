@@ -68,14 +68,18 @@ def _grouped(keys: list[str], folds: int, seed: int) -> list[Fold]:
 def _fixed(utts: list[Utterance], cfg: ProtocolConfig) -> Fold:
     if any(u.split for u in utts):
         role = np.array([u.split for u in utts])
-    elif cfg.test_speakers and cfg.val_speakers:
+    elif cfg.val_speakers:
         spk = np.array([u.speaker for u in utts])
         role = np.where(np.isin(spk, cfg.test_speakers), "test", np.where(np.isin(spk, cfg.val_speakers), "val", ""))
         train = np.isin(spk, cfg.train_speakers) if cfg.train_speakers else role == ""
         role = np.where((role == "") & train, "train", role)
     else:
-        raise ConfigError("protocol.kind 'fixed' needs a split column in the manifest or protocol.val_speakers and test_speakers")
+        raise ConfigError("protocol.kind 'fixed' needs a split column in the manifest or protocol.val_speakers")
     parts = {r: np.flatnonzero(role == r) for r in ("train", "val", "test")}
+    if not cfg.test_speakers and not any(u.split for u in utts):
+        # A final model trained on every speaker: nothing is held out, so the "test" metrics it
+        # reports are its validation speakers' (early stopping and the kNN search saw them).
+        parts["test"] = parts["val"]
     empty = [r for r, ix in parts.items() if len(ix) == 0]
     if empty:
         raise ConfigError(f"the fixed split has no {', '.join(empty)} utterances")
