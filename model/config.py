@@ -42,8 +42,8 @@ class EncoderConfig:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        _choice("encoder.kind", self.kind, ENCODER_KINDS)
-        _choice("encoder.freeze", self.freeze, FREEZE_MODES)
+        choice("encoder.kind", self.kind, ENCODER_KINDS)
+        choice("encoder.freeze", self.freeze, FREEZE_MODES)
         if self.kind == "hf" and not self.name and self.hf_config is None:
             raise ConfigError("encoder.name must be a hub id or a local folder when encoder.kind is 'hf'")
         for name in ("dim", "n_mels", "heads"):
@@ -61,8 +61,8 @@ class VadConfig:
     frame_ms: int = 30
 
     def __post_init__(self) -> None:
-        _choice("vad.mode", self.mode, (0, 1, 2, 3))
-        _choice("vad.frame_ms", self.frame_ms, (10, 20, 30))
+        choice("vad.mode", self.mode, (0, 1, 2, 3))
+        choice("vad.frame_ms", self.frame_ms, (10, 20, 30))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ class ModelConfig:
     license: str = ""
 
     def __post_init__(self) -> None:
-        _choice("pooling", self.pooling, POOLINGS)
+        choice("pooling", self.pooling, POOLINGS)
         if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
             raise ConfigError("labels must be at least two distinct names")
         if self.embed_dim <= 0 or self.sap_heads <= 0:
@@ -120,10 +120,10 @@ class ModelConfig:
         sub = {"encoder": EncoderConfig, "vad": VadConfig, "knn": KnnConfig}
         for key, klass in sub.items():
             if key in data:
-                data[key] = _build(klass, data[key], key)
+                data[key] = build_dataclass(klass, data[key], key)
         if "labels" in data:
             data["labels"] = tuple(data["labels"])
-        return _build(cls, data, "model")
+        return build_dataclass(cls, data, "model")
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "ModelConfig":
@@ -132,19 +132,32 @@ class ModelConfig:
         return cls.from_dict(table.get("model", table))
 
 
-def _build(klass, data: dict, where: str):
+def build_dataclass(klass, data: dict, where: str):
+    """``klass(**data)`` from a TOML/JSON table with clear errors: unknown keys, a non-table, a value whose
+    type does not match the field's default (lists become tuples; ints are accepted for floats)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must be a table, not {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(klass)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(klass)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key(s) in {where}: {', '.join(unknown)}")
+        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}")
+    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    for name, value in data.items():
+        default = fields[name].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{where}.{name} must be true or false, not {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}.{name} must be a number, not {value!r}")
+            if isinstance(default, int) and value != int(value):
+                raise ConfigError(f"{where}.{name} must be an integer, not {value!r}")
+            data[name] = type(default)(value)
     try:
         return klass(**data)
     except TypeError as exc:
-        raise ConfigError(f"bad value in {where}: {exc}") from exc
+        raise ConfigError(f"bad value in [{where}]: {exc}") from exc
 
 
-def _choice(name: str, value: Any, allowed: tuple) -> None:
+def choice(name: str, value: Any, allowed: tuple) -> None:
     if value not in allowed:
         raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, not {value!r}")

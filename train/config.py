@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from serlive.model import ConfigError, ModelConfig
+from serlive.model.config import build_dataclass, choice
 
 PROTOCOLS = ("loso", "loso_session", "fixed")
 AUGMENTS = ("none", "noise", "volume", "reverb", "pitch", "mixed")
@@ -54,7 +55,7 @@ class ProtocolConfig:
     test_speakers: tuple = ()
 
     def __post_init__(self) -> None:
-        _choice("protocol.kind", self.kind, PROTOCOLS)
+        choice("protocol.kind", self.kind, PROTOCOLS)
         if self.folds < 0 or self.folds == 1 or self.folds == 2:
             raise ConfigError("protocol.folds must be 0 (one per speaker/session) or at least 3")
 
@@ -76,7 +77,7 @@ class LossConfig:
     class_weights: bool = True
 
     def __post_init__(self) -> None:
-        _choice("loss.scl_reduction", self.scl_reduction, SCL_REDUCTIONS)
+        choice("loss.scl_reduction", self.scl_reduction, SCL_REDUCTIONS)
         if not 0.0 <= self.scl_lambda < 1.0:
             raise ConfigError("loss.scl_lambda must lie in [0, 1)")
         if self.scl_temperature <= 0:
@@ -96,7 +97,7 @@ class AugmentConfig:
     pitch_semitones: tuple = (-2.0, 2.0)
 
     def __post_init__(self) -> None:
-        _choice("augment.kind", self.kind, AUGMENTS)
+        choice("augment.kind", self.kind, AUGMENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,7 @@ def from_dict(table: dict) -> TrainConfig:
     unknown = sorted(set(table) - set(SECTIONS) - {"model"})
     if unknown:
         raise ConfigError(f"unknown config section(s): {', '.join(unknown)}")
-    parts = {name: _build(klass, table.get(name, {}), name) for name, klass in SECTIONS.items()}
+    parts = {name: build_dataclass(klass, table.get(name, {}), name) for name, klass in SECTIONS.items()}
     parts["model"] = ModelConfig.from_dict(table.get("model", {}))
     return TrainConfig(**parts)
 
@@ -226,32 +227,3 @@ def apply_override(table: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: {head} is not a table")
     node[last] = value
-
-
-def _build(klass, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a table, not {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(klass)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}")
-    data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-    for name, value in data.items():
-        default = fields[name].default
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{where}.{name} must be true or false, not {value!r}")
-        if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{where}.{name} must be a number, not {value!r}")
-            if isinstance(default, int) and not isinstance(default, bool) and value != int(value):
-                raise ConfigError(f"{where}.{name} must be an integer, not {value!r}")
-            data[name] = type(default)(value)
-    try:
-        return klass(**data)
-    except TypeError as exc:
-        raise ConfigError(f"bad value in [{where}]: {exc}") from exc
-
-
-def _choice(name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name} must be one of {', '.join(map(str, allowed))}, not {value!r}")
