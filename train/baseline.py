@@ -97,32 +97,3 @@ def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1)) -> dict:
         folds.append({"fold": fold.index, "test_speakers": list(fold.test_groups), "l2": best, **m})
         log.info("baseline fold %d: UA %.3f WA %.3f (l2 %g)", fold.index, m["ua"], m["wa"], best)
     return {"folds": folds, "ua": mean_ci([f["ua"] for f in folds]), "wa": mean_ci([f["wa"] for f in folds])}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m serlive.train.baseline --config FILE.toml [--set k=v ...]``: prints metrics JSON."""
-    import argparse
-    import json
-    import sys
-
-    from serlive.model import ConfigError
-
-    from .config import load
-    from .data import DataError
-
-    ap = argparse.ArgumentParser(description="Classic baseline: logistic regression on log-mel statistics.")
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        result = cross_validate(load(args.config, args.set))
-    except (ConfigError, DataError) as exc:
-        print(f"ser-train baseline: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

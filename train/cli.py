@@ -1,4 +1,4 @@
-"""``ser-train``: fit, evaluate, ablate, prepare. Parses arguments and calls a ``run``; bad input is one
+"""``ser-train``: fit, evaluate, ablate, baseline, prepare. Parses arguments and calls a ``run``; bad input is one
 sentence on stderr and exit status 2 (1 for a failure while running)."""
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-knn", action="store_true", help="ignore the kNN datastore")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, default=16)
+    bl = sub.add_parser("baseline", help="classic baseline (logistic regression on log-mel statistics) on the same folds")
+    bl.add_argument("--config", default=None, help="TOML file (data, protocol and model.labels are used)")
+    bl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
     pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
     pr.add_argument("root", help="the corpus folder")
@@ -79,6 +82,12 @@ def _dispatch(args) -> int:
 
         n = write_manifest(args.corpus, args.root, args.out)
         print(f"wrote {n} utterances to {args.out}")
+        return 0
+    if args.command == "baseline":
+        from . import config
+        from .baseline import cross_validate
+
+        print(json.dumps(cross_validate(config.load(args.config, args.set)), indent=1))
         return 0
     if args.command == "evaluate":
         from .evaluate import run as run_evaluate
