@@ -95,10 +95,14 @@ class Predictor:
         """Predict several waveforms in one padded forward pass. ``masks`` (already-computed speech
         masks of the prepared waveforms, e.g. from the engine) skip the VAD pass."""
         waves = [self.prepare(a, sample_rate_hz) for a in audios]
+        return self.predict_prepared(waves, [self.mask(w) for w in waves] if masks is None else masks)
+
+    def predict_prepared(self, waves: list[np.ndarray], masks: list[np.ndarray]) -> list[Prediction]:
+        """Predict waveforms already through :meth:`prepare`, with their :meth:`mask` (the engine's path:
+        it prepares and masks on its worker thread and must not pay for either twice)."""
         if not waves:
             return []
-        masks = [self.mask(w) for w in waves] if masks is None else masks
-        for w, m in zip(waves, masks):
+        for w, m in zip(waves, masks, strict=True):
             if len(m) != num_frames(len(w)):
                 raise ValueError(f"speech mask has {len(m)} frames; a {len(w)}-sample waveform has {num_frames(len(w))}")
         return self._forward(waves, masks)

@@ -112,7 +112,7 @@ class InferenceWorker:
         try:
             waves = [self.predictor.prepare(r.audio) for r in batch]
             masks = [self.predictor.mask(w) for w in waves]
-            preds = self.predictor.predict_batch(waves, SAMPLE_RATE_HZ, masks)
+            preds = self.predictor.predict_prepared(waves, masks)
         except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
             log.exception("forward pass failed")
             for r in batch:
