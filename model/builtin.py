@@ -20,6 +20,9 @@ from .frames import FRAME_STRIDE_SAMPLES, RECEPTIVE_FIELD_SAMPLES, SAMPLE_RATE_H
 N_FFT = 512
 """FFT size; the 400-sample window is zero-padded to it."""
 
+ENERGY_OFFSET, ENERGY_SCALE = 5.0, 5.0
+"""Bring a frame's mean log-mel (about -14 in digital silence, 0..5 in speech) near unit range."""
+
 
 def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate_hz: int = SAMPLE_RATE_HZ) -> torch.Tensor:
     """Triangular HTK-mel filters, shape ``(n_fft // 2 + 1, n_mels)``."""
@@ -72,7 +75,8 @@ class BuiltinEncoder(nn.Module):
         self.dim = cfg.dim
         self.frontend = LogMel(cfg.n_mels)
         self.in_norm = nn.LayerNorm(cfg.n_mels)
-        self.in_proj = nn.Linear(cfg.n_mels, cfg.dim)
+        self.frame_energy = cfg.frame_energy
+        self.in_proj = nn.Linear(cfg.n_mels + int(cfg.frame_energy), cfg.dim)
         self.convs = nn.ModuleList(ConvBlock(cfg.dim, cfg.dropout) for _ in range(cfg.conv_layers))
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(
@@ -88,7 +92,11 @@ class BuiltinEncoder(nn.Module):
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``waveforms`` (B, N), ``lengths`` (B,) samples -> hidden (B, T, H), frame lengths (B,)."""
         n_frames = frame_lengths(lengths)
-        x = self.in_proj(self.in_norm(self.frontend(waveforms)))  # (B, T, H)
+        mel = self.frontend(waveforms)  # (B, T, n_mels)
+        feats = self.in_norm(mel)
+        if self.frame_energy:
+            feats = torch.cat([feats, (mel.mean(-1, keepdim=True) + ENERGY_OFFSET) / ENERGY_SCALE], dim=-1)
+        x = self.in_proj(feats)  # (B, T, H)
         valid = length_mask(n_frames, x.shape[1]).to(x.dtype)
         hidden = [x * valid[..., None]]
         for block in self.convs:

@@ -27,7 +27,8 @@ class EncoderConfig:
     ``kind="hf"``: a Hugging Face wav2vec2 / HuBERT / WavLM, from ``name`` (hub id or local folder) or,
     when ``hf_config`` is given, rebuilt from that config dict with no download (how checkpoints load).
     ``kind="builtin"``: the small log-mel encoder of :mod:`serlive.model.builtin`, sized by ``dim``,
-    ``conv_layers``, ``transformer_layers`` and ``heads``.
+    ``conv_layers``, ``transformer_layers`` and ``heads``; ``frame_energy`` hands the built-in encoder each
+    frame's mean log-mel level, which its per-frame LayerNorm otherwise removes.
     """
 
     kind: str = "builtin"
@@ -40,6 +41,7 @@ class EncoderConfig:
     transformer_layers: int = 2
     heads: int = 4
     dropout: float = 0.1
+    frame_energy: bool = False
 
     def __post_init__(self) -> None:
         choice("encoder.kind", self.kind, ENCODER_KINDS)

@@ -84,3 +84,19 @@ def test_builtin_model_padded_batch_equals_items_alone():
 def test_wavlm_model_padded_batch_equals_items_alone(tiny_wavlm_dir):
     model = SERModel(ModelConfig(encoder=EncoderConfig(kind="hf", name=str(tiny_wavlm_dir)))).eval()
     _padded_vs_single(model, [16_000, 9_000, 23_456])
+
+
+def test_builtin_frame_energy_keeps_level_and_padding_invariance():
+    cfg = ModelConfig(encoder=EncoderConfig(dim=32, heads=4, frame_energy=True))
+    model = SERModel(cfg).eval()
+    _padded_vs_single(model, [16_000, 9_000])
+    x = torch.randn(1, 16_000) * 0.1
+    with torch.no_grad():
+        quiet, _ = model.encoder(x, torch.tensor([16_000]))
+        loud, _ = model.encoder(x * 8, torch.tensor([16_000]))
+        plain = SERModel(cfg.replace(encoder=EncoderConfig(dim=32, heads=4))).eval()
+        p_quiet, _ = plain.encoder(x, torch.tensor([16_000]))
+        p_loud, _ = plain.encoder(x * 8, torch.tensor([16_000]))
+    # Per-frame LayerNorm alone cannot see a uniform gain; the energy input can.
+    torch.testing.assert_close(p_quiet, p_loud, rtol=1e-3, atol=1e-3)
+    assert (quiet - loud).abs().max() > 1e-2
