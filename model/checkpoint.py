@@ -27,6 +27,15 @@ FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, KNN_FILE, METRICS_FILE = "config.json", "model.safetensors", "knn.safetensors", "metrics.json"
 
 
+BUNDLED_MODEL = "ravdess-builtin"
+"""The model directory shipped inside this package (see pretrained/ravdess-builtin/README.md)."""
+
+
+def bundled_model_dir() -> Path:
+    """Where the bundled default model is installed."""
+    return Path(__file__).parent / "pretrained" / BUNDLED_MODEL
+
+
 class CheckpointError(ValueError):
     """A model directory that is missing, truncated or incompatible; the message is one sentence."""
 

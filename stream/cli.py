@@ -24,9 +24,10 @@ class CliError(Exception):
 
 
 def bundled_model_dir() -> Path:
-    import serlive.model
+    """The default ``--model`` (imported lazily: ``ser-live --help`` should not load torch)."""
+    from serlive.model import bundled_model_dir as installed
 
-    return Path(serlive.model.__file__).parent / "pretrained" / "ravdess-builtin"
+    return installed()
 
 
 def demo_file() -> Path:
@@ -98,21 +99,12 @@ def wants_tui(args: argparse.Namespace) -> bool:
 
 def resolve_device(spec: str):
     """``auto|cpu|cuda|cuda:N`` -> ``torch.device``, or :class:`CliError` with one sentence."""
-    import torch
+    from serlive.model.devices import DeviceError, resolve_device as resolve
 
-    spec = spec.strip().lower()
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    index = spec[5:] if spec.startswith("cuda:") else ""
-    if spec != "cuda" and not index.isdigit():
-        raise CliError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
-    if not torch.cuda.is_available():
-        raise CliError(f"--device {spec} asks for CUDA, but torch sees no CUDA device on this machine (use --device cpu)")
-    if index and int(index) >= torch.cuda.device_count():
-        raise CliError(f"--device {spec} asks for a CUDA device this machine lacks ({torch.cuda.device_count()} visible)")
-    return torch.device(spec)
+    try:
+        return resolve(spec)
+    except DeviceError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def resolve_dtype(name: str, device):

@@ -146,7 +146,7 @@ def test_example_config_loads():
 def test_evaluate_without_the_bundled_model_says_so(monkeypatch, tmp_path, capsys):
     from serlive.train import evaluate
 
-    monkeypatch.setattr(evaluate, "default_model_dir", lambda: tmp_path / "pretrained" / "ravdess-builtin")
+    monkeypatch.setattr(evaluate, "bundled_model_dir", lambda: tmp_path / "pretrained" / "ravdess-builtin")
     assert cli.main(["evaluate", "--data", str(MANIFEST)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "ravdess-builtin does not exist" in err

@@ -9,22 +9,17 @@ import os
 import torch
 
 from serlive.model import ConfigError
+from serlive.model.devices import DeviceError, resolve_device as resolve
 
 log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``auto``: CUDA when present, else the CPU. Anything else must name an available device."""
-    name = name or "auto"
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """:func:`serlive.model.devices.resolve_device`, its error as a :class:`ConfigError`."""
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available")
-    return device
+        return resolve(name)
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def world() -> tuple[int, int]:

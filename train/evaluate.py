@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import serlive.model
-from serlive.model import CheckpointError, Predictor
+from serlive.model import CheckpointError, Predictor, bundled_model_dir
 
 from .data import default_columns, load_audio, read_manifest
 from .metrics import classification, dimensional
@@ -20,16 +19,11 @@ from .metrics import classification, dimensional
 log = logging.getLogger(__name__)
 
 
-def default_model_dir() -> Path:
-    """The bundled model shipped inside the ``serlive.model`` package."""
-    return Path(serlive.model.__file__).parent / "pretrained" / "ravdess-builtin"
-
-
 def run(model_dir: str | Path | None, manifest: str | Path, label_map: str = "", predictions: str | Path | None = None,
         device: torch.device = torch.device("cpu"), use_knn: bool = True, label_column: str = "emotion",
         batch_size: int = 16) -> dict:
     """Metrics of ``model_dir`` on ``manifest``: UA, WA, per-class recall, confusion, n (+ MAE/CCC)."""
-    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    model_dir = Path(model_dir) if model_dir else bundled_model_dir()
     if not model_dir.is_dir():
         raise CheckpointError(f"model directory {model_dir} does not exist (train one with ser-train fit, or pass --model)")
     predictor = Predictor.from_dir(model_dir, device=device, use_knn=use_knn)
