@@ -32,7 +32,8 @@ def run(model_dir: str | Path | None, manifest: str | Path, label_map: str = "",
     preds = []
     for start in tqdm(range(0, len(utts), batch_size), desc="evaluate", unit="batch", leave=False):
         chunk = utts[start: start + batch_size]
-        preds += predictor.predict_batch([load_audio(u.path, predictor.max_samples) for u in chunk])
+        waves = [load_audio(u.path, predictor.max_samples) for u in chunk]  # already 16 kHz mono, truncated
+        preds += predictor.predict_prepared(waves, [predictor.mask(w) for w in waves])
     y_true = np.array([u.label for u in utts])
     y_pred = np.array([labels.index(p.label) for p in preds])
     result = classification(y_true, y_pred, labels)
