@@ -20,6 +20,9 @@ from .frames import FRAME_STRIDE_SAMPLES, RECEPTIVE_FIELD_SAMPLES, SAMPLE_RATE_H
 N_FFT = 512
 """FFT size; the 400-sample window is zero-padded to it."""
 
+SPEC_AUGMENT = {"freq_masks": 2, "freq_width": 8, "time_masks": 2, "time_width": 10}
+"""SpecAugment while training: 2 bands of up to 8 mel bins and 2 spans of up to 10 frames (200 ms) zeroed."""
+
 ENERGY_OFFSET, ENERGY_SCALE = 5.0, 5.0
 """Bring a frame's mean log-mel (about -14 in digital silence, 0..5 in speech) near unit range."""
 
@@ -52,6 +55,28 @@ class LogMel(nn.Module):
         return torch.log(spec @ self.fbank + 1e-6)  # (B, T, n_mels)
 
 
+class GlobalScale(nn.Module):
+    """One fixed shift and scale for every mel bin and frame, so level and spectral shape survive."""
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return (mel + ENERGY_OFFSET) / ENERGY_SCALE
+
+
+def spec_augment(feats: torch.Tensor, freq_masks: int, freq_width: int, time_masks: int,
+                 time_width: int) -> torch.Tensor:
+    """Zero random mel bands and time spans of ``feats`` (B, T, F), drawn per item (Park et al., 2019)."""
+    b, t, f = feats.shape
+    keep = torch.ones(b, t, f, dtype=torch.bool, device=feats.device)
+    for axis, n_masks, width, size in ((2, freq_masks, freq_width, f), (1, time_masks, time_width, t)):
+        pos = torch.arange(size, device=feats.device)
+        for _ in range(n_masks):
+            w = torch.randint(0, width + 1, (b, 1), device=feats.device)
+            start = (torch.rand(b, 1, device=feats.device) * (size - w).clamp(min=0)).long()
+            band = (pos >= start) & (pos < start + w)  # (B, size)
+            keep &= ~(band[:, None, :] if axis == 2 else band[:, :, None])
+    return feats * keep
+
+
 class ConvBlock(nn.Module):
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
@@ -74,8 +99,8 @@ class BuiltinEncoder(nn.Module):
         super().__init__()
         self.dim = cfg.dim
         self.frontend = LogMel(cfg.n_mels)
-        self.in_norm = nn.LayerNorm(cfg.n_mels)
-        self.frame_energy = cfg.frame_energy
+        self.in_norm = nn.LayerNorm(cfg.n_mels) if cfg.input_norm == "frame" else GlobalScale()
+        self.frame_energy, self.spec_augment = cfg.frame_energy, cfg.spec_augment
         self.in_proj = nn.Linear(cfg.n_mels + int(cfg.frame_energy), cfg.dim)
         self.convs = nn.ModuleList(ConvBlock(cfg.dim, cfg.dropout) for _ in range(cfg.conv_layers))
         self.layers = nn.ModuleList(
@@ -94,6 +119,8 @@ class BuiltinEncoder(nn.Module):
         n_frames = frame_lengths(lengths)
         mel = self.frontend(waveforms)  # (B, T, n_mels)
         feats = self.in_norm(mel)
+        if self.spec_augment and self.training:
+            feats = spec_augment(feats, **SPEC_AUGMENT)
         if self.frame_energy:
             feats = torch.cat([feats, (mel.mean(-1, keepdim=True) + ENERGY_OFFSET) / ENERGY_SCALE], dim=-1)
         x = self.in_proj(feats)  # (B, T, H)

@@ -14,6 +14,7 @@ DEFAULT_LABELS = ("angry", "happy", "neutral", "sad")
 POOLINGS = ("gap", "sap", "sr")
 FREEZE_MODES = ("none", "cnn", "all")
 ENCODER_KINDS = ("hf", "builtin")
+INPUT_NORMS = ("frame", "global")
 
 
 class ConfigError(ValueError):
@@ -28,7 +29,11 @@ class EncoderConfig:
     when ``hf_config`` is given, rebuilt from that config dict with no download (how checkpoints load).
     ``kind="builtin"``: the small log-mel encoder of :mod:`serlive.model.builtin`, sized by ``dim``,
     ``conv_layers``, ``transformer_layers`` and ``heads``; ``frame_energy`` hands the built-in encoder each
-    frame's mean log-mel level, which its per-frame LayerNorm otherwise removes.
+    frame's mean log-mel level, which its per-frame LayerNorm otherwise removes; ``spec_augment`` masks
+    random mel bands and time spans of its input while training (SpecAugment; no effect in eval mode);
+    ``input_norm`` is how the built-in encoder scales its log-mel input: ``"frame"`` (LayerNorm over each
+    frame's mel bins: level and spectral contrast removed) or ``"global"`` (one fixed shift and scale for
+    every bin: a frame's level and shape kept, as in the classic baseline's statistics).
     """
 
     kind: str = "builtin"
@@ -42,10 +47,13 @@ class EncoderConfig:
     heads: int = 4
     dropout: float = 0.1
     frame_energy: bool = False
+    spec_augment: bool = False
+    input_norm: str = "frame"
 
     def __post_init__(self) -> None:
         choice("encoder.kind", self.kind, ENCODER_KINDS)
         choice("encoder.freeze", self.freeze, FREEZE_MODES)
+        choice("encoder.input_norm", self.input_norm, INPUT_NORMS)
         if self.kind == "hf" and not self.name and self.hf_config is None:
             raise ConfigError("encoder.name must be a hub id or a local folder when encoder.kind is 'hf'")
         for name in ("dim", "n_mels", "heads"):
@@ -86,7 +94,11 @@ class KnnConfig:
 
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
-    """Everything that rebuilds a SER model: encoder, pooling, heads, labels, VAD and input limits."""
+    """Everything that rebuilds a SER model: encoder, pooling, heads, labels, VAD and input limits.
+
+    ``speech_pad_s`` (None: off) cuts every input to its VAD speech span plus that much context on each
+    side, in training and in the Predictor alike, so a model trained on whole files sees what ser-live's
+    segmenter gives it live (a segment with pre-roll and hang-over), not a file's leading silence."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     pooling: str = "sr"
@@ -97,6 +109,7 @@ class ModelConfig:
     vad: VadConfig = field(default_factory=VadConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
     max_duration_s: float = 19.0
+    speech_pad_s: float | None = None
     description: str = ""
     license: str = ""
 
@@ -108,6 +121,8 @@ class ModelConfig:
             raise ConfigError("embed_dim and sap_heads must be positive")
         if self.max_duration_s <= 0:
             raise ConfigError("max_duration_s must be positive")
+        if self.speech_pad_s is not None and self.speech_pad_s < 0:
+            raise ConfigError("speech_pad_s must be None (off) or at least 0")
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

@@ -72,6 +72,28 @@ def speech_mask(waveform: np.ndarray, mode: int = 3, frame_ms: int = 30) -> np.n
     return mask_from_vad(vad_flags(waveform, mode, frame_ms), frame_samples(frame_ms), len(waveform))
 
 
+def speech_span(mask: np.ndarray, pad_s: float) -> tuple[int, int]:
+    """Frames ``[first, end)`` from the first to the last speech frame of ``mask`` with ``pad_s`` seconds
+    of context on each side, clipped to the mask; the whole mask when it holds no speech."""
+    speech = np.flatnonzero(mask)
+    if len(speech) == 0:
+        return 0, len(mask)
+    pad = int(round(pad_s * SAMPLE_RATE_HZ / FRAME_STRIDE_SAMPLES))
+    return max(0, int(speech[0]) - pad), min(len(mask), int(speech[-1]) + 1 + pad)
+
+
+def trim_to_speech(waveform: np.ndarray, mask: np.ndarray, pad_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a waveform and its speech mask to :func:`speech_span` (what ser-live's segmenter hands the
+    model: the speech, with pre-roll before and hang-over after).
+
+    The cut falls on the 320-sample frame grid, so the returned mask is a slice of ``mask`` and still has
+    ``num_frames(len(waveform))`` entries. With no speech frame, both come back unchanged."""
+    first, end = speech_span(mask, pad_s)
+    if (first, end) == (0, len(mask)):
+        return waveform, mask
+    return waveform[first * FRAME_STRIDE_SAMPLES: (end - 1) * FRAME_STRIDE_SAMPLES + RECEPTIVE_FIELD_SAMPLES], mask[first:end]
+
+
 def to_pcm16(waveform: np.ndarray) -> np.ndarray:
     """Float in [-1, 1] (or already int16) to int16 PCM, clipping out-of-range samples."""
     waveform = np.asarray(waveform)

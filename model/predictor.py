@@ -12,7 +12,7 @@ import torch
 from .audio import to_mono_16k
 from .checkpoint import load_model_dir
 from .config import ModelConfig
-from .frames import SAMPLE_RATE_HZ, num_frames, speech_mask
+from .frames import SAMPLE_RATE_HZ, num_frames, speech_mask, trim_to_speech
 from .knn import KnnDatastore, interpolate
 from .ser import SERModel
 
@@ -105,6 +105,9 @@ class Predictor:
         for w, m in zip(waves, masks, strict=True):
             if len(m) != num_frames(len(w)):
                 raise ValueError(f"speech mask has {len(m)} frames; a {len(w)}-sample waveform has {num_frames(len(w))}")
+        pad = self.config.speech_pad_s
+        if pad is not None:
+            waves, masks = map(list, zip(*(trim_to_speech(w, m, pad) for w, m in zip(waves, masks))))
         return self._forward(waves, masks)
 
     @torch.inference_mode()

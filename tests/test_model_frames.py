@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from serlive.model import EncoderConfig, ModelConfig, SERModel
-from serlive.model.frames import frame_samples, mask_from_vad, num_frames, speech_mask, vad_flags
+from serlive.model.frames import (frame_samples, mask_from_vad, num_frames, speech_mask, speech_span,
+                                   trim_to_speech, vad_flags)
 from tests.signals import voiced
 
 LENGTHS = [6400, 6401, 6719, 6720, 6721, 16_000, 33_333, 80_000, 160_000, 479_999, 480_000]
@@ -68,3 +69,31 @@ def test_vad_rejects_bad_settings():
         frame_samples(25)
     with pytest.raises(ValueError, match="aggressiveness"):
         vad_flags(np.zeros(1600, np.float32), mode=4)
+
+
+def test_trim_to_speech_cuts_on_the_frame_grid_with_the_asked_context():
+    sr = 16_000
+    wave = np.concatenate([np.zeros(sr, np.float32), voiced(1.5), np.zeros(sr, np.float32)])
+    mask = speech_mask(wave)
+    first_speech, last_speech = np.flatnonzero(mask)[[0, -1]]
+    trimmed, tmask = trim_to_speech(wave, mask, 0.15)
+    pad = round(0.15 * sr / 320)
+    assert len(tmask) == num_frames(len(trimmed))
+    assert np.flatnonzero(tmask)[0] == pad and np.flatnonzero(tmask)[-1] == len(tmask) - 1 - pad
+    assert np.array_equal(tmask, mask[first_speech - pad: last_speech + 1 + pad])
+    start = (first_speech - pad) * 320
+    assert np.array_equal(trimmed, wave[start: start + len(trimmed)])
+    # Encoder frame j of the cut is frame first - pad + j of the whole: same 400 samples.
+    assert len(trimmed) == (len(tmask) - 1) * 320 + 400
+    # About 1.5 s of speech (+ VAD hang-over) + 2 x 0.15 s, from a 3.5 s file.
+    assert 1.75 <= len(trimmed) / sr <= 2.05
+
+
+def test_trim_to_speech_clips_at_the_edges_and_leaves_speechless_input_alone():
+    wave = voiced(1.0)
+    mask = speech_mask(wave)
+    trimmed, tmask = trim_to_speech(wave, mask, 0.5)
+    assert speech_span(mask, 0.5)[0] == 0 and len(tmask) == num_frames(len(trimmed)) <= len(mask)
+    silent = np.zeros(16_000, np.float32)
+    same, smask = trim_to_speech(silent, speech_mask(silent), 0.15)
+    assert same is silent and len(smask) == num_frames(16_000)

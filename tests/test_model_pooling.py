@@ -86,8 +86,9 @@ def test_wavlm_model_padded_batch_equals_items_alone(tiny_wavlm_dir):
     _padded_vs_single(model, [16_000, 9_000, 23_456])
 
 
-def test_builtin_frame_energy_keeps_level_and_padding_invariance():
-    cfg = ModelConfig(encoder=EncoderConfig(dim=32, heads=4, frame_energy=True))
+@pytest.mark.parametrize("level_input", [{"frame_energy": True}, {"input_norm": "global"}])
+def test_builtin_level_inputs_keep_level_and_padding_invariance(level_input):
+    cfg = ModelConfig(encoder=EncoderConfig(dim=32, heads=4, **level_input))
     model = SERModel(cfg).eval()
     _padded_vs_single(model, [16_000, 9_000])
     x = torch.randn(1, 16_000) * 0.1
@@ -97,6 +98,36 @@ def test_builtin_frame_energy_keeps_level_and_padding_invariance():
         plain = SERModel(cfg.replace(encoder=EncoderConfig(dim=32, heads=4))).eval()
         p_quiet, _ = plain.encoder(x, torch.tensor([16_000]))
         p_loud, _ = plain.encoder(x * 8, torch.tensor([16_000]))
-    # Per-frame LayerNorm alone cannot see a uniform gain; the energy input can.
+    # Per-frame LayerNorm alone cannot see a uniform gain; the energy input and the global scaling can.
     torch.testing.assert_close(p_quiet, p_loud, rtol=1e-3, atol=1e-3)
     assert (quiet - loud).abs().max() > 1e-2
+
+
+def test_spec_augment_masks_bands_and_spans_only_while_training():
+    from serlive.model.builtin import spec_augment
+
+    torch.manual_seed(0)
+    feats = torch.ones(64, 100, 40)
+    out = spec_augment(feats, freq_masks=2, freq_width=8, time_masks=2, time_width=10)
+    zero_bins = (out == 0).all(dim=1)  # (B, F): a mel bin zeroed at every frame
+    zero_frames = (out == 0).all(dim=2)  # (B, T)
+    assert zero_bins.sum(1).max() <= 16 and zero_frames.sum(1).max() <= 20
+    assert zero_bins.any(1).float().mean() > 0.7 and zero_frames.any(1).float().mean() > 0.7
+    # Everything zeroed lies in a zeroed bin or frame: whole bands and spans, nothing scattered.
+    assert torch.equal(out == 0, zero_bins[:, None, :] | zero_frames[:, :, None])
+    assert not torch.equal(zero_bins[0], zero_bins[1])  # drawn per item
+    # Eval mode: the flag changes nothing, so an exported model predicts as without it.
+    cfg = ModelConfig(encoder=EncoderConfig(dim=32, heads=4, spec_augment=True))
+    model = SERModel(cfg).eval()
+    plain = SERModel(cfg.replace(encoder=EncoderConfig(dim=32, heads=4))).eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(2, 16_000) * 0.1
+    lengths = torch.tensor([16_000, 12_000])
+    with torch.no_grad():
+        torch.testing.assert_close(model.encoder(x, lengths)[0], plain.encoder(x, lengths)[0])
+        model.train(), plain.train()
+        for m in (model, plain):
+            for mod in m.modules():
+                if isinstance(mod, torch.nn.Dropout):
+                    mod.eval()
+        assert not torch.allclose(model.encoder(x, lengths)[0], plain.encoder(x, lengths)[0])

@@ -96,3 +96,25 @@ def test_cuda_bf16_matches_cpu():
     gpu.model.load_state_dict(model.state_dict())
     out = gpu.predict(voiced(1.0))
     np.testing.assert_allclose(out.probs, cpu.probs, atol=3e-2)
+
+
+def test_speech_pad_cuts_inputs_as_the_segmenter_would():
+    """With speech_pad_s the Predictor sees the speech span with context, whatever silence surrounds it:
+    a file padded with 2 s of silence predicts exactly what the hand-cut segment predicts."""
+    from serlive.model import num_frames, speech_mask, trim_to_speech
+
+    torch.manual_seed(0)
+    model = SERModel(ModelConfig(encoder=EncoderConfig(dim=32, heads=4), speech_pad_s=0.15)).eval()
+    padded_pred = Predictor(model)
+    plain = Predictor(SERModel(model.config.replace(speech_pad_s=None)).eval())
+    plain.model.load_state_dict(model.state_dict())
+    sr = 16_000
+    speech = voiced(1.2)
+    wave = np.concatenate([np.zeros(2 * sr, np.float32), speech, np.zeros(sr, np.float32)])
+    cut, cut_mask = trim_to_speech(wave, speech_mask(wave), 0.15)
+    got = padded_pred.predict(wave)
+    want = plain.predict_prepared([cut], [cut_mask])[0]
+    np.testing.assert_allclose(got.probs, want.probs, atol=1e-6)
+    assert got.frames == len(cut_mask) < num_frames(len(wave))
+    # Without the option, the leading silence is part of the input and the answer changes.
+    assert not np.allclose(plain.predict(wave).probs, want.probs, atol=1e-4)

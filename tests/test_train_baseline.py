@@ -43,3 +43,11 @@ def test_cli_baseline_cross_validates_on_the_same_folds(capsys):
     tested = [s for f in result["folds"] for s in f["test_speakers"]]
     assert len(result["folds"]) == 3 and sorted(tested) == sorted(set(tested))
     assert 0.0 <= result["ua"]["mean"] <= 1.0 and result["ua"]["n"] == 3
+
+
+def test_cli_baseline_train_only_fits_on_the_training_speakers(capsys):
+    args = ["baseline", "--set", f"data.manifest='{MANIFEST}'", "--set", "data.label_map='ravdess'",
+            "--set", "protocol.folds=3"]
+    assert cli.main(args + ["--train-only"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["refit_on_val"] is False and result["ua"]["n"] == 3

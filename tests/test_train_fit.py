@@ -84,9 +84,10 @@ def test_vad_cache_is_hit_on_a_second_run(tmp_path, monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(first.masks, second.masks))
 
 
-def test_resume_continues_after_the_last_finished_epoch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_continues_after_the_last_finished_epoch(tmp_path, monkeypatch, ema):
     torch.set_num_threads(1)
-    cfg = tiny_cfg(tmp_path, "protocol.max_folds=1", "optim.epochs=3", "loss.scl_lambda=0.1")
+    cfg = tiny_cfg(tmp_path, "protocol.max_folds=1", "optim.epochs=3", "loss.scl_lambda=0.1", f"optim.ema={ema}")
     data = fit.load_data(cfg, progress=False)
     reference = fit.run(cfg, tmp_path / "straight", torch.device("cpu"), data=data)
     original = Trainer.run_epoch
@@ -150,3 +151,81 @@ def test_evaluate_without_the_bundled_model_says_so(monkeypatch, tmp_path, capsy
     assert cli.main(["evaluate", "--data", str(MANIFEST)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "ravdess-builtin does not exist" in err
+
+
+@pytest.mark.parametrize("select,best_epoch,epochs_run", [("ua", 2, 4), ("loss", 5, 5)])
+def test_selection_keeps_the_best_epoch_of_the_chosen_metric(tmp_path, monkeypatch, select, best_epoch, epochs_run):
+    """Scripted validation: UA peaks at epoch 2 while the loss keeps falling. ``select="ua"`` keeps epoch
+    2's weights and stops after 2 epochs without a better UA; ``select="loss"`` keeps the last."""
+    from serlive.train.fold import build_model, make_source
+    from serlive.train.protocols import make_folds
+
+    cfg = tiny_cfg(tmp_path, f"optim.select='{select}'", "optim.epochs=5", "optim.patience=2")
+    data = fit.load_data(cfg, progress=False)
+    fold = make_folds(data.utts, cfg.protocol)[0]
+    model = build_model(cfg, torch.device("cpu"))
+    trainer = Trainer(model, cfg, make_source(cfg, model, data, torch.device("cpu")), fold, tmp_path / "fold",
+                      torch.device("cpu"), None)
+    scripted = iter([(1.0, 0.30), (0.9, 0.50), (0.8, 0.40), (0.7, 0.45), (0.6, 0.20)])
+    marker = model.classifier.bias
+
+    def fake_epoch(rng):
+        with torch.no_grad():
+            marker.fill_(trainer.state.epoch + 1)  # the weights remember which epoch made them
+        return 0.0
+
+    monkeypatch.setattr(trainer, "_train_epoch", fake_epoch)
+    monkeypatch.setattr(trainer, "validate", lambda: next(scripted))
+    state = trainer.fit()
+    assert (state.best_epoch, state.epoch) == (best_epoch, epochs_run)
+    assert torch.all(marker == best_epoch)
+
+
+def test_speech_pad_cuts_training_audio_like_the_predictor(tmp_path):
+    """model.speech_pad_s: the AudioSet holds each file cut to its speech span (mask sliced to match),
+    the same cut whether waveforms are preloaded or re-read."""
+    from serlive.model import trim_to_speech
+
+    whole = fit.load_data(tiny_cfg(tmp_path), progress=False)
+    cfg = tiny_cfg(tmp_path, "model.speech_pad_s=0.15")
+    cut = fit.load_data(cfg, progress=False)
+    lazy = fit.load_data(tiny_cfg(tmp_path, "model.speech_pad_s=0.15", "data.preload=false"), progress=False)
+    for i in range(len(whole)):
+        want_wave, want_mask = trim_to_speech(whole.wave(i), whole.masks[i], 0.15)
+        assert np.array_equal(cut.wave(i), want_wave) and np.array_equal(cut.masks[i], want_mask)
+        assert np.array_equal(lazy.wave(i), want_wave) and np.array_equal(lazy.masks[i], want_mask)
+    # RAVDESS files open and close with about a second of silence: the cut keeps roughly half.
+    assert 0.3 < cut.lengths.sum() / whole.lengths.sum() < 0.8
+
+
+def test_ema_weights_are_the_moving_average_of_every_step(tmp_path, monkeypatch):
+    """optim.ema: after each optimiser step e = d * e + (1 - d) * w (the first step copies w); the
+    validated and returned weights are e, checked against that recurrence run by hand."""
+    from serlive.train.fold import build_model, make_source
+    from serlive.train.protocols import make_folds
+
+    torch.set_num_threads(1)
+    decay = 0.8
+    cfg = tiny_cfg(tmp_path, f"optim.ema={decay}", "optim.epochs=2", "optim.patience=10", "optim.select='ua'")
+    data = fit.load_data(cfg, progress=False)
+    fold = make_folds(data.utts, cfg.protocol)[0]
+    model = build_model(cfg, torch.device("cpu"))
+    trainer = Trainer(model, cfg, make_source(cfg, model, data, torch.device("cpu")), fold, tmp_path / "fold",
+                      torch.device("cpu"), None)
+    manual, seen = {}, []
+    step = trainer._step
+
+    def step_and_track():
+        step()
+        w = {k: v.detach().clone() for k, v in model.named_parameters()}
+        for k, v in w.items():
+            manual[k] = v if k not in manual else decay * manual[k] + (1 - decay) * v
+        seen.append(w)
+
+    monkeypatch.setattr(trainer, "_step", step_and_track)
+    monkeypatch.setattr(trainer, "validate", lambda: (1.0, 0.5 + 0.1 * trainer.state.epoch))  # last epoch is best
+    trainer.fit()
+    assert len(seen) >= 4
+    for k, v in model.named_parameters():
+        torch.testing.assert_close(v.detach(), manual[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(seen[-1][k], manual[k]) for k in manual)  # not just the last weights

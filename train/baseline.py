@@ -66,21 +66,20 @@ class LinearBaseline:
         return torch.softmax(logits, -1).numpy()
 
 
-def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1)) -> dict:
+def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True) -> dict:
     """The baseline on the folds of ``cfg`` (same protocol, seed and label map as ``ser-train fit``).
-    The L2 strength is chosen per fold on its validation speakers; test speakers are never seen."""
-    from .data import columns_of, load_audio, max_samples_of, read_manifest
+    The L2 strength is chosen per fold on its validation speakers; test speakers are never seen. With
+    ``refit`` the chosen model is refit on train + validation speakers (a third more data than the
+    network, which keeps validation for early stopping and kNN tuning); without, on train alone."""
+    from .fit import load_data
     from .metrics import classification, mean_ci
     from .protocols import make_folds
 
     labels = cfg.model.labels
-    utts = read_manifest(cfg.data.manifest, labels, cfg.data.label_map, columns_of(cfg.data))
-    max_samples = max_samples_of(cfg.model.max_duration_s)
-    feats = np.stack([
-        utterance_features(w, speech_mask(w, cfg.model.vad.mode, cfg.model.vad.frame_ms))
-        for w in (load_audio(u.path, max_samples) for u in utts)
-    ])
-    y = np.array([u.label for u in utts])
+    data = load_data(cfg, progress=False)  # the network's input: same VAD masks, same speech_pad_s cut
+    utts = data.utts
+    feats = np.stack([utterance_features(data.wave(i), data.masks[i]) for i in range(len(data))])
+    y = data.labels
     folds = []
     for fold in make_folds(utts, cfg.protocol):
         counts = np.bincount(y[fold.train], minlength=len(labels)).astype(np.float64)
@@ -92,8 +91,9 @@ def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1)) -> dict:
         val_ua = {l2: classification(y[fold.val], fitted(l2, fold.train).predict_proba(feats[fold.val]).argmax(1), labels)["ua"]
                   for l2 in l2_grid}
         best = max(l2_grid, key=lambda l2: (val_ua[l2], -l2))
-        model = fitted(best, np.concatenate([fold.train, fold.val]))
+        model = fitted(best, np.concatenate([fold.train, fold.val]) if refit else fold.train)
         m = classification(y[fold.test], model.predict_proba(feats[fold.test]).argmax(1), labels)
         folds.append({"fold": fold.index, "test_speakers": list(fold.test_groups), "l2": best, **m})
         log.info("baseline fold %d: UA %.3f WA %.3f (l2 %g)", fold.index, m["ua"], m["wa"], best)
-    return {"folds": folds, "ua": mean_ci([f["ua"] for f in folds]), "wa": mean_ci([f["wa"] for f in folds])}
+    return {"folds": folds, "refit_on_val": refit, "ua": mean_ci([f["ua"] for f in folds]),
+            "wa": mean_ci([f["wa"] for f in folds])}

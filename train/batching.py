@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serlive.model import num_frames
+from serlive.model import num_frames, trim_to_speech
+from serlive.model.frames import FRAME_STRIDE_SAMPLES, speech_span
 
 from .augment import augment
 from .cache import MaskCache
@@ -21,17 +22,26 @@ log = logging.getLogger(__name__)
 
 class AudioSet:
     """The waveforms (truncated, 16 kHz) and speech masks of ``utts``. With ``preload`` every waveform
-    stays in memory; otherwise files are read again on each access (masks are always kept)."""
+    stays in memory; otherwise files are read again on each access (masks are always kept). With
+    ``speech_pad_s`` each item is cut to its speech span plus that context (``trim_to_speech``), as the
+    Predictor cuts a model's inputs when its config sets ``speech_pad_s``."""
 
     def __init__(self, utts: list[Utterance], max_samples: int, cache: MaskCache, preload: bool = True,
-                 progress: bool = True) -> None:
-        self.utts, self.max_samples, self.preload = utts, max_samples, preload
+                 progress: bool = True, speech_pad_s: float | None = None) -> None:
+        self.utts, self.max_samples, self.preload, self.speech_pad_s = utts, max_samples, preload, speech_pad_s
         self.waves: list[np.ndarray | None] = []
+        self.spans: list[tuple[int, int]] = []
         self.masks: list[np.ndarray] = []
         lengths = []
         for u in tqdm(utts, desc="audio + VAD", unit="utt", disable=not progress, leave=False):
             w = load_audio(u.path, max_samples)
-            self.masks.append(cache.get(u.path, w))
+            mask = cache.get(u.path, w)
+            start = 0
+            if speech_pad_s is not None:
+                start = speech_span(mask, speech_pad_s)[0] * FRAME_STRIDE_SAMPLES
+                w, mask = trim_to_speech(w, mask, speech_pad_s)
+            self.spans.append((start, start + len(w)))
+            self.masks.append(mask)
             self.waves.append(w if preload else None)
             lengths.append(len(w))
         self.lengths = np.asarray(lengths, np.int64)
@@ -43,7 +53,10 @@ class AudioSet:
 
     def wave(self, i: int) -> np.ndarray:
         w = self.waves[i]
-        return w if w is not None else load_audio(self.utts[i].path, self.max_samples)
+        if w is not None:
+            return w
+        start, stop = self.spans[i]
+        return load_audio(self.utts[i].path, self.max_samples)[start:stop]
 
     @property
     def labels(self) -> np.ndarray:

@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     bl = sub.add_parser("baseline", help="classic baseline (logistic regression on log-mel statistics) on the same folds")
     bl.add_argument("--config", default=None, help="TOML file (data, protocol and model.labels are used)")
     bl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bl.add_argument("--train-only", action="store_true",
+                    help="fit on the training speakers only, as the network is (default: refit on train + val)")
     pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
     pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
     pr.add_argument("root", help="the corpus folder")
@@ -87,7 +89,7 @@ def _dispatch(args) -> int:
         from . import config
         from .baseline import cross_validate
 
-        print(json.dumps(cross_validate(config.load(args.config, args.set)), indent=1))
+        print(json.dumps(cross_validate(config.load(args.config, args.set), refit=not args.train_only), indent=1))
         return 0
     if args.command == "evaluate":
         from .evaluate import run as run_evaluate

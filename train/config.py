@@ -20,6 +20,7 @@ from serlive.model.config import build_dataclass, choice
 PROTOCOLS = ("loso", "loso_session", "fixed")
 AUGMENTS = ("none", "noise", "volume", "reverb", "pitch", "mixed")
 SCL_REDUCTIONS = ("mean", "sum")
+SELECT_ON = ("loss", "ua")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +103,11 @@ class AugmentConfig:
 
 @dataclass(frozen=True, slots=True)
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay, per optimiser step; early stopping on val loss."""
+    """AdamW with linear warm-up then cosine decay, per optimiser step. The kept weights and early
+    stopping (``patience`` epochs without improvement) follow ``select``: the validation loss, or the
+    validation UA (ties broken by the loss) — the number reported, and less noisy on small corpora where
+    the loss swings with a few confident mistakes. ``ema`` > 0 keeps an exponential moving average of
+    the weights (decay per optimiser step); validation, selection and the saved model then use it."""
 
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -113,12 +118,17 @@ class OptimConfig:
     patience: int = 5
     grad_clip: float = 5.0
     bucket_batches: int = 20
+    select: str = "loss"
+    ema: float = 0.0
 
     def __post_init__(self) -> None:
+        choice("optim.select", self.select, SELECT_ON)
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ConfigError("optim.lr, optim.epochs, optim.batch_size and optim.accumulate must be positive")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError("optim.warmup_ratio must lie in [0, 1)")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError("optim.ema must lie in [0, 1) (0: off)")
 
 
 @dataclass(frozen=True, slots=True)

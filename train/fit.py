@@ -33,7 +33,7 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> AudioSet:
     utts = read_manifest(cfg.data.manifest, cfg.model.labels, cfg.data.label_map, columns_of(cfg.data))
     max_samples = max_samples_of(cfg.model.max_duration_s)
     cache = MaskCache(cfg.data.cache_dir or None, cfg.model.vad, max_samples)
-    return AudioSet(utts, max_samples, cache, cfg.data.preload, progress)
+    return AudioSet(utts, max_samples, cache, cfg.data.preload, progress, cfg.model.speech_pad_s)
 
 
 def check_resume(cfg: TrainConfig, out: Path) -> None:

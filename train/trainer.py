@@ -1,5 +1,5 @@
 """The training loop of one fold: AdamW, warm-up + cosine, gradient accumulation, bf16 autocast on
-CUDA, early stopping on the validation loss, and an atomic checkpoint after every epoch so that
+CUDA, early stopping on the validation loss or UA (``optim.select``), and an atomic checkpoint after every epoch so that
 ``--resume`` continues from the last finished epoch with the same data order.
 """
 
@@ -33,6 +33,7 @@ class TrainState:
 
     epoch: int = 0
     best_loss: float = math.inf
+    best_ua: float = -math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
     stopped: bool = False
@@ -69,7 +70,13 @@ class Trainer:
         self.total_steps = max(1, steps_per_epoch * cfg.optim.epochs)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(self.total_steps, cfg.optim.warmup_ratio))
         self.autocast = device.type == "cuda" and cfg.run.bf16
+        self.ema = _ema(model, cfg.optim.ema) if cfg.optim.ema > 0 else None
         self.state = TrainState()
+
+    @property
+    def eval_model(self) -> SERModel:
+        """The weights that are validated, selected and saved: the moving average when ``optim.ema``."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def checkpoint_path(self) -> Path:
@@ -90,6 +97,8 @@ class Trainer:
         bar.close()
         if self.state.best_state is not None:
             self.model.load_state_dict(self.state.best_state)
+        elif self.ema is not None:
+            self.model.load_state_dict(self.eval_model.state_dict())
         return self.state
 
     def run_epoch(self, epoch: int) -> None:
@@ -103,13 +112,19 @@ class Trainer:
                            "lr": self.opt.param_groups[0]["lr"]})
         log.info("fold %d epoch %d: train loss %.4f, val loss %.4f, val UA %.4f", self.fold.index, epoch + 1,
                  train_loss, val_loss, val_ua)
-        if val_loss < st.best_loss - 1e-6:
-            st.best_loss, st.best_epoch, st.bad_epochs = val_loss, epoch + 1, 0
-            st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        if self._improved(val_loss, val_ua):
+            st.best_loss, st.best_ua, st.best_epoch, st.bad_epochs = val_loss, val_ua, epoch + 1, 0
+            st.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.eval_model.state_dict().items()})
         else:
             st.bad_epochs += 1
             st.stopped = st.bad_epochs >= self.cfg.optim.patience
         self._save()
+
+    def _improved(self, val_loss: float, val_ua: float) -> bool:
+        st = self.state
+        if self.cfg.optim.select == "ua":
+            return val_ua > st.best_ua + 1e-9 or (abs(val_ua - st.best_ua) <= 1e-9 and val_loss < st.best_loss - 1e-6)
+        return val_loss < st.best_loss - 1e-6
 
     def _train_epoch(self, rng: np.random.Generator) -> float:
         self.model.train()
@@ -132,6 +147,8 @@ class Trainer:
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
 
     def _loss(self, batch):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -143,20 +160,21 @@ class Trainer:
         """Validation total loss (same objective, augmented views drawn with a fixed seed) and UA."""
         from .metrics import classification
 
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         total, count, preds, labels = 0.0, 0, [], []
         bs = self.cfg.run.eval_batch_size
         for batch in self.source.eval_batches(self.fold.val, bs, views=self.use_scl, seed=self.cfg.run.seed):
             batch = batch.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self.source.forward(self.model, batch)
+                out = self.source.forward(model, batch)
             parts = combined_loss(out, batch.labels, batch.dims, self.cfg.loss, self.weights, self.use_scl)
             rows = len(batch.labels)
             total, count = total + float(parts.total) * rows, count + rows
             half = rows // 2 if self.use_scl else rows
             preds.append(out.logits[:half].argmax(1).cpu().numpy())
             labels.append(batch.labels[:half].cpu().numpy())
-        ua = classification(np.concatenate(labels), np.concatenate(preds), self.model.config.labels)["ua"]
+        ua = classification(np.concatenate(labels), np.concatenate(preds), model.config.labels)["ua"]
         return total / max(count, 1), ua
 
     def _save(self) -> None:
@@ -165,8 +183,10 @@ class Trainer:
         st = self.state
         payload = {
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-            "state": {k: getattr(st, k) for k in ("epoch", "best_loss", "best_epoch", "bad_epochs", "stopped", "history")},
+            "state": {k: getattr(st, k) for k in ("epoch", "best_loss", "best_ua", "best_epoch", "bad_epochs", "stopped",
+                                                  "history")},
             "best_state": st.best_state,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.checkpoint_path, lambda tmp: torch.save(payload, tmp))
@@ -177,6 +197,15 @@ class Trainer:
         self.opt.load_state_dict(payload["optimizer"])
         self.sched.load_state_dict(payload["scheduler"])
         self.state = TrainState(**payload["state"], best_state=payload["best_state"])
+        if self.ema is not None and payload.get("ema") is not None:
+            self.ema.load_state_dict(payload["ema"])
+
+
+def _ema(model: SERModel, decay: float):
+    """A moving average of ``model``'s weights (buffers copied), updated after every optimiser step."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _wrap_ddp(model: SERModel, device: torch.device):
