@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from serlive.model import SERModel
+from serlive.model import ConfigError, SERModel
 from serlive.train import ablate, fit
 
 from .test_train_fit import tiny_cfg
@@ -53,3 +54,12 @@ def test_fit_with_a_tiny_hf_encoder_and_gradient_checkpointing(tmp_path, tiny_wa
     predictor = Predictor.from_dir(tmp_path / "hf" / "fold_0" / "model")  # rebuilt offline from hf_config
     assert predictor.config.encoder.hf_config is not None
     assert predictor.predict(torch.zeros(8000).numpy() + 0.01).label in cfg.model.labels
+
+
+def test_ablation_cells_pick_single_variants(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    picked = ablate.variants(cfg, ["gap", "sap", "sr"], ["sr-ce", "gap-scl"])
+    assert [(p, s) for p, s, _ in picked] == [("gap", True), ("sr", False)]
+    assert picked[1][2].loss.scl_lambda == 0.0 and picked[0][2].model.pooling == "gap"
+    with pytest.raises(ConfigError, match="gap-scl or sr-ce, not sr-x"):
+        ablate.variants(cfg, ["gap"], ["sr-x"])

@@ -153,10 +153,11 @@ def test_evaluate_without_the_bundled_model_says_so(monkeypatch, tmp_path, capsy
     assert err.count("\n") == 0 and "ravdess-builtin does not exist" in err
 
 
-@pytest.mark.parametrize("select,best_epoch,epochs_run", [("ua", 2, 4), ("loss", 5, 5)])
+@pytest.mark.parametrize("select,best_epoch,epochs_run", [("ua", 2, 4), ("loss", 4, 5), ("last", 5, 5)])
 def test_selection_keeps_the_best_epoch_of_the_chosen_metric(tmp_path, monkeypatch, select, best_epoch, epochs_run):
-    """Scripted validation: UA peaks at epoch 2 while the loss keeps falling. ``select="ua"`` keeps epoch
-    2's weights and stops after 2 epochs without a better UA; ``select="loss"`` keeps the last."""
+    """Scripted validation: UA peaks at epoch 2, the loss at epoch 4. ``select="ua"`` keeps epoch 2's
+    weights and stops after 2 epochs without a better UA; ``select="loss"`` keeps epoch 4's;
+    ``select="last"`` never looks and keeps epoch 5's."""
     from serlive.train.fold import build_model, make_source
     from serlive.train.protocols import make_folds
 
@@ -166,7 +167,7 @@ def test_selection_keeps_the_best_epoch_of_the_chosen_metric(tmp_path, monkeypat
     model = build_model(cfg, torch.device("cpu"))
     trainer = Trainer(model, cfg, make_source(cfg, model, data, torch.device("cpu")), fold, tmp_path / "fold",
                       torch.device("cpu"), None)
-    scripted = iter([(1.0, 0.30), (0.9, 0.50), (0.8, 0.40), (0.7, 0.45), (0.6, 0.20)])
+    scripted = iter([(1.0, 0.30), (0.9, 0.50), (0.8, 0.40), (0.7, 0.45), (0.75, 0.20)])
     marker = model.classifier.bias
 
     def fake_epoch(rng):

@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("ablate", help="GAP/SAP/SR x (±SCL) x (±kNN) table, mean ± 95%% CI over folds")
     _train_args(ab)
     ab.add_argument("--poolings", default="gap,sap,sr")
+    ab.add_argument("--cells", default="", help="only these cells, e.g. gap-scl,sap-scl,sr-ce,sr-scl")
     ev = sub.add_parser("evaluate", help="metrics of a model directory on a manifest (uses the Predictor)")
     ev.add_argument("--model", default=None, help="model directory (default: the bundled ravdess-builtin)")
     ev.add_argument("--data", required=True, help="manifest CSV")
@@ -111,7 +112,8 @@ def _dispatch(args) -> int:
         return 0
     from .ablate import run as run_ablate
 
-    table = run_ablate(cfg, args.out, device, args.poolings.split(","), resume=args.resume)
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()] or None
+    table = run_ablate(cfg, args.out, device, args.poolings.split(","), resume=args.resume, cells=cells)
     if table:
         print(table)
     return 0

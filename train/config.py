@@ -20,7 +20,7 @@ from serlive.model.config import build_dataclass, choice
 PROTOCOLS = ("loso", "loso_session", "fixed")
 AUGMENTS = ("none", "noise", "volume", "reverb", "pitch", "mixed")
 SCL_REDUCTIONS = ("mean", "sum")
-SELECT_ON = ("loss", "ua")
+SELECT_ON = ("loss", "ua", "last")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,9 @@ class OptimConfig:
     """AdamW with linear warm-up then cosine decay, per optimiser step. The kept weights and early
     stopping (``patience`` epochs without improvement) follow ``select``: the validation loss, or the
     validation UA (ties broken by the loss) — the number reported, and less noisy on small corpora where
-    the loss swings with a few confident mistakes. ``ema`` > 0 keeps an exponential moving average of
+    the loss swings with a few confident mistakes; or ``"last"``: no selection and no early stopping, the
+    weights after ``epochs`` (for a final model trained for the epoch count cross-validation found, when
+    its validation set is too small to pick an epoch). ``ema`` > 0 keeps an exponential moving average of
     the weights (decay per optimiser step); validation, selection and the saved model then use it."""
 
     lr: float = 1e-3

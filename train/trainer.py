@@ -122,6 +122,8 @@ class Trainer:
 
     def _improved(self, val_loss: float, val_ua: float) -> bool:
         st = self.state
+        if self.cfg.optim.select == "last":
+            return True
         if self.cfg.optim.select == "ua":
             return val_ua > st.best_ua + 1e-9 or (abs(val_ua - st.best_ua) <= 1e-9 and val_loss < st.best_loss - 1e-6)
         return val_loss < st.best_loss - 1e-6
