@@ -58,8 +58,34 @@ class LogMel(nn.Module):
 class GlobalScale(nn.Module):
     """One fixed shift and scale for every mel bin and frame, so level and spectral shape survive."""
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return (mel + ENERGY_OFFSET) / ENERGY_SCALE
+
+
+class UtteranceGain(nn.Module):
+    """Subtract each item's mean log-mel over its valid frames and bins (one scalar per item), then scale.
+
+    A gain g adds 2 log g to every log-mel value, so this input is exactly gain-invariant (a live
+    microphone's level says nothing about emotion), while the spectral shape and the loudness of one
+    frame against the others (the dynamics that per-frame LayerNorm flattens) survive."""
+
+    def forward(self, mel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``mel`` (B, T, F), ``valid`` (B, T) bool -> (B, T, F)."""
+        weight = valid[..., None].to(mel.dtype)
+        count = (weight.sum((1, 2)) * mel.shape[-1]).clamp(min=1)
+        mean = (mel * weight).sum((1, 2)) / count  # (B,)
+        return (mel - mean[:, None, None]) / ENERGY_SCALE
+
+
+class FrameNorm(nn.LayerNorm):
+    """LayerNorm over each frame's mel bins: level and spectral contrast removed."""
+
+    def forward(self, mel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return super().forward(mel)
+
+
+INPUT_NORMS = {"frame": FrameNorm, "global": lambda n_mels: GlobalScale(), "utterance": lambda n_mels: UtteranceGain()}
+"""How the log-mel input is scaled, by ``EncoderConfig.input_norm``."""
 
 
 def spec_augment(feats: torch.Tensor, freq_masks: int, freq_width: int, time_masks: int,
@@ -99,7 +125,7 @@ class BuiltinEncoder(nn.Module):
         super().__init__()
         self.dim = cfg.dim
         self.frontend = LogMel(cfg.n_mels)
-        self.in_norm = nn.LayerNorm(cfg.n_mels) if cfg.input_norm == "frame" else GlobalScale()
+        self.in_norm = INPUT_NORMS[cfg.input_norm](cfg.n_mels)
         self.frame_energy, self.spec_augment = cfg.frame_energy, cfg.spec_augment
         self.in_proj = nn.Linear(cfg.n_mels + int(cfg.frame_energy), cfg.dim)
         self.convs = nn.ModuleList(ConvBlock(cfg.dim, cfg.dropout) for _ in range(cfg.conv_layers))
@@ -118,13 +144,14 @@ class BuiltinEncoder(nn.Module):
         """``waveforms`` (B, N), ``lengths`` (B,) samples -> hidden (B, T, H), frame lengths (B,)."""
         n_frames = frame_lengths(lengths)
         mel = self.frontend(waveforms)  # (B, T, n_mels)
-        feats = self.in_norm(mel)
+        valid_mask = length_mask(n_frames, mel.shape[1])
+        feats = self.in_norm(mel, valid_mask)
         if self.spec_augment and self.training:
             feats = spec_augment(feats, **SPEC_AUGMENT)
         if self.frame_energy:
             feats = torch.cat([feats, (mel.mean(-1, keepdim=True) + ENERGY_OFFSET) / ENERGY_SCALE], dim=-1)
         x = self.in_proj(feats)  # (B, T, H)
-        valid = length_mask(n_frames, x.shape[1]).to(x.dtype)
+        valid = valid_mask.to(x.dtype)
         hidden = [x * valid[..., None]]
         for block in self.convs:
             x = block(x, valid)

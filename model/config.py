@@ -14,7 +14,7 @@ DEFAULT_LABELS = ("angry", "happy", "neutral", "sad")
 POOLINGS = ("gap", "sap", "sr")
 FREEZE_MODES = ("none", "cnn", "all")
 ENCODER_KINDS = ("hf", "builtin")
-INPUT_NORMS = ("frame", "global")
+INPUT_NORMS = ("frame", "global", "utterance")
 
 
 class ConfigError(ValueError):
@@ -33,7 +33,8 @@ class EncoderConfig:
     random mel bands and time spans of its input while training (SpecAugment; no effect in eval mode);
     ``input_norm`` is how the built-in encoder scales its log-mel input: ``"frame"`` (LayerNorm over each
     frame's mel bins: level and spectral contrast removed) or ``"global"`` (one fixed shift and scale for
-    every bin: a frame's level and shape kept, as in the classic baseline's statistics).
+    every bin: a frame's level and shape kept, as in the classic baseline's statistics) or ``"utterance"``
+    (the item's mean log-mel subtracted: gain-invariant, the frames' relative level and shape kept).
     """
 
     kind: str = "builtin"
@@ -110,6 +111,8 @@ class ModelConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)
     max_duration_s: float = 19.0
     speech_pad_s: float | None = None
+    gap_std: bool = False
+    spectral_stats: bool = False
     description: str = ""
     license: str = ""
 

@@ -25,6 +25,17 @@ def interpolate(p_model: np.ndarray, p_knn: np.ndarray, alpha: float) -> np.ndar
     return alpha * np.asarray(p_knn) + (1.0 - alpha) * np.asarray(p_model)
 
 
+def vote(dist: np.ndarray, key_labels: np.ndarray, temperature: float, num_classes: int) -> np.ndarray:
+    """Class probabilities ``(Q, num_classes)`` from the distances ``(Q, k)`` and labels ``(Q, k)`` of
+    each query's neighbours: weights ``softmax(-d / T)`` summed per label (eq. 3)."""
+    logits = -dist / temperature
+    w = np.exp(logits - logits.max(axis=1, keepdims=True))
+    w /= w.sum(axis=1, keepdims=True)
+    out = np.zeros((len(dist), num_classes), np.float64)
+    np.add.at(out, (np.arange(len(dist))[:, None], key_labels), w)
+    return out.astype(np.float32)
+
+
 class KnnDatastore:
     """An exact faiss index over normalised embeddings ``(N, D)`` with integer labels ``(N,)``."""
 
@@ -62,12 +73,7 @@ class KnnDatastore:
 
     def vote(self, dist: np.ndarray, idx: np.ndarray, temperature: float) -> np.ndarray:
         """Turn neighbour distances/indices (from :meth:`search`) into class probabilities."""
-        logits = -dist / temperature
-        w = np.exp(logits - logits.max(axis=1, keepdims=True))
-        w /= w.sum(axis=1, keepdims=True)
-        out = np.zeros((len(dist), self.num_classes), np.float64)
-        np.add.at(out, (np.arange(len(dist))[:, None], self.labels[idx]), w)
-        return out.astype(np.float32)
+        return vote(dist, self.labels[idx], temperature, self.num_classes)
 
     def save(self, path: str | Path) -> None:
         from safetensors.numpy import save_file

@@ -47,20 +47,30 @@ class SegmentalPooling(nn.Module):
         return masked_mean(h, keep)
 
 
-class Pooling(nn.Module):
-    """``gap``, ``sap`` or ``sr`` (concat) pooling of encoder frames; ``out_dim`` is H or 2H."""
+def masked_std(x: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard deviation of ``x`` (B, T, H) over frames where ``mask`` (B, T) is True -> (B, H)."""
+    mean = masked_mean(x, mask) if mean is None else mean
+    var = masked_mean((x - mean[:, None, :]) ** 2, mask)
+    return torch.sqrt(var + 1e-5)
 
-    def __init__(self, mode: str, dim: int, heads: int) -> None:
+
+class Pooling(nn.Module):
+    """``gap``, ``sap`` or ``sr`` (concat) pooling of encoder frames; ``out_dim`` is H or 2H, plus H
+    when ``gap_std`` adds the standard deviation to GAP (statistics pooling)."""
+
+    def __init__(self, mode: str, dim: int, heads: int, gap_std: bool = False) -> None:
         super().__init__()
-        self.mode = mode
+        self.mode, self.gap_std = mode, gap_std and mode in ("gap", "sr")
         self.sap = SegmentalPooling(dim, heads) if mode in ("sap", "sr") else None
-        self.out_dim = 2 * dim if mode == "sr" else dim
+        self.out_dim = (2 * dim if mode == "sr" else dim) + (dim if self.gap_std else 0)
 
     def forward(self, x: torch.Tensor, speech: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``x`` (B, T, H); ``speech``, ``valid`` (B, T) bool -> (B, out_dim)."""
         parts = []
         if self.mode in ("gap", "sr"):
             parts.append(masked_mean(x, valid))
+            if self.gap_std:
+                parts.append(masked_std(x, valid, parts[-1]))
         if self.sap is not None:
             parts.append(self.sap(x, speech, valid))
         return torch.cat(parts, dim=-1)

@@ -25,11 +25,17 @@ def _store(cfg, n=40):
     return KnnDatastore(rng.standard_normal((n, cfg.embed_dim)), rng.integers(0, len(cfg.labels), n), len(cfg.labels))
 
 
-@pytest.mark.parametrize("kind", ["builtin", "hf"])
+@pytest.mark.parametrize("kind", ["builtin", "hf", "builtin+stats"])
 def test_checkpoint_round_trip_is_bit_identical(kind, tiny_wavlm_dir, tmp_path):
     enc = EncoderConfig(kind="hf", name=str(tiny_wavlm_dir)) if kind == "hf" else EncoderConfig(dim=32, heads=4)
-    cfg = ModelConfig(encoder=enc, knn=KnnConfig(k=5, alpha=0.4))
-    model = SERModel(cfg).eval()
+    stats = kind.endswith("stats")
+    cfg = ModelConfig(encoder=enc, knn=KnnConfig(k=5, alpha=0.4), gap_std=stats, spectral_stats=stats)
+    model = SERModel(cfg)
+    if stats:  # running statistics that differ from the initial ones, so losing them would show
+        model.train()
+        with torch.no_grad():
+            model(torch.randn(4, 16_000) * 0.3, torch.full((4,), 16_000), torch.ones(4, 49, dtype=torch.bool))
+    model.eval()
     store = _store(cfg)
     save_model_dir(tmp_path / "m", model, store, metrics={"ua": 0.5})
     waves = [np.random.default_rng(i).standard_normal(16_000 + 999 * i).astype(np.float32) * 0.1 for i in range(3)]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from serlive.model import EncoderConfig, ModelConfig, SERModel
-from serlive.model.pooling import Pooling, SegmentalPooling, masked_mean
+from serlive.model.pooling import Pooling, SegmentalPooling, masked_mean, masked_std
 
 
 def _frames(b=3, t=40, h=16):
@@ -59,6 +59,42 @@ def test_gap_of_padded_batch_equals_each_item_alone():
 def test_pooling_modes_shapes(mode, dim):
     x, speech, valid = _frames()
     assert Pooling(mode, 16, 4)(x, speech, valid).shape == (3, dim)
+    assert Pooling(mode, 16, 4, gap_std=True)(x, speech, valid).shape == (3, dim + (16 if mode != "sap" else 0))
+
+
+def test_statistics_pooling_is_mean_and_std_of_each_item_alone():
+    x, speech, valid = _frames()
+    x = torch.where(valid[..., None], x, torch.randn_like(x) * 1e3)
+    got = Pooling("gap", 16, 4, gap_std=True)(x, speech, valid)
+    for i in range(3):
+        ref = x[i, : int(valid[i].sum())].numpy()
+        np.testing.assert_allclose(got[i, :16].numpy(), ref.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[i, 16:].numpy(), np.sqrt(ref.var(0) + 1e-5), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(masked_std(x, valid)[:, :], got[:, 16:])
+
+
+def test_spectral_stats_are_the_classic_statistics_of_the_speech_frames():
+    from serlive.model.spectral import SpectralStats
+
+    branch = SpectralStats().eval()  # fresh running statistics: mean 0, var 1, so the output is the raw vector
+    rng = np.random.default_rng(0)
+    wave = (rng.standard_normal(16_000) * 0.1).astype(np.float32)
+    speech = torch.from_numpy(rng.random(49) > 0.4)[None]
+    with torch.no_grad():
+        got = branch(torch.from_numpy(wave)[None], torch.tensor([16_000]), speech)[0].numpy()
+        mel = branch.frontend(torch.from_numpy(wave)[None])[0].numpy()  # (49, 64)
+        louder = branch(torch.from_numpy(wave * 8)[None], torch.tensor([16_000]), speech)[0].numpy()
+    mel = (mel - mel.mean()) / 5.0  # the item's mean log-mel removed, the built-in scale
+    keep = speech[0].numpy()
+    pairs = keep[1:] & keep[:-1]
+    ref = np.concatenate([mel[keep].mean(0), mel[keep].std(0), np.diff(mel, axis=0)[pairs].std(0)])
+    np.testing.assert_allclose(got, ref / np.sqrt(1 + 1e-5), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(louder, got, rtol=1e-3, atol=1e-3)  # gain-invariant
+
+
+def test_model_with_both_statistics_gives_padded_items_what_they_get_alone():
+    cfg = ModelConfig(encoder=EncoderConfig(dim=32, heads=4), gap_std=True, spectral_stats=True)
+    _padded_vs_single(SERModel(cfg).eval(), [16_000, 9_000, 23_456])
 
 
 def _padded_vs_single(model, lengths):
@@ -101,6 +137,34 @@ def test_builtin_level_inputs_keep_level_and_padding_invariance(level_input):
     # Per-frame LayerNorm alone cannot see a uniform gain; the energy input and the global scaling can.
     torch.testing.assert_close(p_quiet, p_loud, rtol=1e-3, atol=1e-3)
     assert (quiet - loud).abs().max() > 1e-2
+
+
+def test_builtin_utterance_norm_is_gain_invariant_but_keeps_dynamics():
+    cfg = ModelConfig(encoder=EncoderConfig(dim=32, heads=4, input_norm="utterance"))
+    model = SERModel(cfg).eval()
+    _padded_vs_single(model, [16_000, 9_000])
+    plain = SERModel(cfg.replace(encoder=EncoderConfig(dim=32, heads=4))).eval()
+    torch.manual_seed(0)
+    x = torch.randn(1, 16_000) * 0.05
+    lengths = torch.tensor([16_000])
+    with torch.no_grad():
+        base, _ = model.encoder(x, lengths)
+        gained, _ = model.encoder(x * 8, lengths)
+    # A uniform gain is invisible to the whole encoder (a microphone's level says nothing about emotion) ...
+    torch.testing.assert_close(base, gained, rtol=1e-3, atol=1e-3)
+
+    def normalised_input(m, wave):
+        mel = m.encoder.frontend(wave)
+        return m.encoder.in_norm(mel, torch.ones(mel.shape[:2], dtype=torch.bool))[0]  # (T, n_mels)
+
+    louder_half = torch.cat([x[:, :8_000], 8 * x[:, 8_000:]], dim=1)  # same spectra, second half 18 dB up
+    apart = [t for t in range(49) if t != 24]  # frame 24 (samples 7680..8080) straddles the change
+    with torch.no_grad():
+        utt = normalised_input(model, x)[apart], normalised_input(model, louder_half)[apart]
+        frame = normalised_input(plain, x)[apart], normalised_input(plain, louder_half)[apart]
+    # ... but one half louder than the other is seen; per-frame LayerNorm cannot see it.
+    torch.testing.assert_close(frame[0], frame[1], rtol=1e-3, atol=1e-3)
+    assert (utt[0] - utt[1]).abs().max() > 0.1
 
 
 def test_spec_augment_masks_bands_and_spans_only_while_training():

@@ -19,6 +19,7 @@ from .config import TrainConfig, load_json
 from .devices import barrier, world
 from .data import DataError, columns_of, max_samples_of, read_manifest
 from .fold import RESULT_FILE, run_fold
+from .knn_tune import NEIGHBOURS_FILE, cross_fold, load_neighbours
 from .metrics import fmt_ci, mean_ci
 from .protocols import make_folds
 
@@ -71,9 +72,24 @@ def run(cfg: TrainConfig, out: str | Path, device: torch.device, resume: bool = 
         return {}
     results = [json.loads((out / f"fold_{f.index}" / RESULT_FILE).read_text()) for f in folds]
     summary = aggregate(results, cfg.model.labels)
+    summary |= cross_fold_knn(cfg, results, [out / f"fold_{f.index}" / NEIGHBOURS_FILE for f in folds])
     write_json(out / "metrics.json", summary)
     atomic_write(out / "metrics.md", lambda tmp: Path(tmp).write_text(markdown_table(summary)))
     return summary
+
+
+def cross_fold_knn(cfg: TrainConfig, results: list[dict], paths: list[Path]) -> dict:
+    """``test_knn_xfold``: test metrics with (k, alpha) searched on the other folds' validation speakers,
+    and ``knn_final``: the setting searched on every fold's (see :func:`knn_tune.cross_fold`)."""
+    if not cfg.knn.tune or len(results) < 2 or not all(p.is_file() for p in paths):
+        return {}
+    xf = cross_fold(results, [load_neighbours(p) for p in paths], cfg.knn, cfg.model.labels)
+    rows = xf["per_fold"]
+    entry = {m: mean_ci([r[m] for r in rows]) for m in ("ua", "wa")}
+    entry["recall"] = {c: mean_ci([r["recall"][c] for r in rows]) for c in cfg.model.labels}
+    entry["confusion"] = np.sum([r["confusion"] for r in rows], axis=0).tolist()
+    entry["per_fold"] = [{k: r[k] for k in ("fold", "k", "alpha", "pooled_val", "ua", "wa")} for r in rows]
+    return {"test_knn_xfold": entry, "knn_final": xf["final"]}
 
 
 def aggregate(results: list[dict], labels: tuple[str, ...]) -> dict:
@@ -98,11 +114,18 @@ def markdown_table(summary: dict) -> str:
     """The aggregate as a markdown table: rows are metrics, columns without / with kNN."""
     n = summary["folds"]
     lines = [f"| metric ({n} fold{'s' if n != 1 else ''}, mean ± 95% CI, %) | model | model + kNN |", "|---|---|---|"]
-    a, b = summary["test"], summary["test_knn"]
+    a, b, x = summary["test"], summary["test_knn"], summary.get("test_knn_xfold")
+    if x is not None:
+        lines = [lines[0][:-1] + " model + kNN (cross-fold k, α) |", "|---|---|---|---|"]
     for m in ("ua", "wa"):
-        lines.append(f"| {m.upper()} | {fmt_ci(a[m])} | {fmt_ci(b[m])} |")
+        lines.append(f"| {m.upper()} | {fmt_ci(a[m])} | {fmt_ci(b[m])} |" + (f" {fmt_ci(x[m])} |" if x else ""))
     for c in summary["labels"]:
-        lines.append(f"| recall {c} | {fmt_ci(a['recall'][c])} | {fmt_ci(b['recall'][c])} |")
+        lines.append(f"| recall {c} | {fmt_ci(a['recall'][c])} | {fmt_ci(b['recall'][c])} |"
+                     + (f" {fmt_ci(x['recall'][c])} |" if x else ""))
+    if "knn_final" in summary:
+        f = summary["knn_final"]
+        lines.append(f"\nkNN for a model of all the speakers (searched on every fold's validation speakers): "
+                     f"k = {f['k']}, α = {f['alpha']:g} (UA {100 * f['val_ua']:.1f} vs {100 * f['val_ua_model']:.1f} alone)")
     for m in ("valence_mae", "valence_ccc", "arousal_mae", "arousal_ccc"):
         if m in a:
             lines.append(f"| {m} | {fmt_ci(a[m], 1.0)} | {fmt_ci(b[m], 1.0)} |")

@@ -15,7 +15,7 @@ from serlive.model.checkpoint import resolved_config, write_json
 
 from .config import TrainConfig
 from .devices import barrier, world
-from .knn_tune import build_datastore, infer, knn_probs, tune
+from .knn_tune import NEIGHBOURS_FILE, Neighbours, build_datastore, infer, knn_probs, save_neighbours, search
 from .losses import class_weights
 from .metrics import classification, dimensional
 from .sources import FeatureSource, WaveSource
@@ -82,7 +82,9 @@ def evaluate_fold(cfg: TrainConfig, model: SERModel, source, fold, device, autoc
     bs, labels = cfg.run.eval_batch_size, cfg.model.labels
     train, val, test = (infer(model, source, ix, device, bs, autocast) for ix in (fold.train, fold.val, fold.test))
     store = build_datastore([train, val], len(labels))
-    knn = tune(build_datastore([train], len(labels)), val, cfg.knn, labels) if cfg.knn.tune else {
+    val_nb = Neighbours.of(build_datastore([train], len(labels)), val, cfg.knn.k_max)
+    save_neighbours(fold_dir / NEIGHBOURS_FILE, val_nb, Neighbours.of(store, test, cfg.knn.k_max))
+    knn = search(val_nb, cfg.knn, labels) if cfg.knn.tune else {
         "k": cfg.model.knn.k, "alpha": cfg.model.knn.alpha, "val_ua": None, "val_ua_model": None}
     temp = cfg.knn.temperature if cfg.knn.tune else cfg.model.knn.temperature
     result = {

@@ -1,0 +1,52 @@
+"""A spectral-statistics branch beside the encoder: what a classic SER baseline knows, inside the network.
+
+For each item: the log-mel frames (the built-in encoder's front end, 64 bands on the 20 ms grid) less
+the item's mean over its valid frames (one scalar, so a microphone's gain changes nothing); then, over
+SAP's speech frames, the per-band mean and standard deviation, and the standard deviation of the
+frame-to-frame deltas: 3 x 64 numbers. A BatchNorm without affine terms standardises them with running
+statistics of the training data (kept in the checkpoint), and the pooled vector carries them into the
+32-d projection, so SCL and the kNN datastore see them too. It works beside any encoder, WavLM included.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .builtin import LogMel, UtteranceGain
+from .encoders import frame_lengths, length_mask
+from .pooling import masked_mean, masked_std
+
+N_MELS = 64
+"""Mel bands of the statistics (the classic baseline's count)."""
+
+
+class SpectralStats(nn.Module):
+    """Waveforms (B, N), lengths (B,), speech mask (B, T) -> standardised statistics (B, 3 * 64)."""
+
+    out_dim = 3 * N_MELS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frontend = LogMel(N_MELS)
+        self.gain = UtteranceGain()
+        self.norm = nn.BatchNorm1d(self.out_dim, affine=False, momentum=0.01)
+
+    def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
+        mel = self.frontend(waveforms)  # (B, T, 64)
+        valid = length_mask(frame_lengths(lengths), mel.shape[1])
+        mel = self.gain(mel, valid)
+        keep = _crop(speech, mel.shape[1]) & valid
+        keep = torch.where(keep.sum(1, keepdim=True) >= 3, keep, valid)  # too little speech: every frame
+        mean = masked_mean(mel, keep)
+        delta = mel[:, 1:] - mel[:, :-1]  # (B, T - 1, 64)
+        both = keep[:, 1:] & keep[:, :-1]
+        stats = torch.cat([mean, masked_std(mel, keep, mean), masked_std(delta, both)], dim=-1)
+        return self.norm(stats.float())
+
+
+def _crop(mask: torch.Tensor, t: int) -> torch.Tensor:
+    mask = mask.to(torch.bool)
+    if mask.shape[1] >= t:
+        return mask[:, :t]
+    return torch.nn.functional.pad(mask, (0, t - mask.shape[1]), value=False)
