@@ -33,6 +33,11 @@ def test_features_see_only_speech_frames_and_the_speech_ratio():
     assert f[-1] == np.float32(mask.mean())
     louder = utterance_features(wave * 4, mask)
     assert louder[0] > f[0]  # absolute level is kept (unlike a per-frame normalisation)
+    # Gain-free: a x4 gain (12 dB) changes nothing but the log floor; the spectral shape is kept.
+    quiet, loud = utterance_features(wave, mask, gain_free=True), utterance_features(wave * 4, mask, gain_free=True)
+    np.testing.assert_allclose(quiet, loud, atol=1e-3)
+    np.testing.assert_allclose(quiet[:64], f[:64] - f[:64].mean(), atol=1e-5)
+    assert quiet[256] == 0 and np.ptp(quiet[:64]) > 1
 
 
 def test_cli_baseline_cross_validates_on_the_same_folds(capsys):

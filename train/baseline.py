@@ -3,6 +3,11 @@
 Features per utterance (speech frames from the same VAD mask the model uses): mean and standard
 deviation of 64 log-mel bands and of their frame-to-frame deltas, plus log-energy mean, std, range and
 the speech ratio. Standardised on the training speakers; L2-regularised, fitted with L-BFGS.
+
+Two of those numbers carry the recording's absolute level (the band means and the energy mean). On a
+corpus recorded at one gain that level is a cue to emotion (angry is loud); on a microphone of unknown
+gain it is not. ``gain_free`` removes it (band means taken relative to their average, no energy mean),
+and ``test_gain_db`` plays each test utterance at a random gain to measure what the level cue costs.
 """
 
 from __future__ import annotations
@@ -21,17 +26,21 @@ N_MELS = 64
 _LOGMEL = LogMel(N_MELS)
 
 
-def utterance_features(wave: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """A fixed-length statistics vector for one 16 kHz waveform, ``(4 * 64 + 4,)``."""
+def utterance_features(wave: np.ndarray, mask: np.ndarray | None = None, gain_free: bool = False) -> np.ndarray:
+    """A fixed-length statistics vector for one 16 kHz waveform, ``(4 * 64 + 4,)``; with ``gain_free``
+    the band means are relative to their average and the energy mean is 0, so a gain changes nothing."""
     with torch.no_grad():
         mel = _LOGMEL(torch.from_numpy(np.asarray(wave, np.float32))[None])[0].numpy()  # (T, 64)
     mask = speech_mask(wave) if mask is None else mask
     speech = mel[mask] if mask.sum() >= 3 else mel
     delta = np.diff(speech, axis=0)
     energy = np.log(np.exp(speech).sum(1) + 1e-6)
+    means, level = speech.mean(0), energy.mean()
+    if gain_free:
+        means, level = means - means.mean(), 0.0
     return np.concatenate([
-        speech.mean(0), speech.std(0), delta.mean(0), delta.std(0),
-        [energy.mean(), energy.std(), np.ptp(energy), mask.mean()],
+        means, speech.std(0), delta.mean(0), delta.std(0),
+        [level, energy.std(), np.ptp(energy), mask.mean()],
     ]).astype(np.float32)
 
 
@@ -66,11 +75,13 @@ class LinearBaseline:
         return torch.softmax(logits, -1).numpy()
 
 
-def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True) -> dict:
+def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True, gain_free: bool = False,
+                   test_gain_db: float = 0.0) -> dict:
     """The baseline on the folds of ``cfg`` (same protocol, seed and label map as ``ser-train fit``).
     The L2 strength is chosen per fold on its validation speakers; test speakers are never seen. With
     ``refit`` the chosen model is refit on train + validation speakers (a third more data than the
-    network, which keeps validation for early stopping and kNN tuning); without, on train alone."""
+    network, which keeps validation for early stopping and kNN tuning); without, on train alone.
+    ``gain_free`` and ``test_gain_db``: see the module docstring (the gains are drawn with the protocol seed)."""
     from .fit import load_data
     from .metrics import classification, mean_ci
     from .protocols import make_folds
@@ -78,7 +89,12 @@ def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True) -> dict:
     labels = cfg.model.labels
     data = load_data(cfg, progress=False)  # the network's input: same VAD masks, same speech_pad_s cut
     utts = data.utts
-    feats = np.stack([utterance_features(data.wave(i), data.masks[i]) for i in range(len(data))])
+    feats = np.stack([utterance_features(data.wave(i), data.masks[i], gain_free) for i in range(len(data))])
+    test_feats = feats
+    if test_gain_db:
+        gains_db = np.random.default_rng(cfg.protocol.seed).uniform(-test_gain_db, test_gain_db, len(data))
+        test_feats = np.stack([utterance_features(data.wave(i) * np.float32(10 ** (g / 20)), data.masks[i], gain_free)
+                               for i, g in enumerate(gains_db)])
     y = data.labels
     folds = []
     for fold in make_folds(utts, cfg.protocol):
@@ -92,8 +108,8 @@ def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True) -> dict:
                   for l2 in l2_grid}
         best = max(l2_grid, key=lambda l2: (val_ua[l2], -l2))
         model = fitted(best, np.concatenate([fold.train, fold.val]) if refit else fold.train)
-        m = classification(y[fold.test], model.predict_proba(feats[fold.test]).argmax(1), labels)
+        m = classification(y[fold.test], model.predict_proba(test_feats[fold.test]).argmax(1), labels)
         folds.append({"fold": fold.index, "test_speakers": list(fold.test_groups), "l2": best, **m})
         log.info("baseline fold %d: UA %.3f WA %.3f (l2 %g)", fold.index, m["ua"], m["wa"], best)
-    return {"folds": folds, "refit_on_val": refit, "ua": mean_ci([f["ua"] for f in folds]),
+    return {"folds": folds, "refit_on_val": refit, "gain_free": gain_free, "test_gain_db": test_gain_db, "ua": mean_ci([f["ua"] for f in folds]),
             "wa": mean_ci([f["wa"] for f in folds])}

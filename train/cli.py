@@ -42,6 +42,10 @@ def parser() -> argparse.ArgumentParser:
     bl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     bl.add_argument("--train-only", action="store_true",
                     help="fit on the training speakers only, as the network is (default: refit on train + val)")
+    bl.add_argument("--gain-free", action="store_true",
+                    help="drop the absolute-level features (band means relative to their average, no energy mean)")
+    bl.add_argument("--test-gain-db", type=float, default=0.0, metavar="DB",
+                    help="play each test utterance at a random gain within +-DB (a microphone's unknown level)")
     pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
     pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
     pr.add_argument("root", help="the corpus folder")
@@ -90,7 +94,9 @@ def _dispatch(args) -> int:
         from . import config
         from .baseline import cross_validate
 
-        print(json.dumps(cross_validate(config.load(args.config, args.set), refit=not args.train_only), indent=1))
+        result = cross_validate(config.load(args.config, args.set), refit=not args.train_only, gain_free=args.gain_free,
+                                test_gain_db=args.test_gain_db)
+        print(json.dumps(result, indent=1))
         return 0
     if args.command == "evaluate":
         from .evaluate import run as run_evaluate
