@@ -20,7 +20,7 @@ def test_ablation_table_has_every_cell(tmp_path):
     table = ablate.run(cfg, tmp_path / "abl", torch.device("cpu"), ["gap", "sr"])
     rows = json.loads((tmp_path / "abl" / "ablation.json").read_text())["rows"]
     assert [(r["pooling"], r["scl"], r["knn"]) for r in rows] == [
-        (p, s, k) for p in ("gap", "sr") for s in (False, True) for k in (False, True)]
+        (p, s, k) for p in ("gap", "sr") for s in (False, True) for k in ("none", "fold")]  # one fold: no cross-fold
     assert table.count("\n") == 2 + 8
     ce = json.loads((tmp_path / "abl" / "gap-ce" / "train_config.json").read_text())
     scl = json.loads((tmp_path / "abl" / "sr-scl" / "train_config.json").read_text())
@@ -59,7 +59,22 @@ def test_fit_with_a_tiny_hf_encoder_and_gradient_checkpointing(tmp_path, tiny_wa
 def test_ablation_cells_pick_single_variants(tmp_path):
     cfg = tiny_cfg(tmp_path)
     picked = ablate.variants(cfg, ["gap", "sap", "sr"], ["sr-ce", "gap-scl"])
-    assert [(p, s) for p, s, _ in picked] == [("gap", True), ("sr", False)]
-    assert picked[1][2].loss.scl_lambda == 0.0 and picked[0][2].model.pooling == "gap"
+    assert [name for name, _ in picked] == ["gap-scl", "sr-ce"]
+    assert picked[1][1].loss.scl_lambda == 0.0 and picked[0][1].model.pooling == "gap"
     with pytest.raises(ConfigError, match="gap-scl or sr-ce, not sr-x"):
         ablate.variants(cfg, ["gap"], ["sr-x"])
+    with pytest.raises(ConfigError, match="not sr-scl-nostats"):  # the recipe has no branch to drop
+        ablate.variants(cfg, ["sr"], ["sr-scl-nostats"])
+    stats = tiny_cfg(tmp_path, "model.spectral_stats=true")
+    picked = dict(ablate.variants(stats, ["sr"], ["sr-scl", "sr-scl-nostats"]))
+    assert picked["sr-scl"].model.spectral_stats and not picked["sr-scl-nostats"].model.spectral_stats
+
+
+def test_ablation_reports_the_cross_fold_knn_with_two_folds(tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(tmp_path, "optim.epochs=1", "protocol.max_folds=2")
+    ablate.run(cfg, tmp_path / "abl", torch.device("cpu"), ["gap"], cells=["gap-ce"])
+    rows = json.loads((tmp_path / "abl" / "ablation.json").read_text())["rows"]
+    assert [r["knn"] for r in rows] == ["none", "fold", "cross-fold"] and rows[0]["folds"] == 2
+    summary = json.loads((tmp_path / "abl" / "gap-ce" / "metrics.json").read_text())
+    assert len(summary["test_knn_xfold"]["per_fold"]) == 2 and 1 <= summary["knn_final"]["k"] <= 4

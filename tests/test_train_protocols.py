@@ -71,3 +71,13 @@ def test_too_few_speakers_is_a_clear_error():
         make_folds(utts(2), ProtocolConfig())
     with pytest.raises(ConfigError, match="only 4"):
         make_folds(utts(4), ProtocolConfig(folds=5))
+
+
+def test_all_trains_on_every_speaker_and_needs_a_fixed_epoch_count():
+    from serlive.train import config
+
+    (fold,) = make_folds(utts(4), ProtocolConfig(kind="all"))
+    assert fold.train.tolist() == fold.val.tolist() == fold.test.tolist() == list(range(12))
+    with pytest.raises(ConfigError, match='optim.select = "last"'):
+        config.load(None, ["protocol.kind='all'"])
+    assert config.load(None, ["protocol.kind='all'", "optim.select='last'"]).protocol.kind == "all"

@@ -1,7 +1,10 @@
 """``ser-train ablate``: GAP / SAP / SR pooling x (±SCL) x (±kNN), mean ± 95% CI over folds.
 
 Each (pooling, SCL) pair is one ``fit`` run in ``<out>/<pooling>-scl|-ce``; ±kNN needs no retraining:
-every trained fold is measured with alpha = 0 (the model alone) and with its tuned alpha.
+every trained fold is measured with alpha = 0 (the model alone), with the (k, alpha) searched on its own
+validation speakers, and, with two folds or more, with the (k, alpha) searched across folds. A cell
+named with ``-nostats`` (``sr-scl-nostats``) is the same without the spectral-statistics branch, for a
+recipe that has it.
 """
 
 from __future__ import annotations
@@ -22,29 +25,34 @@ from .metrics import fmt_ci
 log = logging.getLogger(__name__)
 
 
-def variants(cfg: TrainConfig, poolings: list[str], cells: list[str] | None = None) -> list[tuple[str, bool, TrainConfig]]:
-    """(pooling, scl, config) for every cell, or only the named ``cells`` (``"sr-scl"``, ``"gap-ce"``, …);
-    SCL on uses the configured lambda (0.1 if it was 0)."""
+def variants(cfg: TrainConfig, poolings: list[str], cells: list[str] | None = None) -> list[tuple[str, TrainConfig]]:
+    """(cell name, config) for every pooling x SCL cell, or only the named ``cells`` (``"sr-scl"``,
+    ``"gap-ce"``, and ``"sr-scl-nostats"`` for a recipe with the spectral-statistics branch); SCL on uses
+    the configured lambda (0.1 if it was 0)."""
     lam = cfg.loss.scl_lambda or 0.1
     for pooling in poolings:
         if pooling not in ("gap", "sap", "sr"):
             raise ConfigError(f"--poolings takes gap, sap and sr, not {pooling!r}")
-    every = [(p, scl) for p in (poolings if not cells else ("gap", "sap", "sr")) for scl in (False, True)]
+    drops = (False, True) if cells and cfg.model.spectral_stats else (False,)
+    every = [(p, scl, nostats) for p in (poolings if not cells else ("gap", "sap", "sr")) for scl in (False, True)
+             for nostats in drops]
     if cells:
-        unknown = set(cells) - {cell_name(p, s) for p, s in every}
+        unknown = set(cells) - {cell_name(*cell) for cell in every}
         if unknown:
             raise ConfigError(f"--cells takes names like gap-scl or sr-ce, not {', '.join(sorted(unknown))}")
-        every = [(p, s) for p, s in every if cell_name(p, s) in cells]
+        every = [cell for cell in every if cell_name(*cell) in cells]
     out = []
-    for pooling, scl in every:
+    for pooling, scl, nostats in every:
         loss = dataclasses.replace(cfg.loss, scl_lambda=lam if scl else 0.0)
-        out.append((pooling, scl, cfg.replace(model=cfg.model.replace(pooling=pooling), loss=loss)))
+        model = cfg.model.replace(pooling=pooling, spectral_stats=cfg.model.spectral_stats and not nostats)
+        out.append((cell_name(pooling, scl, nostats), cfg.replace(model=model, loss=loss)))
     return out
 
 
-def cell_name(pooling: str, scl: bool) -> str:
-    """The cell's run folder: ``<pooling>-scl`` or ``<pooling>-ce``."""
-    return f"{pooling}-{'scl' if scl else 'ce'}"
+def cell_name(pooling: str, scl: bool, nostats: bool = False) -> str:
+    """The cell's run folder: ``<pooling>-scl`` or ``<pooling>-ce``, then ``-nostats`` for a cell that
+    drops the recipe's spectral-statistics branch."""
+    return f"{pooling}-{'scl' if scl else 'ce'}" + ("-nostats" if nostats else "")
 
 
 def run(cfg: TrainConfig, out: str | Path, device: torch.device, poolings: list[str], resume: bool = False,
@@ -53,15 +61,16 @@ def run(cfg: TrainConfig, out: str | Path, device: torch.device, poolings: list[
     out = Path(out)
     data = fit.load_data(cfg)
     rows = []
-    for pooling, scl, vcfg in variants(cfg, poolings, cells):
-        name = cell_name(pooling, scl)
+    for name, vcfg in variants(cfg, poolings, cells):
         log.info("ablation: %s", name)
         summary = fit.run(vcfg, out / name, device, resume=resume, data=data)
         if not summary:  # a torchrun rank other than 0
             continue
-        for knn, key in ((False, "test"), (True, "test_knn")):
-            rows.append({"pooling": pooling, "scl": scl, "knn": knn, "ua": summary[key]["ua"],
-                         "wa": summary[key]["wa"], "folds": summary["folds"]})
+        cell = {"cell": name, "pooling": vcfg.model.pooling, "scl": vcfg.loss.scl_lambda > 0,
+                "stats": vcfg.model.spectral_stats, "folds": summary["folds"]}
+        for knn, key in (("none", "test"), ("fold", "test_knn"), ("cross-fold", "test_knn_xfold")):
+            if key in summary:
+                rows.append(cell | {"knn": knn, "ua": summary[key]["ua"], "wa": summary[key]["wa"]})
     if not rows:
         return ""
     write_json(out / "ablation.json", {"rows": rows})
@@ -70,9 +79,14 @@ def run(cfg: TrainConfig, out: str | Path, device: torch.device, poolings: list[
     return table
 
 
+KNN_COLUMN = {"none": "−", "fold": "+ (own val)", "cross-fold": "+ (cross-fold)"}
+"""How each kNN row was chosen: none, searched on the fold's own validation speakers, or across folds."""
+
+
 def ablation_table(rows: list[dict]) -> str:
-    lines = ["| pooling | SCL | kNN | UA % (mean ± 95% CI) | WA % (mean ± 95% CI) | folds |", "|---|---|---|---|---|---|"]
+    lines = ["| pooling | SCL | spectral stats | kNN | UA % (mean ± 95% CI) | WA % (mean ± 95% CI) | folds |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['pooling'].upper()} | {'+' if r['scl'] else '−'} | {'+' if r['knn'] else '−'} | "
-                     f"{fmt_ci(r['ua'])} | {fmt_ci(r['wa'])} | {r['folds']} |")
+        lines.append(f"| {r['pooling'].upper()} | {'+' if r['scl'] else '−'} | {'+' if r['stats'] else '−'} | "
+                     f"{KNN_COLUMN[r['knn']]} | {fmt_ci(r['ua'])} | {fmt_ci(r['wa'])} | {r['folds']} |")
     return "\n".join(lines) + "\n"

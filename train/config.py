@@ -17,7 +17,7 @@ from typing import Any
 from serlive.model import ConfigError, ModelConfig
 from serlive.model.config import build_dataclass, choice
 
-PROTOCOLS = ("loso", "loso_session", "fixed")
+PROTOCOLS = ("loso", "loso_session", "fixed", "all")
 AUGMENTS = ("none", "noise", "volume", "reverb", "pitch", "mixed")
 SCL_REDUCTIONS = ("mean", "sum")
 SELECT_ON = ("loss", "ua", "last")
@@ -45,7 +45,8 @@ class DataConfig:
 class ProtocolConfig:
     """``loso``: speakers (shuffled by ``seed``) split into ``folds`` groups; fold i tests group i,
     validates on group i+1 and trains on the rest. ``loso_session``: the same over sessions.
-    ``fixed``: one fold from the manifest's ``split`` column (train/val/test) or the speaker lists."""
+    ``fixed``: one fold from the manifest's ``split`` column (train/val/test) or the speaker lists.
+    ``all``: every speaker trains (a final model; validation and test are the training data)."""
 
     kind: str = "loso"
     folds: int = 0
@@ -170,6 +171,11 @@ class TrainConfig:
     knn: KnnSearchConfig = field(default_factory=KnnSearchConfig)
     run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        if self.protocol.kind == "all" and self.optim.select != "last":
+            raise ConfigError('protocol.kind "all" trains on every speaker, so nothing is left to select an epoch '
+                              'on: set optim.select = "last"')
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
