@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="train every fold of a protocol; one model directory per fold")
     _train_args(fit)
     fit.add_argument("--folds", default="", help="comma-separated fold indices to run (default: all)")
+    fit.add_argument("--knn-from", default=None, metavar="CV_RUN",
+                     help="take kNN k and alpha from a cross-validation run's cross-fold search (no search here)")
     ab = sub.add_parser("ablate", help="GAP/SAP/SR x (±SCL) x (±kNN) table, mean ± 95%% CI over folds")
     _train_args(ab)
     ab.add_argument("--poolings", default="gap,sap,sr")
@@ -46,6 +48,10 @@ def parser() -> argparse.ArgumentParser:
                     help="drop the absolute-level features (band means relative to their average, no energy mean)")
     bl.add_argument("--test-gain-db", type=float, default=0.0, metavar="DB",
                     help="play each test utterance at a random gain within +-DB (a microphone's unknown level)")
+    bu = sub.add_parser("bundle", help="a shippable model directory: a final run's model + the CV and baseline figures")
+    bu.add_argument("--cv", required=True, help="the cross-validation run directory")
+    bu.add_argument("--final", required=True, help="the final run (protocol.kind = \"all\") of the same recipe")
+    bu.add_argument("--out", required=True, help="model directory to write (replaced)")
     pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
     pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
     pr.add_argument("root", help="the corpus folder")
@@ -89,6 +95,14 @@ def _dispatch(args) -> int:
 
         n = write_manifest(args.corpus, args.root, args.out)
         print(f"wrote {n} utterances to {args.out}")
+        return 0
+    if args.command == "bundle":
+        from .bundle import run as run_bundle
+
+        metrics = run_bundle(args.cv, args.final, args.out)
+        cv = metrics["cross_validation"]
+        print(f"wrote {args.out}: {cv['folds']}-fold UA {100 * cv['test']['ua']['mean']:.1f}, "
+              f"baseline {100 * metrics['baseline_same_folds']['as_is']['ua']['mean']:.1f}")
         return 0
     if args.command == "baseline":
         from . import config
@@ -135,6 +149,14 @@ def _train_config(args):
         cfg = cfg.replace(run=dataclasses.replace(cfg.run, freeze_encoder=True))
     if args.spread_folds:
         cfg = cfg.replace(run=dataclasses.replace(cfg.run, spread_folds=True))
+    if getattr(args, "knn_from", None):
+        from serlive.model import KnnConfig
+
+        from .bundle import load_knn_final
+
+        best = load_knn_final(args.knn_from)
+        cfg = cfg.replace(knn=dataclasses.replace(cfg.knn, tune=False), model=cfg.model.replace(
+            knn=KnnConfig(k=best["k"], alpha=best["alpha"], temperature=cfg.knn.temperature)))
     return cfg
 
 

@@ -1,0 +1,45 @@
+"""The path to a shipped model: cross-validation, a final run on every speaker with the cross-fold kNN
+setting (``--knn-from``), and ``ser-train bundle`` writing the model directory with its evidence."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from serlive.model import Predictor
+from serlive.train import cli
+
+from .test_train_fit import TINY
+
+
+def test_cv_then_final_then_bundle(tmp_path, capsys):
+    torch.set_num_threads(1)
+    sets = [a for s in TINY + [f"data.cache_dir='{tmp_path / 'vad'}'", "optim.epochs=1", "optim.select='last'"]
+            for a in ("--set", s)]
+    assert cli.main(["fit", *sets, "--set", "protocol.max_folds=2", "--out", str(tmp_path / "cv")]) == 0
+    chosen = json.loads((tmp_path / "cv" / "metrics.json").read_text())["knn_final"]
+    assert cli.main(["fit", *sets, "--set", "protocol.kind='all'", "--knn-from", str(tmp_path / "cv"),
+                     "--out", str(tmp_path / "final")]) == 0
+    final = json.loads((tmp_path / "final" / "fold_0" / "result.json").read_text())
+    assert final["n_train"] == final["n_val"] and final["knn"]["k"] == chosen["k"]  # every speaker trains
+    capsys.readouterr()
+    assert cli.main(["bundle", "--cv", str(tmp_path / "cv"), "--final", str(tmp_path / "final"),
+                     "--out", str(tmp_path / "model")]) == 0
+    assert "2-fold UA" in capsys.readouterr().out
+    predictor = Predictor.from_dir(tmp_path / "model")
+    assert (predictor.config.knn.k, predictor.config.knn.alpha) == (chosen["k"], chosen["alpha"])
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["cross_validation"]["folds"] == 2
+    base = metrics["baseline_same_folds"]
+    assert set(base) >= {"as_is", "gain_free", "as_is_test_gain_10db", "gain_free_test_gain_10db"}
+    assert len(base["as_is"]["per_fold"]) == 2 and metrics["train_config"]["protocol"]["kind"] == "all"
+    assert not (tmp_path / "model.staging").exists()
+
+
+def test_bundle_and_knn_from_refuse_what_is_not_a_run(tmp_path, capsys):
+    assert cli.main(["fit", "--knn-from", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.json does not exist" in err and "finished ser-train fit run" in err
+    assert cli.main(["bundle", "--cv", str(tmp_path), "--final", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1

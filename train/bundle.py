@@ -1,0 +1,81 @@
+"""``ser-train bundle``: a shippable model directory with the evidence for it.
+
+Takes a cross-validation run (``ser-train fit`` over speaker-independent folds) and a final run of the same
+recipe on every speaker (``protocol.kind = "all"``, kNN settings from ``--knn-from`` the CV run), copies the
+final model directory and writes its ``metrics.json``: the cross-validated figures, the classic baseline
+on the same folds (as it is, without the absolute level, and each with the test audio at an unknown gain),
+the final model's kNN setting and training fit, and the resolved training configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from serlive.model import ConfigError
+from serlive.model.checkpoint import write_json
+
+from .config import load_json
+from .fit import CONFIG_FILE
+
+log = logging.getLogger(__name__)
+
+TEST_GAIN_DB = 10.0
+"""The baseline is also measured with each test utterance at a random gain within this many dB."""
+
+FINAL_FOLD = "fold_0"
+"""A ``protocol.kind = "all"`` run has this one fold."""
+
+
+def load_knn_final(cv_dir: str | Path) -> dict:
+    """The kNN setting a cross-validation run chose for a model of all its speakers (``knn_final``)."""
+    path = Path(cv_dir) / "metrics.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: is {cv_dir} a finished ser-train fit run?")
+    summary = json.loads(path.read_text())
+    if "knn_final" not in summary:
+        raise ConfigError(f"{path} has no cross-fold kNN setting (a run with knn.tune and two folds or more has one)")
+    return summary["knn_final"]
+
+
+def run(cv_dir: str | Path, final_dir: str | Path, out: str | Path) -> dict:
+    """Write ``out`` (a ser-live model directory) from the final run, with the evidence in metrics.json."""
+    from .baseline import cross_validate
+
+    cv_dir, final_dir, out = Path(cv_dir), Path(final_dir), Path(out)
+    cv_cfg, final_cfg = load_json(cv_dir / CONFIG_FILE), load_json(final_dir / CONFIG_FILE)
+    model_dir = final_dir / FINAL_FOLD / "model"
+    if final_cfg.protocol.kind != "all" or not (model_dir / "config.json").is_file():
+        raise ConfigError(f"{final_dir} is not a finished run with protocol.kind = \"all\"")
+    cv = json.loads((cv_dir / "metrics.json").read_text())
+    final = json.loads((final_dir / FINAL_FOLD / "result.json").read_text())
+    baseline = {}
+    for name, gain_free in (("as_is", False), ("gain_free", True)):
+        for suffix, gain in (("", 0.0), (f"_test_gain_{TEST_GAIN_DB:g}db", TEST_GAIN_DB)):
+            r = cross_validate(cv_cfg, gain_free=gain_free, test_gain_db=gain)
+            baseline[name + suffix] = {k: r[k] for k in ("ua", "wa")} | {"per_fold": [f["ua"] for f in r["folds"]]}
+    protocol = cv_cfg.protocol
+    metrics = {
+        "note": (f"Cross-validation of this recipe ({cv['folds']} speaker-independent folds, protocol "
+                 f"{protocol.kind!r}, folds={protocol.folds} (0: one per speaker), seed {protocol.seed}) and the "
+                 "classic baseline (ser-train baseline) on the same folds. The model itself was trained on every "
+                 "speaker with the kNN setting searched across the folds' validation speakers; its training fit "
+                 "below is not a test."),
+        "cross_validation": cv,
+        "baseline_same_folds": {"method": "logistic regression on log-mel statistics (ser-train baseline)",
+                                "test_gain_db": TEST_GAIN_DB, **baseline},
+        "final_model": {"knn": load_knn_final(cv_dir), "training_fit": final["test"]},
+        "train_config": final_cfg.to_dict(),
+    }
+    staging = out.with_name(out.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(model_dir, staging)
+    write_json(staging / "metrics.json", metrics)
+    for path in staging.iterdir():
+        path.chmod(0o644)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    log.info("bundled %s -> %s", model_dir, out)
+    return metrics
