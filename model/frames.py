@@ -21,6 +21,15 @@ RECEPTIVE_FIELD_SAMPLES = 400
 VAD_FRAME_MS = (10, 20, 30)
 """Frame durations WebRTC VAD accepts."""
 
+VAD_LEVEL = 0.25
+""":func:`speech_mask` scales a waveform so that its 99.9th-percentile magnitude is this before WebRTC VAD
+decides. The VAD's decisions depend on level: on RAVDESS, quiet (calm, sad) utterances lost half their
+speech frames at their recorded level, so the mask, and everything pooled over it, carried loudness
+(emotion in an acted corpus, nothing on a microphone of unknown gain). Only the VAD hears the levelled copy."""
+
+VAD_MIN_LEVEL = 1e-3
+"""Levelling never amplifies more than ``VAD_LEVEL / VAD_MIN_LEVEL`` (48 dB), so near-silence stays silence."""
+
 
 def num_frames(n_samples: int) -> int:
     """Encoder frames for ``n_samples`` samples: ``floor((N - 400) / 320) + 1``, or 0 below 400."""
@@ -66,10 +75,20 @@ def mask_from_vad(flags: np.ndarray, vad_frame_samples: int, n_samples: int) -> 
     return out
 
 
+def level_for_vad(waveform: np.ndarray) -> np.ndarray:
+    """A float copy of ``waveform`` at :data:`VAD_LEVEL` (99.9th-percentile magnitude), for the VAD only."""
+    x = np.asarray(waveform)
+    x = x.astype(np.float32) / 32768.0 if x.dtype == np.int16 else x.astype(np.float32, copy=False)
+    if len(x) == 0:
+        return x
+    return x * np.float32(VAD_LEVEL / max(float(np.percentile(np.abs(x), 99.9)), VAD_MIN_LEVEL))
+
+
 def speech_mask(waveform: np.ndarray, mode: int = 3, frame_ms: int = 30) -> np.ndarray:
-    """Speech mask of a 16 kHz mono waveform on the encoder frame grid, shape ``(num_frames(N),)``."""
+    """Speech mask of a 16 kHz mono waveform on the encoder frame grid, shape ``(num_frames(N),)``; the VAD
+    hears the waveform levelled (:func:`level_for_vad`), so a gain does not move the mask."""
     waveform = np.asarray(waveform)
-    return mask_from_vad(vad_flags(waveform, mode, frame_ms), frame_samples(frame_ms), len(waveform))
+    return mask_from_vad(vad_flags(level_for_vad(waveform), mode, frame_ms), frame_samples(frame_ms), len(waveform))
 
 
 def speech_span(mask: np.ndarray, pad_s: float) -> tuple[int, int]:

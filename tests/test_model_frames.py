@@ -97,3 +97,24 @@ def test_trim_to_speech_clips_at_the_edges_and_leaves_speechless_input_alone():
     silent = np.zeros(16_000, np.float32)
     same, smask = trim_to_speech(silent, speech_mask(silent), 0.15)
     assert same is silent and len(smask) == num_frames(16_000)
+
+
+def test_speech_mask_does_not_move_with_gain_and_leaves_silence_alone():
+    from serlive.model.frames import VAD_LEVEL, level_for_vad
+
+    rng = np.random.default_rng(0)
+    room = rng.standard_normal(48_000).astype(np.float32) * 1e-3  # -60 dBFS of room noise
+    wave = room.copy()
+    wave[16_000:32_000] += voiced(1.0) * 0.5
+    masks = {g: speech_mask(wave * g) for g in (0.02, 0.1, 0.5, 1.5)}  # -34 dB .. +3.5 dB, no clipping
+    ref = masks[1.5]
+    # The voicing (1.0 .. 2.0 s) is speech and the room noise around it is not (WebRTC VAD may mark its
+    # first few frames and holds on for a hang-over after speech).
+    assert ref[55:95].all() and not ref[10:45].any() and not ref[110:].any()
+    for g, mask in masks.items():
+        assert (mask != ref).sum() <= 2, g  # a boundary frame at most: the PCM rounding differs
+    assert np.percentile(np.abs(level_for_vad(wave * 0.02)), 99.9) == pytest.approx(VAD_LEVEL, rel=1e-3)
+    # Room noise alone is not levelled up into "speech": at most 48 dB of gain, so it stays quiet.
+    # (WebRTC VAD calls its first few frames speech whatever they hold: skip its start-up.)
+    assert not speech_mask(room * 0.1)[10:].any() and np.abs(level_for_vad(room * 0.1)).max() < 0.05
+    np.testing.assert_array_equal(speech_mask((wave * 32767 * 0.5).astype(np.int16)), speech_mask(wave * 0.5))

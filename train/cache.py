@@ -19,7 +19,7 @@ from serlive.model.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Part of every key; bump when the mask's meaning changes."""
 
 
