@@ -3,9 +3,14 @@
 For each item: the log-mel frames (the built-in encoder's front end, 64 bands on the 20 ms grid) less
 the item's mean over its valid frames (one scalar, so a microphone's gain changes nothing); then, over
 SAP's speech frames, the per-band mean and standard deviation, and the standard deviation of the
-frame-to-frame deltas: 3 x 64 numbers. A BatchNorm without affine terms standardises them with running
-statistics of the training data (kept in the checkpoint), and the pooled vector carries them into the
+frame-to-frame deltas: 3 x 64 numbers. They are standardised with the training set's mean and standard
+deviation, computed once before training (:meth:`SpectralStats.standardise_with`) and kept in the
+checkpoint, as the classic baseline standardises its features; the pooled vector carries them into the
 32-d projection, so SCL and the kNN datastore see them too. It works beside any encoder, WavLM included.
+
+Not a BatchNorm: its training-time statistics are those of one length-bucketed batch (and length goes
+with emotion on acted speech), its running averages lag, and a model trained that way predicted one class
+in eval mode on a RAVDESS fold while its embeddings (which kNN uses) stayed sound.
 """
 
 from __future__ import annotations
@@ -30,9 +35,20 @@ class SpectralStats(nn.Module):
         super().__init__()
         self.frontend = LogMel(N_MELS)
         self.gain = UtteranceGain()
-        self.norm = nn.BatchNorm1d(self.out_dim, affine=False, momentum=0.01)
+        self.register_buffer("shift", torch.zeros(self.out_dim))
+        self.register_buffer("scale", torch.ones(self.out_dim))
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
+        return (self.raw(waveforms, lengths, speech) - self.shift) / self.scale
+
+    @torch.no_grad()
+    def standardise_with(self, stats: torch.Tensor) -> None:
+        """Set the standardisation from raw statistics ``(N, 192)`` of the training utterances."""
+        self.shift.copy_(stats.mean(0))
+        self.scale.copy_(stats.std(0).clamp(min=1e-3))
+
+    def raw(self, waveforms: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
+        """The statistics before standardisation, (B, 192)."""
         mel = self.frontend(waveforms)  # (B, T, 64)
         valid = length_mask(frame_lengths(lengths), mel.shape[1])
         mel = self.gain(mel, valid)
@@ -41,8 +57,7 @@ class SpectralStats(nn.Module):
         mean = masked_mean(mel, keep)
         delta = mel[:, 1:] - mel[:, :-1]  # (B, T - 1, 64)
         both = keep[:, 1:] & keep[:, :-1]
-        stats = torch.cat([mean, masked_std(mel, keep, mean), masked_std(delta, both)], dim=-1)
-        return self.norm(stats.float())
+        return torch.cat([mean, masked_std(mel, keep, mean), masked_std(delta, both)], dim=-1).float()
 
 
 def _crop(mask: torch.Tensor, t: int) -> torch.Tensor:

@@ -230,3 +230,22 @@ def test_ema_weights_are_the_moving_average_of_every_step(tmp_path, monkeypatch)
     for k, v in model.named_parameters():
         torch.testing.assert_close(v.detach(), manual[k], rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(seen[-1][k], manual[k]) for k in manual)  # not just the last weights
+
+
+def test_spectral_statistics_are_standardised_on_the_training_speakers(tmp_path):
+    from safetensors.torch import load_file
+
+    from serlive.model import SERModel
+    from serlive.train.protocols import make_folds
+
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(tmp_path, "optim.epochs=1", "model.spectral_stats=true", "model.encoder.input_norm='utterance'")
+    fit.run(cfg, tmp_path / "run", torch.device("cpu"))
+    saved = load_file(str(tmp_path / "run" / "fold_0" / "model" / "model.safetensors"))
+    data = fit.load_data(cfg, progress=False)
+    fold = make_folds(data.utts, cfg.protocol)[0]
+    branch = SERModel(cfg.model).spectral
+    raw = torch.cat([branch.raw(torch.from_numpy(data.wave(i))[None], torch.tensor([len(data.wave(i))]),
+                                torch.from_numpy(data.masks[i])[None]) for i in fold.train])
+    torch.testing.assert_close(saved["spectral.shift"], raw.mean(0), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(saved["spectral.scale"], raw.std(0).clamp(min=1e-3), rtol=1e-4, atol=1e-4)

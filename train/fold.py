@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serlive.model import KnnConfig, SERModel, save_model_dir
+from serlive.model import ConfigError, KnnConfig, SERModel, save_model_dir
 from serlive.model.checkpoint import resolved_config, write_json
 
 from .config import TrainConfig
@@ -46,6 +46,17 @@ def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device):
     return WaveSource(data, views, cfg.optim.batch_size, cfg.optim.bucket_batches)
 
 
+@torch.no_grad()
+def standardise_spectral(model: SERModel, source, index: np.ndarray, device: torch.device, batch_size: int) -> None:
+    """Standardise the spectral-statistics branch with its raw statistics over the training utterances
+    ``index`` (original audio, no augmentation), before training starts."""
+    if not isinstance(source, WaveSource):
+        raise ConfigError("model.spectral_stats needs waveforms: it cannot train on cached encoder features")
+    stats = [model.spectral.raw(b.waves, b.lengths, b.speech).cpu()
+             for b in (batch.to(device) for batch in source.eval_batches(index, batch_size))]
+    model.spectral.standardise_with(torch.cat(stats))
+
+
 def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device, resume: bool = False,
              source=None, ddp: bool = False) -> dict | None:
     """Train and evaluate one fold; returns (and writes) its result dict. A finished fold is reloaded.
@@ -58,6 +69,8 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
     torch.manual_seed(cfg.run.seed + fold.index)
     model = build_model(cfg, device)
     source = source or make_source(cfg, model, data, device)
+    if model.spectral is not None:
+        standardise_spectral(model, source, fold.train, device, cfg.run.eval_batch_size)
     labels = cfg.model.labels
     weights = class_weights(data.labels[fold.train], len(labels)) if cfg.loss.class_weights else None
     trainer = Trainer(model, cfg, source, fold, fold_dir, device, weights, ddp=ddp)
