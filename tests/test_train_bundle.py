@@ -29,6 +29,13 @@ def test_cv_then_final_then_bundle(tmp_path, capsys):
     assert "2-fold UA" in capsys.readouterr().out
     predictor = Predictor.from_dir(tmp_path / "model")
     assert (predictor.config.knn.k, predictor.config.knn.alpha) == (chosen["k"], chosen["alpha"])
+    # A final run trained without the CV's setting (in parallel with it) is bundled with it all the same.
+    assert cli.main(["fit", *sets, "--set", "protocol.kind='all'", "--set", "knn.tune=false",
+                     "--out", str(tmp_path / "final2")]) == 0
+    assert cli.main(["bundle", "--cv", str(tmp_path / "cv"), "--final", str(tmp_path / "final2"),
+                     "--out", str(tmp_path / "model2")]) == 0
+    again = Predictor.from_dir(tmp_path / "model2").config.knn
+    assert (again.k, again.alpha) == (chosen["k"], chosen["alpha"])
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["cross_validation"]["folds"] == 2
     base = metrics["baseline_same_folds"]

@@ -1,8 +1,9 @@
 """``ser-train bundle``: a shippable model directory with the evidence for it.
 
 Takes a cross-validation run (``ser-train fit`` over speaker-independent folds) and a final run of the same
-recipe on every speaker (``protocol.kind = "all"``, kNN settings from ``--knn-from`` the CV run), copies the
-final model directory and writes its ``metrics.json``: the cross-validated figures, the classic baseline
+recipe on every speaker (``protocol.kind = "all"``), copies the final model directory, sets its kNN k and
+alpha to the CV run's cross-fold choice (``knn_final``; the weights do not depend on them, so the final run
+may train before the CV run ends) and writes its ``metrics.json``: the cross-validated figures, the classic baseline
 on the same folds (as it is, without the absolute level, and each with the test audio at an unknown gain),
 the final model's kNN setting and training fit, and the resolved training configuration.
 """
@@ -72,6 +73,10 @@ def run(cv_dir: str | Path, final_dir: str | Path, out: str | Path) -> dict:
     staging = out.with_name(out.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(model_dir, staging)
+    config = json.loads((staging / "config.json").read_text())
+    knn = metrics["final_model"]["knn"]
+    config["model"]["knn"] = {"k": knn["k"], "alpha": knn["alpha"], "temperature": cv_cfg.knn.temperature}
+    write_json(staging / "config.json", config)
     write_json(staging / "metrics.json", metrics)
     for path in staging.iterdir():
         path.chmod(0o644)
