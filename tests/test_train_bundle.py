@@ -36,6 +36,12 @@ def test_cv_then_final_then_bundle(tmp_path, capsys):
                      "--out", str(tmp_path / "model2")]) == 0
     again = Predictor.from_dir(tmp_path / "model2").config.knn
     assert (again.k, again.alpha) == (chosen["k"], chosen["alpha"])
+    # The level check: with no gain the "gain" column is the clean one, fold by fold.
+    from serlive.train import gain_check
+
+    same = gain_check.run(tmp_path / "cv", 0.0)
+    assert [r["fold"] for r in same["per_fold"]] == [0, 1]
+    assert all(r["gain"] == r["clean"] for r in same["per_fold"]) and 0 <= same["clean"]["mean"] <= 1
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["cross_validation"]["folds"] == 2
     base = metrics["baseline_same_folds"]
