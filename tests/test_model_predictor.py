@@ -122,16 +122,17 @@ def test_speech_pad_cuts_inputs_as_the_segmenter_would():
 
 def test_bundled_model_gain_robustness_as_documented():
     """Through the Predictor on real RAVDESS utterances: the levelled VAD mask does not move even at
-    -12 dB, and at +3 dB (no clipping) no label changes. Larger cuts do move predictions (the log-mel
-    floor; README, "The bundled model"), so this test claims no more than that."""
+    -12 dB, and at +3 dB (no clipping) the model alone changes no label. Larger cuts, and the kNN vote at
+    any gain, do move some predictions (the log-mel floor; README, "The bundled model"), so this test
+    claims no more than that."""
     from pathlib import Path
 
     import soundfile as sf
 
     from serlive.model import bundled_model_dir
 
-    predictor = Predictor.from_dir(bundled_model_dir())
-    for path in sorted((Path(__file__).parent / "data" / "ravdess").glob("*.flac"))[::3]:
+    predictor = Predictor.from_dir(bundled_model_dir(), use_knn=False)
+    for path in sorted((Path(__file__).parent / "data" / "ravdess").glob("*.flac")):
         audio, rate = sf.read(path, dtype="float32")
         base = predictor.predict(audio, rate)
         assert predictor.predict(audio * 0.25, rate).speech_frames == base.speech_frames, path.name
