@@ -29,6 +29,14 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def fit_mask(mask: torch.Tensor, t: int) -> torch.Tensor:
+    """Crop or right-pad (with False) a (B, T') mask to (B, t), as bool."""
+    mask = mask.to(torch.bool)
+    if mask.shape[1] >= t:
+        return mask[:, :t]
+    return torch.nn.functional.pad(mask, (0, t - mask.shape[1]), value=False)
+
+
 class LayerMix(nn.Module):
     """Learnable softmax weights over stacked hidden layers (s3prl's Featurizer)."""
 

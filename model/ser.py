@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .encoders import build_encoder, length_mask
+from .encoders import build_encoder, fit_mask, length_mask
 from .pooling import Pooling
 from .spectral import SpectralStats
 
@@ -50,7 +50,7 @@ class SERModel(nn.Module):
         ``extra`` (B, E): the spectral statistics when the model has that branch."""
         t = hidden.shape[1]
         valid = length_mask(n_frames, t)
-        speech = _fit(speech.to(torch.bool), t) & valid
+        speech = fit_mask(speech, t) & valid
         pooled = self.pooling(hidden, speech, valid)
         if self.spectral is not None:
             if extra is None:
@@ -60,9 +60,3 @@ class SERModel(nn.Module):
         dims = self.regressor(emb) if self.regressor is not None else None
         return SEROutput(self.classifier(emb), emb, dims, speech.sum(1))
 
-
-def _fit(mask: torch.Tensor, t: int) -> torch.Tensor:
-    """Crop or right-pad (with False) a (B, T') mask to (B, t)."""
-    if mask.shape[1] >= t:
-        return mask[:, :t]
-    return torch.nn.functional.pad(mask, (0, t - mask.shape[1]), value=False)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .builtin import LogMel, UtteranceGain
-from .encoders import frame_lengths, length_mask
+from .encoders import fit_mask, frame_lengths, length_mask
 from .pooling import masked_mean, masked_std
 
 N_MELS = 64
@@ -52,16 +52,10 @@ class SpectralStats(nn.Module):
         mel = self.frontend(waveforms)  # (B, T, 64)
         valid = length_mask(frame_lengths(lengths), mel.shape[1])
         mel = self.gain(mel, valid)
-        keep = _crop(speech, mel.shape[1]) & valid
+        keep = fit_mask(speech, mel.shape[1]) & valid
         keep = torch.where(keep.sum(1, keepdim=True) >= 3, keep, valid)  # too little speech: every frame
         mean = masked_mean(mel, keep)
         delta = mel[:, 1:] - mel[:, :-1]  # (B, T - 1, 64)
         both = keep[:, 1:] & keep[:, :-1]
         return torch.cat([mean, masked_std(mel, keep, mean), masked_std(delta, both)], dim=-1).float()
 
-
-def _crop(mask: torch.Tensor, t: int) -> torch.Tensor:
-    mask = mask.to(torch.bool)
-    if mask.shape[1] >= t:
-        return mask[:, :t]
-    return torch.nn.functional.pad(mask, (0, t - mask.shape[1]), value=False)
