@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from serlive.train.config import KnnSearchConfig
-from serlive.train.knn_tune import (Neighbours, Outputs, alpha_grid, build_datastore, cross_fold, knn_probs,
-                                    load_neighbours, save_neighbours, search, tune)
+from serlive.model.knn import interpolate
+from serlive.train.knn_tune import (Neighbours, Outputs, alpha_grid, build_datastore, cross_fold, load_neighbours,
+                                    save_neighbours, search, tune)
 from serlive.train.metrics import classification
 
 LABELS = ("a", "b", "c")
@@ -58,7 +59,8 @@ def test_neighbours_give_the_datastore_probabilities_and_survive_a_file(tmp_path
     store = build_datastore([train], 3)
     nb = Neighbours.of(store, val, 10)
     for k, alpha in ((1, 0.3), (7, 0.8), (10, 0.0)):
-        np.testing.assert_allclose(nb.probs(k, alpha, 0.1, 3), knn_probs(store, val, k, alpha, 0.1), rtol=1e-6)
+        ref = interpolate(val.p_model, store.probs(val.embedding, k, 0.1), alpha) if alpha else val.p_model
+        np.testing.assert_allclose(nb.probs(k, alpha, 0.1, 3), ref, rtol=1e-6)
     save_neighbours(tmp_path / "nb.npz", nb, nb)
     back, _ = load_neighbours(tmp_path / "nb.npz")
     for field in ("p_model", "labels", "dist", "key_labels"):

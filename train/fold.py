@@ -15,7 +15,7 @@ from serlive.model.checkpoint import resolved_config, write_json
 
 from .config import TrainConfig
 from .devices import barrier, world
-from .knn_tune import NEIGHBOURS_FILE, Neighbours, build_datastore, infer, knn_probs, save_neighbours, search
+from .knn_tune import NEIGHBOURS_FILE, Neighbours, build_datastore, infer, save_neighbours, search
 from .losses import class_weights
 from .metrics import classification, dimensional
 from .sources import FeatureSource, WaveSource
@@ -96,15 +96,16 @@ def evaluate_fold(cfg: TrainConfig, model: SERModel, source, fold, device, autoc
     train, val, test = (infer(model, source, ix, device, bs, autocast) for ix in (fold.train, fold.val, fold.test))
     store = build_datastore([train, val], len(labels))
     val_nb = Neighbours.of(build_datastore([train], len(labels)), val, cfg.knn.k_max)
-    save_neighbours(fold_dir / NEIGHBOURS_FILE, val_nb, Neighbours.of(store, test, cfg.knn.k_max))
     knn = search(val_nb, cfg.knn, labels) if cfg.knn.tune else {
         "k": cfg.model.knn.k, "alpha": cfg.model.knn.alpha, "val_ua": None, "val_ua_model": None}
     temp = cfg.knn.temperature if cfg.knn.tune else cfg.model.knn.temperature
+    test_nb = Neighbours.of(store, test, max(cfg.knn.k_max, knn["k"]))  # one search serves both uses
+    save_neighbours(fold_dir / NEIGHBOURS_FILE, val_nb, test_nb)
     result = {
         "fold": fold.index, "val_groups": list(fold.val_groups), "test_groups": list(fold.test_groups),
         "n_train": len(fold.train), "n_val": len(fold.val), "knn": knn,
         "test": split_metrics(test, test.p_model, labels),
-        "test_knn": split_metrics(test, knn_probs(store, test, knn["k"], knn["alpha"], temp), labels),
+        "test_knn": split_metrics(test, test_nb.probs(knn["k"], knn["alpha"], temp, len(labels)), labels),
         "val": split_metrics(val, val.p_model, labels),
     }
     model_cfg = model.config.replace(knn=KnnConfig(k=knn["k"], alpha=knn["alpha"], temperature=temp))

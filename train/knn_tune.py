@@ -120,13 +120,6 @@ def search(nb: Neighbours, cfg: KnnSearchConfig, labels: tuple[str, ...]) -> dic
     return best
 
 
-def knn_probs(store: KnnDatastore, out: Outputs, k: int, alpha: float, temperature: float) -> np.ndarray:
-    """Interpolated probabilities ``alpha * p_knn + (1 - alpha) * p_model`` (alpha 0: the model alone)."""
-    if alpha <= 0:
-        return out.p_model
-    return interpolate(out.p_model, store.probs(out.embedding, k, temperature), alpha)
-
-
 NEIGHBOURS_FILE = "neighbours.npz"
 """Per fold: the validation queries against the training keys and the test queries against the saved
 datastore, each as :class:`Neighbours` up to ``knn.k_max``, for the cross-fold search."""
