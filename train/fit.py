@@ -85,25 +85,28 @@ def cross_fold_knn(cfg: TrainConfig, results: list[dict], paths: list[Path]) -> 
         return {}
     xf = cross_fold(results, [load_neighbours(p) for p in paths], cfg.knn, cfg.model.labels)
     rows = xf["per_fold"]
-    entry = {m: mean_ci([r[m] for r in rows]) for m in ("ua", "wa")}
-    entry["recall"] = {c: mean_ci([r["recall"][c] for r in rows]) for c in cfg.model.labels}
-    entry["confusion"] = np.sum([r["confusion"] for r in rows], axis=0).tolist()
+    entry = summarise(rows, cfg.model.labels)
     entry["per_fold"] = [{k: r[k] for k in ("fold", "k", "alpha", "pooled_val", "ua", "wa")} for r in rows]
     return {"test_knn_xfold": entry, "knn_final": xf["final"]}
+
+
+def summarise(rows: list[dict], labels: tuple[str, ...]) -> dict:
+    """Mean ± 95% CI over per-fold metric dicts of UA, WA, per-class recall and any dimensional metric;
+    the confusion matrices summed."""
+    entry = {m: mean_ci([r.get(m) for r in rows]) for m in ("ua", "wa")}
+    entry["recall"] = {c: mean_ci([r["recall"].get(c) for r in rows]) for c in labels}
+    for m in ("valence_mae", "valence_ccc", "arousal_mae", "arousal_ccc"):
+        if any(m in r for r in rows):
+            entry[m] = mean_ci([r.get(m) for r in rows])
+    entry["confusion"] = np.sum([r["confusion"] for r in rows], axis=0).tolist() if rows else []
+    return entry
 
 
 def aggregate(results: list[dict], labels: tuple[str, ...]) -> dict:
     """Mean ± 95% CI over folds of UA, WA, per-class recall (± kNN) and dimensional metrics."""
     out: dict = {"folds": len(results), "labels": list(labels), "per_fold": []}
     for key in ("test", "test_knn"):
-        rows = [r[key] for r in results]
-        entry = {m: mean_ci([r.get(m) for r in rows]) for m in ("ua", "wa")}
-        entry["recall"] = {c: mean_ci([r["recall"].get(c) for r in rows]) for c in labels}
-        for m in ("valence_mae", "valence_ccc", "arousal_mae", "arousal_ccc"):
-            if any(m in r for r in rows):
-                entry[m] = mean_ci([r.get(m) for r in rows])
-        entry["confusion"] = np.sum([r["confusion"] for r in rows], axis=0).tolist() if rows else []
-        out[key] = entry
+        out[key] = summarise([r[key] for r in results], labels)
     out["per_fold"] = [{"fold": r["fold"], "test_groups": r["test_groups"], "ua": r["test"]["ua"], "wa": r["test"]["wa"],
                         "ua_knn": r["test_knn"]["ua"], "wa_knn": r["test_knn"]["wa"], "k": r["knn"]["k"],
                         "alpha": r["knn"]["alpha"], "best_epoch": r.get("best_epoch")} for r in results]
