@@ -75,26 +75,32 @@ class LinearBaseline:
         return torch.softmax(logits, -1).numpy()
 
 
+def test_gains(seed: int, n: int, gain_db: float) -> np.ndarray:
+    """Linear gains, one per utterance, drawn uniformly within ±``gain_db`` dB with ``seed``: the same
+    draw for the baseline and for the network (:mod:`.gain_check`), so their figures compare."""
+    return (10 ** (np.random.default_rng(seed).uniform(-gain_db, gain_db, n) / 20)).astype(np.float32)
+
+
 def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True, gain_free: bool = False,
-                   test_gain_db: float = 0.0) -> dict:
+                   test_gain_db: float = 0.0, data=None) -> dict:
     """The baseline on the folds of ``cfg`` (same protocol, seed and label map as ``ser-train fit``).
     The L2 strength is chosen per fold on its validation speakers; test speakers are never seen. With
     ``refit`` the chosen model is refit on train + validation speakers (a third more data than the
     network, which keeps validation for early stopping and kNN tuning); without, on train alone.
-    ``gain_free`` and ``test_gain_db``: see the module docstring (the gains are drawn with the protocol seed)."""
+    ``gain_free`` and ``test_gain_db``: see the module docstring (the gains are drawn with the protocol seed).
+    ``data``: the AudioSet of ``cfg`` when the caller has it loaded already."""
     from .fit import load_data
     from .metrics import classification, mean_ci
     from .protocols import make_folds
 
     labels = cfg.model.labels
-    data = load_data(cfg, progress=False)  # the network's input: same VAD masks, same speech_pad_s cut
+    data = data or load_data(cfg, progress=False)  # the network's input: same VAD masks, same speech_pad_s cut
     utts = data.utts
     feats = np.stack([utterance_features(data.wave(i), data.masks[i], gain_free) for i in range(len(data))])
     test_feats = feats
     if test_gain_db:
-        gains_db = np.random.default_rng(cfg.protocol.seed).uniform(-test_gain_db, test_gain_db, len(data))
-        test_feats = np.stack([utterance_features(data.wave(i) * np.float32(10 ** (g / 20)), data.masks[i], gain_free)
-                               for i, g in enumerate(gains_db)])
+        gains = test_gains(cfg.protocol.seed, len(data), test_gain_db)
+        test_feats = np.stack([utterance_features(data.wave(i) * g, data.masks[i], gain_free) for i, g in enumerate(gains)])
     y = data.labels
     folds = []
     for fold in make_folds(utts, cfg.protocol):

@@ -30,32 +30,39 @@ FINAL_FOLD = "fold_0"
 """A ``protocol.kind = "all"`` run has this one fold."""
 
 
-def load_knn_final(cv_dir: str | Path) -> dict:
-    """The kNN setting a cross-validation run chose for a model of all its speakers (``knn_final``)."""
+def load_cv_summary(cv_dir: str | Path) -> dict:
+    """A finished cross-validation run's ``metrics.json``, which must hold a cross-fold kNN setting."""
     path = Path(cv_dir) / "metrics.json"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: is {cv_dir} a finished ser-train fit run?")
     summary = json.loads(path.read_text())
     if "knn_final" not in summary:
         raise ConfigError(f"{path} has no cross-fold kNN setting (a run with knn.tune and two folds or more has one)")
-    return summary["knn_final"]
+    return summary
+
+
+def load_knn_final(cv_dir: str | Path) -> dict:
+    """The kNN setting a cross-validation run chose for a model of all its speakers (``knn_final``)."""
+    return load_cv_summary(cv_dir)["knn_final"]
 
 
 def run(cv_dir: str | Path, final_dir: str | Path, out: str | Path) -> dict:
     """Write ``out`` (a ser-live model directory) from the final run, with the evidence in metrics.json."""
     from .baseline import cross_validate
+    from .fit import load_data
 
     cv_dir, final_dir, out = Path(cv_dir), Path(final_dir), Path(out)
     cv_cfg, final_cfg = load_json(cv_dir / CONFIG_FILE), load_json(final_dir / CONFIG_FILE)
     model_dir = final_dir / FINAL_FOLD / "model"
     if final_cfg.protocol.kind != "all" or not (model_dir / "config.json").is_file():
         raise ConfigError(f"{final_dir} is not a finished run with protocol.kind = \"all\"")
-    cv = json.loads((cv_dir / "metrics.json").read_text())
+    cv = load_cv_summary(cv_dir)
     final = json.loads((final_dir / FINAL_FOLD / "result.json").read_text())
+    data = load_data(cv_cfg, progress=False)  # once for the four baseline variants
     baseline = {}
     for name, gain_free in (("as_is", False), ("gain_free", True)):
         for suffix, gain in (("", 0.0), (f"_test_gain_{TEST_GAIN_DB:g}db", TEST_GAIN_DB)):
-            r = cross_validate(cv_cfg, gain_free=gain_free, test_gain_db=gain)
+            r = cross_validate(cv_cfg, gain_free=gain_free, test_gain_db=gain, data=data)
             baseline[name + suffix] = {k: r[k] for k in ("ua", "wa")} | {"per_fold": [f["ua"] for f in r["folds"]]}
     protocol = cv_cfg.protocol
     metrics = {
@@ -67,7 +74,7 @@ def run(cv_dir: str | Path, final_dir: str | Path, out: str | Path) -> dict:
         "cross_validation": cv,
         "baseline_same_folds": {"method": "logistic regression on log-mel statistics (ser-train baseline)",
                                 "test_gain_db": TEST_GAIN_DB, **baseline},
-        "final_model": {"knn": load_knn_final(cv_dir), "training_fit": final["test"]},
+        "final_model": {"knn": cv["knn_final"], "training_fit": final["test"]},
         "train_config": final_cfg.to_dict(),
     }
     staging = out.with_name(out.name + ".staging")

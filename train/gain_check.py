@@ -15,6 +15,7 @@ import numpy as np
 
 from serlive.model import Predictor
 
+from .baseline import test_gains
 from .config import load_json
 from .fit import CONFIG_FILE, load_data
 from .metrics import classification, mean_ci
@@ -25,14 +26,15 @@ def run(run_dir: str | Path, gain_db: float) -> dict:
     run_dir = Path(run_dir)
     cfg = load_json(run_dir / CONFIG_FILE)
     data = load_data(cfg, progress=False)
-    gains = 10 ** (np.random.default_rng(cfg.protocol.seed).uniform(-gain_db, gain_db, len(data)) / 20)
+    gains = test_gains(cfg.protocol.seed, len(data), gain_db)
     labels, rows = cfg.model.labels, []
     for fold in make_folds(data.utts, cfg.protocol):
         predictor = Predictor.from_dir(run_dir / f"fold_{fold.index}" / "model", use_knn=False)
         y = data.labels[fold.test]
         ua = {}
-        for name, scale in (("clean", np.ones(len(data))), ("gain", gains)):
-            preds = predictor.predict_batch([data.wave(i) * np.float32(scale[i]) for i in fold.test])
+        for name, waves in (("clean", [data.wave(i) for i in fold.test]),
+                            ("gain", [data.wave(i) * gains[i] for i in fold.test])):
+            preds = predictor.predict_batch(waves)
             ua[name] = classification(y, np.array([labels.index(p.label) for p in preds]), labels)["ua"]
         rows.append({"fold": fold.index, **ua})
     return {"gain_db": gain_db, "clean": mean_ci([r["clean"] for r in rows]),
