@@ -157,5 +157,7 @@ def dbfs(samples: np.ndarray) -> float:
     """RMS level in dB relative to full scale, floored at -100."""
     if not len(samples):
         return -100.0
+    if not np.isfinite(samples).all():  # NaN/inf input: the model refuses it; the meter shows full scale
+        samples = np.nan_to_num(samples, nan=1.0, posinf=1.0, neginf=-1.0)
     rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
     return max(-100.0, 20.0 * np.log10(rms + 1e-10))

@@ -20,7 +20,7 @@ from .events import PROTOCOL_VERSION, Error, Event, Hello, PredictionEvent, Stat
 from .pipeline import InferenceRequest, StreamPipeline
 from .sources import Source
 from .state import LatencyWindow
-from .worker import InferenceWorker
+from .worker import BadAudio, InferenceWorker
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Engine:
             async for chunk in source.chunks():
                 self._dispatch(stream, pipeline.push(chunk, loop.time()))
         except Exception as exc:  # noqa: BLE001 - a failing source ends its stream, not the engine
-            log.exception("source %s failed", source.name)
+            log.debug("source %s failed", source.name, exc_info=True)
             source.failed, source.detail = True, f"{source.name} failed: {exc}"
         finally:
             self._dispatch(stream, pipeline.flush(loop.time()))
@@ -137,6 +137,7 @@ class Engine:
                 await asyncio.gather(*stream.pending, return_exceptions=True)
             source.close()
             if source.failed:
+                log.warning("%s", source.detail)
                 self.emit(Error("source_ended", source.detail, source.name))
             self.emit(StreamStatus(source.name, "ended", source.detail))
             if stream.remote:
@@ -167,15 +168,17 @@ class Engine:
     async def _finish(self, stream: _Stream, req: InferenceRequest, future: asyncio.Future,
                       previous: asyncio.Task | None) -> None:
         try:
-            pred = await future
+            pred, failure = await future, None
         except Exception as exc:  # noqa: BLE001 - reported as an event; the stream goes on
-            self.emit(Error("inference_failed", f"prediction for segment {req.segment} failed: {exc}", req.stream))
-            return
+            pred, failure = None, exc
         finally:
             if not req.final:
                 stream.interim_busy = False
         if previous is not None:
-            await asyncio.wait([previous])  # finals of one stream go out in order
+            await asyncio.wait([previous])  # finals (and their errors) of one stream go out in order
+        if failure is not None:
+            self._failed(req, failure)
+            return
         if not req.final and req.segment <= stream.finalized:
             return  # the final already went out; a late interim would only confuse
         latency_ms = round((asyncio.get_running_loop().time() - req.ref_time_s) * 1000, 1)
@@ -190,6 +193,15 @@ class Engine:
             self.latency.add(latency_ms)
             self.close_latency.add((asyncio.get_running_loop().time() - req.decided_s) * 1000)
             self.emit(stream.pipeline.state.update(event))
+
+    def _failed(self, req: InferenceRequest, exc: Exception) -> None:
+        if isinstance(exc, BadAudio):  # that segment alone; interims of it fail quietly, its final says why
+            if req.final:
+                message = f"segment {req.segment} of {req.stream} was not predicted: {exc}"
+                log.warning("%s", message)
+                self.emit(Error("bad_audio", message, req.stream))
+            return
+        self.emit(Error("inference_failed", f"prediction for segment {req.segment} failed: {exc}", req.stream))
 
     async def _wait_done(self) -> None:
         local = [s for s in self._streams.values() if not s.remote]

@@ -8,7 +8,9 @@ it had to drop in ``dropped_samples``, and says why it ended in ``detail``. The 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import AsyncIterator, BinaryIO
@@ -24,6 +26,27 @@ FILE_BLOCK_MS = 20
 
 PCM_READ_BYTES = 3200
 """Bytes per read from stdin: 100 ms of s16le at 16 kHz."""
+
+
+@contextlib.contextmanager
+def quiet_stderr(enabled: bool = True):
+    """Send file descriptor 2 to /dev/null for the duration: libsndfile's MP3 decoder (mpg123) writes
+    hundreds of diagnostic lines straight to it, which no Python setting silences."""
+    if not enabled:
+        yield
+        return
+    with _STDERR_LOCK:
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+_STDERR_LOCK = threading.Lock()
 
 
 class SourceError(Exception):
@@ -99,13 +122,16 @@ class FileSource(Source):
         self._closed = False
         if not self.path.is_file():
             raise SourceError(f"input file {self.path} does not exist")
+        self._mpeg = self.path.suffix.lower() in (".mp3", ".mp2", ".mpga")
         try:
-            info = soundfile.info(str(self.path))
+            with quiet_stderr(self._mpeg):
+                info = soundfile.info(str(self.path))
         except Exception as exc:  # noqa: BLE001 - libsndfile says "not a known format" in many ways
             raise SourceError(f"input file {self.path} is not audio that ser-live can read (wav, flac, ogg)") from exc
         if info.frames == 0:
             raise SourceError(f"input file {self.path} holds no audio")
         self.sample_rate_hz, self.channels, self.frames = info.samplerate, info.channels, info.frames
+        self._mpeg = self._mpeg or info.format == "MPEG"
 
     def close(self) -> None:
         self._closed = True
@@ -117,10 +143,19 @@ class FileSource(Source):
         t0 = loop.time()
         resampler = StreamResampler(self.sample_rate_hz, self.channels)
         block = max(1, self.sample_rate_hz * self.block_ms // 1000)
-        with soundfile.SoundFile(str(self.path)) as fh:
+        with quiet_stderr(self._mpeg):
+            fh = soundfile.SoundFile(str(self.path))
+        with fh:
             while not self._closed:
-                data = fh.read(block, dtype="float32", always_2d=True)
-                last = len(data) < block or fh.tell() >= self.frames
+                try:
+                    with quiet_stderr(self._mpeg):
+                        data = fh.read(block, dtype="float32", always_2d=True)
+                except (soundfile.LibsndfileError, RuntimeError) as exc:  # truncated or corrupt: keep what came
+                    self.failed = True
+                    self.detail = (f"input file {self.path.name} is damaged: decoding stopped after "
+                                   f"{resampler.next_sample / SAMPLE_RATE_HZ:.2f} s ({str(exc).strip()})")
+                    data = np.zeros((0, self.channels), np.float32)
+                last = self.failed or len(data) < block or fh.tell() >= self.frames
                 for chunk in resampler.push(data, last=last):
                     yield chunk
                     await _pace(loop, t0, chunk.end_sample, self.realtime)
@@ -183,6 +218,8 @@ class StdinSource(_ThreadedReader):
     def __init__(self, fh: BinaryIO | None = None, name: str = "stdin") -> None:
         import sys
 
+        if fh is None and (sys.stdin is None or sys.stdin.closed):
+            raise SourceError("--input - reads audio from stdin, but stdin is closed")
         super().__init__(name, fh if fh is not None else sys.stdin.buffer)
 
 

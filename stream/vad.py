@@ -30,7 +30,10 @@ class VadStage:
         self._rebuffer.reset()
 
     def _decide(self, chunk: AudioChunk) -> VadFrame:
-        pcm = to_pcm16(chunk.samples)
+        samples = chunk.samples
+        if not np.isfinite(samples).all():  # a NaN cast to int16 is undefined (and warns); the model refuses it later
+            samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+        pcm = to_pcm16(samples)
         if len(pcm) < self.frame_samples:
             pcm = np.pad(pcm, (0, self.frame_samples - len(pcm)))
         speech = self._vad.is_speech(pcm.tobytes(), SAMPLE_RATE_HZ)

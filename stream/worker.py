@@ -40,6 +40,11 @@ _STOP = _Request(2, 0, None, None, None)
 """Sorts after every request, so what is queued is finished first."""
 
 
+class BadAudio(ValueError):
+    """One request's audio cannot be predicted (NaN/inf samples, too short); the message is one sentence.
+    Only that request fails: the rest of its batch runs without it."""
+
+
 class InferenceWorker:
     """Runs ``predictor`` on a thread of its own. ``compute_s`` and ``audio_s`` accumulate forward time
     and the audio it covered (their ratio is the real-time factor); ``batches`` counts forward passes."""
@@ -108,21 +113,34 @@ class InferenceWorker:
                 self._run(group)
 
     def _run(self, batch: list[_Request]) -> None:
+        """Prepare and mask each request on its own (a bad one fails alone), then one forward pass; if
+        that fails for a batch of several, each request is retried alone so only the culprit fails."""
         t0 = time.perf_counter()
+        ready: list[tuple[_Request, np.ndarray, np.ndarray]] = []
+        for r in batch:
+            try:
+                wave = self.predictor.prepare(r.audio)
+                ready.append((r, wave, self.predictor.mask(wave)))
+            except Exception as exc:  # noqa: BLE001 - AudioError and anything else the audio provokes
+                r.loop.call_soon_threadsafe(_resolve, r.future, None, BadAudio(str(exc)))
+        if not ready:
+            return
         try:
-            waves = [self.predictor.prepare(r.audio) for r in batch]
-            masks = [self.predictor.mask(w) for w in waves]
-            preds = self.predictor.predict_prepared(waves, masks)
-        except Exception as exc:  # noqa: BLE001 - every waiter learns of the failure
-            log.exception("forward pass failed")
-            for r in batch:
-                r.loop.call_soon_threadsafe(_resolve, r.future, None, exc)
+            preds = self.predictor.predict_prepared([w for _, w, _ in ready], [m for _, _, m in ready])
+        except Exception as exc:  # noqa: BLE001 - isolate the culprit, or tell the one waiter
+            if len(ready) > 1:
+                for r, _, _ in ready:
+                    self._run([r])
+                return
+            log.warning("forward pass failed: %s", exc)
+            log.debug("forward pass failed", exc_info=True)
+            ready[0][0].loop.call_soon_threadsafe(_resolve, ready[0][0].future, None, exc)
             return
         self.compute_s += time.perf_counter() - t0
-        self.audio_s += sum(len(w) for w in waves) / SAMPLE_RATE_HZ
+        self.audio_s += sum(len(w) for _, w, _ in ready) / SAMPLE_RATE_HZ
         self.batches += 1
-        self.items += len(batch)
-        for r, p in zip(batch, preds):
+        self.items += len(ready)
+        for (r, _, _), p in zip(ready, preds):
             r.loop.call_soon_threadsafe(_resolve, r.future, p, None)
 
 
