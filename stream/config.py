@@ -49,18 +49,23 @@ class SegmenterConfig:
 @dataclass(frozen=True, slots=True)
 class InferenceConfig:
     """The model owner: batches of at most ``max_batch`` requests, waiting at most ``max_wait_ms`` to
-    fill one; interim predictions every ``interim_ms`` of open speech (0 disables them)."""
+    fill one; interim predictions every ``interim_ms`` of open speech (0 disables them). A stream whose
+    final predictions waiting for the model hold ``max_pending_s`` of audio or more is not read further
+    until they shrink (its source feels the back-pressure; a microphone counts what it drops)."""
 
     max_batch: int = 16
     max_wait_ms: float = 10.0
     interim_ms: int = 500
     warm_up: bool = True
+    max_pending_s: float = 4.0
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise StreamConfigError("--max-batch must be at least 1")
         if self.max_wait_ms < 0 or self.interim_ms < 0:
             raise StreamConfigError("--max-wait-ms and --interim-ms must not be negative")
+        if not self.max_pending_s > 0:
+            raise StreamConfigError("the inference max_pending_s must be positive")
 
 
 @dataclass(frozen=True, slots=True)

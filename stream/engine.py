@@ -35,6 +35,10 @@ class _Stream:
     interim_busy: bool = False
     last_final: asyncio.Task | None = None
     finalized: int = -1
+    owed_samples: int = 0  # audio of this stream's finals waiting for the model
+    peak_owed_samples: int = 0
+    room: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: bool = False
 
 
 class Engine:
@@ -45,6 +49,7 @@ class Engine:
         self.predictor, self.config = predictor, config
         self.model_name = model_name or predictor.config.description or f"{predictor.config.encoder.kind} encoder"
         self.worker = InferenceWorker(predictor, config.inference.max_batch, config.inference.max_wait_ms)
+        self._max_owed = int(config.inference.max_pending_s * SAMPLE_RATE_HZ)
         self.latency = LatencyWindow()
         self.close_latency = LatencyWindow()  # segment closed -> final emitted: the model's share
         self.ready = asyncio.Event()
@@ -128,6 +133,9 @@ class Engine:
         try:
             async for chunk in source.chunks():
                 self._dispatch(stream, pipeline.push(chunk, loop.time()))
+                while stream.owed_samples >= self._max_owed and not stream.stopping:
+                    stream.room.clear()  # back-pressure: the source is not read until the model catches up
+                    await stream.room.wait()
         except Exception as exc:  # noqa: BLE001 - a failing source ends its stream, not the engine
             log.debug("source %s failed", source.name, exc_info=True)
             source.failed, source.detail = True, f"{source.name} failed: {exc}"
@@ -157,7 +165,10 @@ class Engine:
                 self.skipped_interims += 1
                 return
             stream.interim_busy = True
-        future = self.worker.submit(req.audio, urgent=req.final)
+        future = self.worker.submit(req.audio, urgent=req.final, stream=stream.source.name)
+        if req.final:
+            stream.owed_samples += len(req.audio)
+            stream.peak_owed_samples = max(stream.peak_owed_samples, stream.owed_samples)
         previous = stream.last_final if req.final else None
         task = asyncio.create_task(self._finish(stream, req, future, previous))
         if req.final:
@@ -174,6 +185,10 @@ class Engine:
         finally:
             if not req.final:
                 stream.interim_busy = False
+            else:
+                stream.owed_samples -= len(req.audio)
+                if stream.owed_samples < self._max_owed:
+                    stream.room.set()
         if previous is not None:
             await asyncio.wait([previous])  # finals (and their errors) of one stream go out in order
         if failure is not None:

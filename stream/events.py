@@ -47,14 +47,20 @@ class Hello(Event):
     device: str
 
 
+END_REASONS = ("end_of_input", "client_ended", "client_closed", "connection_lost", "source_failed", "shutdown")
+"""Why a stream ended (the ``reason`` of a ``stream`` event with state "ended")."""
+
+
 @dataclass(frozen=True, slots=True)
 class StreamStatus(Event):
-    """A stream (local source or remote client) started or ended (``state``: "started" | "ended")."""
+    """A stream (local source or remote client) started or ended (``state``: "started" | "ended");
+    ``reason`` is None for "started", one of :data:`END_REASONS` for "ended"."""
 
     type: ClassVar[str] = "stream"
     stream: str
     state: str
     detail: str = ""
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,12 +12,14 @@ import contextlib
 import logging
 import os
 import threading
+from collections import deque
 from pathlib import Path
 from typing import AsyncIterator, BinaryIO
 
 import numpy as np
 
 from .chunks import SAMPLE_RATE_HZ, AudioChunk, StreamResampler, pcm16_to_float
+from .events import END_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class Source:
         self.name = name
         self.dropped_samples = 0
         self.detail = "end of input"
+        self.reason = "end_of_input"  # the stream event's reason when it ended by itself
         self.failed = False
 
     def chunks(self) -> AsyncIterator[AudioChunk]:
@@ -223,31 +226,70 @@ class StdinSource(_ThreadedReader):
         super().__init__(name, fh if fh is not None else sys.stdin.buffer)
 
 
-class RemoteSource(Source):
-    """s16le 16 kHz mono frames a WebSocket client sends; ``feed`` waits while the queue is full, which
-    holds back only that client's connection."""
+REMOTE_BUFFER_S = 2.0
+"""Audio a remote stream may hold before :meth:`RemoteSource.feed` waits (plus the message being fed)."""
 
-    def __init__(self, name: str, queue_messages: int = 256) -> None:
+_V1_DETAILS = {"": "client_ended", "stopped": "shutdown"}
+
+
+class RemoteSource(Source):
+    """s16le 16 kHz mono bytes a WebSocket client sends. The buffer is bounded in seconds of audio:
+    ``feed`` returns only once it has room, so a sender that runs ahead stops being read (TCP
+    back-pressure on its connection alone). ``peak_buffered_bytes`` records the most it ever held."""
+
+    def __init__(self, name: str, max_buffer_s: float = REMOTE_BUFFER_S) -> None:
         super().__init__(name)
-        self._queue: asyncio.Queue = asyncio.Queue(queue_messages)
+        self.detail = "the client ended the stream"
+        self.reason = "client_ended"
+        self.max_buffer_bytes = int(max_buffer_s * SAMPLE_RATE_HZ) * 2
+        self._parts: deque[bytes] = deque()
+        self.buffered_bytes = self.peak_buffered_bytes = 0
+        self._data, self._room = asyncio.Event(), asyncio.Event()
+        self._room.set()
+        self._ended = False
         self._carry = b""
         self._next_sample = 0
 
     async def feed(self, data: bytes) -> None:
-        await self._queue.put(bytes(data))
+        """Buffer ``data``; waits while the buffer is full. After the stream ended, data is ignored."""
+        while self.buffered_bytes >= self.max_buffer_bytes and not self._ended:
+            self._room.clear()
+            await self._room.wait()
+        if self._ended or not data:
+            return
+        self._parts.append(bytes(data))
+        self.buffered_bytes += len(data)
+        self.peak_buffered_bytes = max(self.peak_buffered_bytes, self.buffered_bytes)
+        self._data.set()
 
-    def end(self, detail: str = "client ended the stream") -> None:
-        self.detail = detail
-        try:
-            self._queue.put_nowait(None)
-        except asyncio.QueueFull:
-            asyncio.get_running_loop().create_task(self._queue.put(None))
+    def end(self, reason: str = "client_ended", detail: str | None = None) -> None:
+        """End the stream after what is buffered (``reason``: one of the stream event's reasons)."""
+        if reason not in END_REASONS:  # a version-1 caller passed only the human sentence
+            reason, detail = _V1_DETAILS.get(reason, "client_closed"), reason or detail
+        if not self._ended:
+            self.reason, self.detail = reason, detail or self.detail
+        self._ended = True
+        self._data.set()
+        self._room.set()
 
     def close(self) -> None:
-        self.end("stopped")
+        """The engine is stopping: take no more audio, drop what is buffered (the open segment is still
+        closed and predicted)."""
+        self._parts.clear()
+        self.buffered_bytes = 0
+        self.end("shutdown", "the server is shutting down")
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
-        while (data := await self._queue.get()) is not None:
+        while True:
+            while not self._parts and not self._ended:
+                self._data.clear()
+                await self._data.wait()
+            if not self._parts:
+                return
+            data = self._parts.popleft()
+            self.buffered_bytes -= len(data)
+            if self.buffered_bytes < self.max_buffer_bytes:
+                self._room.set()
             data, self._carry = self._carry + data, b""
             if len(data) % 2:
                 data, self._carry = data[:-1], data[-1:]

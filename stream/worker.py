@@ -1,20 +1,21 @@
 """The model owner: one worker thread does every forward pass, batching requests across streams.
 
 The event loop calls :meth:`InferenceWorker.submit` and awaits the returned future; it never waits on a
-forward pass. The thread takes the first waiting request, gathers more for at most ``max_wait_ms`` (up to
-``max_batch``, finals before interims), computes each waveform's SAP mask with :meth:`Predictor.mask` (the function training
-uses), groups requests of similar length so padding stays small, and runs them.
+forward pass. Requests wait in per-stream queues; the thread waits at most ``max_wait_ms`` for a batch to
+fill (up to ``max_batch``), takes requests round-robin over streams (each stream's finals before its
+interims, see :class:`FairQueue`), computes each waveform's SAP mask with :meth:`Predictor.mask` (the function training
+uses), groups requests of similar length so padding stays small, and runs the groups oldest first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 import itertools
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,22 +28,61 @@ log = logging.getLogger(__name__)
 PAD_RATIO = 0.6
 """A batch holds only requests at least this fraction of its longest one (bounds padding waste)."""
 
-@dataclass(order=True, slots=True)
+@dataclass(slots=True)
 class _Request:
-    priority: int
+    stream: str
+    final: bool
     seq: int
-    audio: np.ndarray = field(compare=False)
-    future: asyncio.Future = field(compare=False)
-    loop: asyncio.AbstractEventLoop = field(compare=False)
-
-
-_STOP = _Request(2, 0, None, None, None)
-"""Sorts after every request, so what is queued is finished first."""
+    audio: np.ndarray
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    taken_before: int = 0  # requests taken for a forward pass before this one was submitted
 
 
 class BadAudio(ValueError):
     """One request's audio cannot be predicted (NaN/inf samples, too short); the message is one sentence.
     Only that request fails: the rest of its batch runs without it."""
+
+
+class FairQueue:
+    """Per-stream queues served round-robin: a batch takes one request from each waiting stream in
+    turn (that stream's oldest final, else its oldest interim) before any stream gets a second, so a
+    stream with a backlog never holds another's final behind it. Not thread-safe on its own."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, tuple[deque, deque]] = {}  # stream -> (finals, interims)
+        self._ring: deque[str] = deque()  # streams with something waiting, next to serve first
+        self._size = 0
+        self.taken = 0  # requests taken so far
+
+    def __len__(self) -> int:
+        return self._size
+
+    def put(self, request: _Request) -> None:
+        request.taken_before = self.taken
+        finals, interims = self._queues.setdefault(request.stream, (deque(), deque()))
+        if not finals and not interims:
+            self._ring.append(request.stream)
+        (finals if request.final else interims).append(request)
+        self._size += 1
+
+    def take(self, n: int) -> list[_Request]:
+        """Up to ``n`` requests, round-robin over streams (one stream alone may fill the batch)."""
+        out: list[_Request] = []
+        while self._ring and len(out) < n:
+            stream = self._ring.popleft()
+            finals, interims = self._queues[stream]
+            out.append((finals or interims).popleft())
+            self.taken += 1
+            if finals or interims:
+                self._ring.append(stream)
+            else:
+                del self._queues[stream]
+        self._size -= len(out)
+        return out
+
+    def clear(self) -> list[_Request]:
+        return self.take(self._size)
 
 
 class InferenceWorker:
@@ -52,64 +92,85 @@ class InferenceWorker:
     def __init__(self, predictor: Predictor, max_batch: int = 16, max_wait_ms: float = 10.0) -> None:
         self.predictor = predictor
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000
-        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._queue = FairQueue()
+        self._cond = threading.Condition()
+        self._stopping = False
         self._seq = itertools.count(1)
         self._thread: threading.Thread | None = None
         self.compute_s = self.audio_s = 0.0
         self.batches = self.items = 0
         self.concurrent = True  # False: one stream only, nothing to wait for, so no batching delay
+        self.served: list[tuple[str, bool, int]] | None = None
+        """If a list: (stream, final, overtaken_by) per request served, where ``overtaken_by`` counts the
+        requests of any stream served between its submission and its own (how long it queued, in requests)."""
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._queue)
 
     async def start(self, warm_up: bool = True) -> None:
         """Start the thread; with ``warm_up``, run a first forward pass before returning."""
         if self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(target=self._serve, daemon=True, name="ser-live-model")
             self._thread.start()
         if warm_up:
             t0 = time.perf_counter()
             noise = (0.01 * np.random.default_rng(0).standard_normal(SAMPLE_RATE_HZ)).astype(np.float32)
-            await asyncio.gather(*(self.submit(noise) for _ in range(min(2, self.max_batch))))
+            await asyncio.gather(*(self.submit(noise, stream=f"warm-up{i}") for i in range(min(2, self.max_batch))))
             log.info("model warm-up took %.2f s", time.perf_counter() - t0)
             self.compute_s = self.audio_s = 0.0
             self.batches = self.items = 0
 
-    def submit(self, audio: np.ndarray, urgent: bool = True) -> asyncio.Future:
-        """Queue a 16 kHz mono float32 waveform; the future resolves to its :class:`Prediction`.
-        Urgent requests (final predictions) are served before the others (interims)."""
+    def submit(self, audio: np.ndarray, urgent: bool = True, stream: str = "") -> asyncio.Future:
+        """Queue a 16 kHz mono float32 waveform of ``stream``; the future resolves to its
+        :class:`Prediction`. Urgent requests (final predictions) come before the stream's interims."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put(_Request(0 if urgent else 1, next(self._seq), audio, future, loop))
+        with self._cond:
+            self._queue.put(_Request(stream, urgent, next(self._seq), audio, future, loop))
+            self._cond.notify()
         return future
 
-    async def stop(self) -> None:
-        """Finish what is queued, then end the thread."""
+    def abandon(self) -> int:
+        """Drop every queued request (their futures are cancelled); returns how many there were."""
+        with self._cond:
+            dropped = self._queue.clear()
+        for r in dropped:
+            r.loop.call_soon_threadsafe(r.future.cancel)
+        return len(dropped)
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Finish what is queued, then end the thread; after ``timeout_s`` stop waiting for it (the
+        daemon thread may still be inside a forward pass)."""
         if self._thread is None:
             return
-        self._queue.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        await asyncio.to_thread(self._thread.join, timeout_s)
         self._thread = None
 
-    def _serve(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch = [first]
+    def _next_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None
             deadline = time.monotonic() + (self.max_wait_s if self.concurrent else 0.0)
-            while len(batch) < self.max_batch:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
+            while len(self._queue) < self.max_batch and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
-            for group in group_by_length(batch, self.max_batch):
+                self._cond.wait(left)
+            return self._queue.take(self.max_batch)
+
+    def _serve(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            if self.served is not None:
+                taken = self._queue.taken - len(batch)
+                self.served.extend((r.stream, r.final, taken + i - r.taken_before) for i, r in enumerate(batch))
+            for group in sorted(group_by_length(batch, self.max_batch), key=lambda g: min(r.seq for r in g)):
                 self._run(group)
 
     def _run(self, batch: list[_Request]) -> None:

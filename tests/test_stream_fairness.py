@@ -1,0 +1,128 @@
+"""Fair scheduling and bounded memory under a flood: a real WebSocket client sends remote audio as fast
+as it can beside a real-time stream. The flood must feel back-pressure (its buffers stay bounded) and the
+real-time stream's finals must not queue behind the flood's backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+import torch
+from websockets.asyncio.client import connect
+
+from serlive.model import ModelConfig, Predictor, SERModel
+from serlive.stream.config import EngineConfig, InferenceConfig, WsConfig
+from serlive.stream.engine import Engine
+from serlive.stream.events import PredictionEvent, StreamStatus
+from serlive.stream.sinks import ListSink
+from serlive.stream.sources import ArraySource
+from serlive.stream.worker import FairQueue, _Request
+from tests.test_stream_segmenter import islands
+
+SR = 16_000
+MESSAGE_BYTES = 3200  # 100 ms of s16le
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    return Predictor(SERModel(ModelConfig()).eval())
+
+
+def request(stream: str, final: bool, seq: int) -> _Request:
+    return _Request(stream, final, seq, np.zeros(1, np.float32), None, None)
+
+
+def test_fair_queue_serves_streams_round_robin_finals_first():
+    q = FairQueue()
+    for i in range(6):
+        q.put(request("flood", True, i))
+    q.put(request("rt", False, 6))
+    q.put(request("rt", True, 7))
+    q.put(request("other", True, 8))
+    first = q.take(3)
+    assert [(r.stream, r.seq) for r in first] == [("flood", 0), ("rt", 7), ("other", 8)]
+    assert [(r.stream, r.seq) for r in q.take(3)] == [("flood", 1), ("rt", 6), ("flood", 2)]
+    assert [r.seq for r in q.take(10)] == [3, 4, 5] and len(q) == 0
+
+
+async def flood(port: int, pcm: bytes, stop: asyncio.Event) -> int:
+    """Send ``pcm`` over and over, as fast as the server takes it, until ``stop``; returns bytes sent."""
+    sent = 0
+    async with connect(f"ws://127.0.0.1:{port}/?stream=flood") as ws:
+        while not stop.is_set():
+            for i in range(0, len(pcm), MESSAGE_BYTES):
+                await ws.send(pcm[i:i + MESSAGE_BYTES])
+                sent += MESSAGE_BYTES
+                if stop.is_set():
+                    break
+        await ws.send(json.dumps({"type": "end_stream"}))
+    return sent
+
+
+def run_beside(predictor, rt_audio: np.ndarray, flood_pcm: bytes | None, config: EngineConfig):
+    engine, sink = Engine(predictor, config, [ArraySource("rt", rt_audio, realtime=True)]), ListSink()
+    engine.add_sink(sink)
+    engine.worker.served = []
+    remotes: list = []
+    add_source = engine.add_source
+
+    def keep(source, remote=False):  # the test's window on the server's own RemoteSource and its stream
+        name = add_source(source, remote)
+        if remote:
+            remotes.append((source, engine._streams[name]))
+        return name
+
+    engine.add_source = keep
+
+    async def main():
+        task = asyncio.create_task(engine.run())
+        await engine.ready.wait()
+        stop = asyncio.Event()
+        sender = asyncio.create_task(flood(engine.ws.port, flood_pcm, stop)) if flood_pcm else None
+        while not any(isinstance(e, StreamStatus) and e.stream == "rt" and e.state == "ended" for e in sink.events):
+            await asyncio.sleep(0.02)
+        stop.set()
+        sent = await asyncio.wait_for(sender, 20) if sender else 0
+        if sender:
+            while not any(isinstance(e, StreamStatus) and e.stream == "flood" and e.state == "ended"
+                          for e in sink.events):
+                await asyncio.sleep(0.02)
+        engine.stop()
+        await asyncio.wait_for(task, 20)
+        return sent
+
+    sent = asyncio.run(main())
+    return engine, sink, remotes, sent
+
+
+def test_a_flooding_sender_is_throttled_and_real_time_finals_do_not_wait_behind_it(predictor):
+    rt_audio, truth = islands([0.3, 0.8, 0.7, 0.6, 0.7, 0.7, 0.4], seed=31)
+    flood_audio, _ = islands([0.2, 1.5, 0.3, 2.0, 0.4, 0.9, 0.3] * 3, seed=32)
+    pcm = (flood_audio * 32767).astype("<i2").tobytes()
+    config = EngineConfig(inference=InferenceConfig(max_pending_s=2.0), ws=WsConfig(port=0))
+    _, alone, _, _ = run_beside(predictor, rt_audio, None, config)
+    engine, sink, ((remote, flood_stream),), sent = run_beside(predictor, rt_audio, pcm, config)
+
+    def rt_finals(s):
+        return [(e.segment, e.start_sample, e.end_sample, e.label) for e in s.of(PredictionEvent)
+                if e.final and e.stream == "rt"]
+
+    assert rt_finals(sink) == rt_finals(alone) and len(rt_finals(sink)) == len(truth)
+    flood_finals = [e for e in sink.of(PredictionEvent) if e.final and e.stream == "flood"]
+    assert len(flood_finals) >= 3  # the flood got its share of the model too
+    # The flood outran the model, so both bounds were reached and held: the remote buffer (2 s, plus the
+    # message being fed) and the audio of its finals waiting for the model (2 s, plus one segment).
+    assert remote.peak_buffered_bytes >= remote.max_buffer_bytes and sent > 30 * SR * 2
+    assert remote.peak_buffered_bytes <= remote.max_buffer_bytes + MESSAGE_BYTES
+    flood_stream_peak = max(e.end_sample - e.start_sample for e in flood_finals) + SR  # pre-roll/hang-over slack
+    assert engine._max_owed <= flood_stream.peak_owed_samples <= engine._max_owed + flood_stream_peak
+    # Fairness: each real-time final was overtaken by at most one request per other stream, however
+    # large the flood's backlog; alone it is overtaken by nothing.
+    rt_waits = [n for stream, final, n in engine.worker.served if stream == "rt" and final]
+    assert len(rt_waits) == len(truth) and max(rt_waits) <= 2, rt_waits
+    flood_waits = [n for stream, final, n in engine.worker.served if stream == "flood" and final]
+    assert len(flood_waits) >= len(flood_finals)
