@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,6 +18,11 @@ log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 """Exit code for bad arguments, bad input files, unavailable devices."""
+
+EXIT_INTERRUPTED = 130
+"""Exit code after Ctrl-C (SIGINT), during start-up or after the drain: 128 + 2, as shells report it.
+SIGTERM and SIGHUP drain the same way and keep the run's own code (0, or 1 when a source failed or the
+drain ran out of time); a second signal exits at once with 128 + its number."""
 
 
 class CliError(Exception):
@@ -68,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ws-max-clients", type=int, default=32)
     ap.add_argument("--jsonl", metavar="PATH", help="write every event as JSON lines (- for stdout)")
     ap.add_argument("--no-tui", action="store_true", help="run headless")
+    ap.add_argument("--drain-s", type=float, default=5.0, metavar="S",
+                    help="on Ctrl-C/SIGTERM/SIGHUP, time allowed to predict what is owed before exiting")
     ap.add_argument("--connect", metavar="URL", help="show a running engine's WebSocket feed in the TUI")
     return ap
 
@@ -129,6 +137,7 @@ def load_predictor(args: argparse.Namespace, use_knn: bool = True):
     model_dir = Path(args.model) if args.model else bundled_model_dir()
     if not args.model and not (model_dir / "config.json").is_file():
         raise CliError("no --model given and the bundled model is not installed")
+    log.info("loading the model from %s", model_dir)
     try:
         return Predictor.from_dir(model_dir, device, resolve_dtype(args.dtype, device), use_knn), model_dir
     except CheckpointError as exc:
@@ -205,6 +214,7 @@ def engine_config(args: argparse.Namespace):
             inference=InferenceConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                       interim_ms=args.interim_ms),
             ws=parse_ws(args),
+            drain_s=getattr(args, "drain_s", 5.0),
         )
     except StreamConfigError as exc:
         raise CliError(str(exc)) from exc
@@ -246,21 +256,56 @@ def run(args: argparse.Namespace) -> int:
     except CliError as exc:
         print(f"ser-live: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        return interrupted("while starting")
     if args.jsonl != "-":
         from .sinks import TextSink
 
         engine.add_sink(TextSink())
-    return asyncio.run(_serve(engine))
+    try:
+        code = asyncio.run(_serve(engine))
+    except KeyboardInterrupt:  # before the handlers were installed
+        return interrupted("while starting")
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # everything is flushed: a late signal
+        signal.signal(sig, lambda *_: os._exit(code))  # during interpreter teardown just exits
+    return code
+
+
+def interrupted(when: str) -> int:
+    """One line on stderr for a Ctrl-C that came before the engine ran (nothing to drain)."""
+    sys.stderr.write(f"ser-live: interrupted {when}\n")
+    return EXIT_INTERRUPTED
+
+
+class _Signals:
+    """SIGINT, SIGTERM and SIGHUP (terminal closed) all drain: the first stops the engine, which
+    predicts what it owes within ``--drain-s``; a second exits at once, with one line."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.first = engine, None
+
+    def __call__(self, signum: int) -> None:
+        if self.first is None:
+            self.first = signum
+            log.info("%s: stopping", signal.Signals(signum).name)
+            self.engine.stop()
+            return
+        sys.stderr.write(f"ser-live: {signal.Signals(signum).name} again: exiting now, without the "
+                         f"{'drain' if self.engine.ready.is_set() else 'start-up'} finishing\n")
+        sys.stderr.flush()
+        os._exit(128 + signum)
 
 
 async def _serve(engine) -> int:
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    handler = _Signals(engine)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
-            loop.add_signal_handler(sig, engine.stop)
-        except (NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handler, sig)
+        except (NotImplementedError, RuntimeError, AttributeError):
             pass  # not the main thread, or Windows: Ctrl-C still raises KeyboardInterrupt
-    return await engine.run()
+    code = await engine.run()
+    return EXIT_INTERRUPTED if handler.first == signal.SIGINT else code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,3 +98,9 @@ class EngineConfig:
     ws: WsConfig | None = None
     level_interval_ms: int = 100
     stats_interval_s: float = 1.0
+    drain_s: float = 5.0
+    """On stop, how long the engine may take to predict what it owes before it reports the rest."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.drain_s < float("inf"):
+            raise StreamConfigError(f"--drain-s must be a number of seconds, 0 or more, not {self.drain_s}")

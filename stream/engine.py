@@ -37,8 +37,10 @@ class _Stream:
     finalized: int = -1
     owed_samples: int = 0  # audio of this stream's finals waiting for the model
     peak_owed_samples: int = 0
+    owed_finals: int = 0  # final requests not yet emitted (or reported as failed)
     room: asyncio.Event = field(default_factory=asyncio.Event)
-    stopping: bool = False
+    stopping: bool = False  # the engine is stopping: the stream ends with reason "shutdown"
+    ended: bool = False
 
 
 class Engine:
@@ -61,6 +63,7 @@ class Engine:
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
         self._exit_code = 0
+        self.unpredicted = 0  # segments a drain that ran out of time could not predict
 
     @property
     def device(self) -> str:
@@ -124,11 +127,13 @@ class Engine:
         stream = _Stream(source, pipeline, remote)
         self._streams[name] = stream
         self.worker.concurrent = len(self._streams) > 1 or self.ws is not None
-        self.emit(StreamStatus(name, "started", getattr(source, "device_name", "")))
+        self.emit(StreamStatus(name, "started", getattr(source, "device_name", ""), None))
         stream.task = asyncio.create_task(self._consume(stream), name=f"stream-{name}")
         return name
 
     async def _consume(self, stream: _Stream) -> None:
+        """Source -> pipeline -> requests; at the end of input, close the open segment, wait for every
+        final, then ``ended``. Cancelled only when a drain runs out of time (see :meth:`_shutdown`)."""
         loop, source, pipeline = asyncio.get_running_loop(), stream.source, stream.pipeline
         try:
             async for chunk in source.chunks():
@@ -139,18 +144,25 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a failing source ends its stream, not the engine
             log.debug("source %s failed", source.name, exc_info=True)
             source.failed, source.detail = True, f"{source.name} failed: {exc}"
-        finally:
-            self._dispatch(stream, pipeline.flush(loop.time()))
-            if stream.pending:
-                await asyncio.gather(*stream.pending, return_exceptions=True)
-            source.close()
-            if source.failed:
-                log.warning("%s", source.detail)
-                self.emit(Error("source_ended", source.detail, source.name))
-            self.emit(StreamStatus(source.name, "ended", source.detail))
-            if stream.remote:
-                self._streams.pop(source.name, None)
-                self.worker.concurrent = len(self._streams) > 1 or self.ws is not None
+        self._dispatch(stream, pipeline.flush(loop.time()))
+        source.close()
+        while stream.pending:
+            await asyncio.gather(*stream.pending, return_exceptions=True)
+        self._end(stream)
+
+    def _end(self, stream: _Stream) -> None:
+        """Emit the stream's ``ended`` (once), with its real reason."""
+        if stream.ended:
+            return
+        stream.ended, source = True, stream.source
+        if source.failed:
+            log.warning("%s", source.detail)
+            self.emit(Error("source_ended", source.detail, source.name))
+        reason = "source_failed" if source.failed else "shutdown" if stream.stopping else source.reason
+        self.emit(StreamStatus(source.name, "ended", source.detail, reason))
+        if stream.remote:
+            self._streams.pop(source.name, None)
+            self.worker.concurrent = len(self._streams) > 1 or self.ws is not None
 
     def _dispatch(self, stream: _Stream, outputs: list) -> None:
         for item in outputs:
@@ -167,6 +179,7 @@ class Engine:
             stream.interim_busy = True
         future = self.worker.submit(req.audio, urgent=req.final, stream=stream.source.name)
         if req.final:
+            stream.owed_finals += 1
             stream.owed_samples += len(req.audio)
             stream.peak_owed_samples = max(stream.peak_owed_samples, stream.owed_samples)
         previous = stream.last_final if req.final else None
@@ -185,7 +198,7 @@ class Engine:
         finally:
             if not req.final:
                 stream.interim_busy = False
-            else:
+            else:  # the audio is no longer held for the model: the source may be read again
                 stream.owed_samples -= len(req.audio)
                 if stream.owed_samples < self._max_owed:
                     stream.room.set()
@@ -193,10 +206,14 @@ class Engine:
             await asyncio.wait([previous])  # finals (and their errors) of one stream go out in order
         if failure is not None:
             self._failed(req, failure)
-            return
-        if not req.final and req.segment <= stream.finalized:
-            return  # the final already went out; a late interim would only confuse
-        latency_ms = round((asyncio.get_running_loop().time() - req.ref_time_s) * 1000, 1)
+        elif req.final or req.segment > stream.finalized:  # a late interim would only confuse
+            self._predicted(stream, req, pred)
+        if req.final:
+            stream.owed_finals -= 1
+
+    def _predicted(self, stream: _Stream, req: InferenceRequest, pred) -> None:
+        now = asyncio.get_running_loop().time()
+        latency_ms = round((now - req.ref_time_s) * 1000, 1)
         event = PredictionEvent(
             req.stream, req.segment, req.start_sample, req.end_sample, final=req.final, label=pred.label,
             probs=pred.prob_dict, confidence=pred.confidence, valence=pred.valence, arousal=pred.arousal,
@@ -206,7 +223,7 @@ class Engine:
         if req.final:
             stream.finalized = req.segment
             self.latency.add(latency_ms)
-            self.close_latency.add((asyncio.get_running_loop().time() - req.decided_s) * 1000)
+            self.close_latency.add((now - req.decided_s) * 1000)
             self.emit(stream.pipeline.state.update(event))
 
     def _failed(self, req: InferenceRequest, exc: Exception) -> None:
@@ -222,8 +239,9 @@ class Engine:
         local = [s for s in self._streams.values() if not s.remote]
         stop = asyncio.create_task(self._stop.wait())
         if local:
-            ended = asyncio.gather(*(s.task for s in local))
-            await asyncio.wait([stop, ended], return_when=asyncio.FIRST_COMPLETED)
+            ended = asyncio.create_task(asyncio.wait([s.task for s in local]))  # (no gather: a task a drain
+            await asyncio.wait([stop, ended], return_when=asyncio.FIRST_COMPLETED)  # cancels is not an error)
+            ended.cancel()
             if any(s.source.live for s in local) and self.ws is not None and not self._stop.is_set():
                 log.warning("the microphone ended; still serving WebSocket clients until stopped")
                 await stop
@@ -234,24 +252,61 @@ class Engine:
             self._exit_code = 1
 
     async def _shutdown(self) -> None:
+        """Drain within ``config.drain_s``: stop taking audio, close open segments, wait for their finals
+        and emit ``ended`` for every stream; what the grace period did not cover is counted and reported
+        (``drain_timeout``), never dropped silently. Then flush the sinks and clients."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_s
         streams = list(self._streams.values())
         for stream in streams:
-            stream.source.close()
+            if stream.task is not None and not stream.task.done():
+                stream.stopping = True
+                stream.source.close()
+                stream.room.set()
         tasks = [s.task for s in streams if s.task is not None]
         if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=2.0)
-            for task in stuck:  # e.g. stdin blocked in a read: cancel; its finally still flushes
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        stuck = [s for s in streams if s.task is not None and not s.task.done()]
+        if stuck:
+            await self._give_up(stuck)
         self._stats_task.cancel()
         self.emit(self.stats())
         if self.ws is not None:
-            await self.ws.close()
-        await self.worker.stop()
+            await self.ws.close(max(0.2, min(1.0, deadline - loop.time())))
+        await self.worker.stop(max(0.1, deadline - loop.time()))
         for sink in self._sinks:
             close = getattr(sink, "close", None)
             if close is not None and sink is not self.ws:
                 close()
+
+    async def _give_up(self, stuck: list[_Stream]) -> None:
+        """The grace period ran out: count the segments left unpredicted (queued or still open), report
+        them in one ``drain_timeout`` error and one log line, and end the streams."""
+        for stream in stuck:
+            stream.task.cancel()
+        await asyncio.gather(*(s.task for s in stuck), return_exceptions=True)
+        lost = 0
+        for stream in stuck:
+            for item in stream.pipeline.flush(asyncio.get_running_loop().time()):
+                if isinstance(item, InferenceRequest):
+                    lost += item.final
+                else:
+                    self.emit(item)
+            lost += stream.owed_finals
+        self.worker.abandon()
+        pending = [t for s in stuck for t in s.pending]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if lost:
+            message = (f"{lost} segment{'s' if lost != 1 else ''} not predicted: the {self.config.drain_s:g} s "
+                       f"grace period for stopping ran out")
+            log.warning("%s", message)
+            self.emit(Error("drain_timeout", message))
+            self.unpredicted += lost
+            self._exit_code = self._exit_code or 1
+        for stream in stuck:
+            self._end(stream)
 
     def stats(self, load: float = 0.0) -> Stats:
         worker = self.worker

@@ -74,6 +74,11 @@ class MicSource(Source):
     def close(self) -> None:
         if not self.failed:
             self.detail = "stopped"
+        if self._queue is not None:  # wake chunks() now rather than after stall_s
+            try:
+                self._queue.put_nowait(None)
+            except asyncio.QueueFull:
+                pass  # it drains the queue first, then times out
         if self._stream is not None:
             self._stream.stop()
             self._stream.close()

@@ -168,23 +168,33 @@ class FileSource(Source):
 
 
 class _ThreadedReader(Source):
-    """Reads blocking ``fh.read1`` calls on a daemon thread; a full queue holds the reader back
-    (stdin is not real-time, so nothing is dropped)."""
+    """Reads blocking ``read(n)`` calls on a daemon thread; a full queue holds the reader back
+    (stdin is not real-time, so nothing is dropped). :meth:`close` ends ``chunks()`` at once, even while
+    the thread is blocked in a read."""
 
-    def __init__(self, name: str, fh: BinaryIO, queue_chunks: int = 64) -> None:
+    def __init__(self, name: str, read, queue_chunks: int = 64) -> None:
         super().__init__(name)
-        self.fh, self._queue_chunks = fh, queue_chunks
+        self._read_bytes, self._queue_chunks = read, queue_chunks
         self._stop = threading.Event()
+        self._queue: asyncio.Queue | None = None
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
+        self.detail = "stopped"
+        if self._queue is not None:
+            try:
+                self._queue.put_nowait(None)
+            except asyncio.QueueFull:
+                pass  # the consumer is not waiting: it sees _stop on its next turn
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue(self._queue_chunks)
+        self._queue = queue = asyncio.Queue(self._queue_chunks)
         threading.Thread(target=self._read, args=(loop, queue), daemon=True, name=f"read-{self.name}").start()
         next_sample, carry = 0, b""
-        while True:
+        while not self._stop.is_set():
             data = await queue.get()
             if data is None or isinstance(data, Exception):
                 if isinstance(data, Exception):
@@ -199,11 +209,10 @@ class _ThreadedReader(Source):
                 next_sample += len(samples)
 
     def _read(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
-        read = getattr(self.fh, "read1", self.fh.read)
         item: bytes | Exception | None = None
         try:
             while not self._stop.is_set():
-                data = read(PCM_READ_BYTES)
+                data = self._read_bytes(PCM_READ_BYTES)
                 if not data:
                     break
                 asyncio.run_coroutine_threadsafe(queue.put(data), loop).result()
@@ -216,14 +225,23 @@ class _ThreadedReader(Source):
 
 
 class StdinSource(_ThreadedReader):
-    """Raw s16le 16 kHz mono PCM on stdin (``ffmpeg -i x -f s16le -ac 1 -ar 16000 - | ser-live --input -``)."""
+    """Raw s16le 16 kHz mono PCM on stdin (``ffmpeg -i x -f s16le -ac 1 -ar 16000 - | ser-live --input -``).
+
+    The process's own stdin is read with ``os.read`` on its file descriptor, not through
+    ``sys.stdin.buffer``: a daemon thread blocked inside a buffered read holds its lock, and the
+    interpreter aborts when it exits under it (Ctrl-C while waiting for input)."""
 
     def __init__(self, fh: BinaryIO | None = None, name: str = "stdin") -> None:
         import sys
 
-        if fh is None and (sys.stdin is None or sys.stdin.closed):
+        if fh is not None:
+            read = getattr(fh, "read1", fh.read)
+        elif sys.stdin is None or sys.stdin.closed:
             raise SourceError("--input - reads audio from stdin, but stdin is closed")
-        super().__init__(name, fh if fh is not None else sys.stdin.buffer)
+        else:
+            fd = sys.stdin.fileno()
+            read = lambda n: os.read(fd, n)  # noqa: E731
+        super().__init__(name, read)
 
 
 REMOTE_BUFFER_S = 2.0

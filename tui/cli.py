@@ -7,13 +7,17 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from serlive.stream import cli as stream_cli
+    try:
+        from serlive.stream import cli as stream_cli
 
-    args = stream_cli.parse_args(argv)
-    if stream_cli.wants_tui(args):
-        from .app import run_tui
+        args = stream_cli.parse_args(argv)
+        if stream_cli.wants_tui(args):
+            from .app import run_tui
 
-        return run_tui(args)
+            return run_tui(args)
+    except KeyboardInterrupt:  # Ctrl-C while importing or loading the model: one line, no traceback
+        sys.stderr.write("ser-live: interrupted while starting\n")
+        return 130
     return stream_cli.run(args)
 
 
