@@ -206,6 +206,9 @@ class Engine:
             await asyncio.wait([previous])  # finals (and their errors) of one stream go out in order
         if failure is not None:
             self._failed(req, failure)
+            if req.final:
+                for state in stream.pipeline.apply_final(None, req.segment):
+                    self.emit(state)
         elif req.final or req.segment > stream.finalized:  # a late interim would only confuse
             self._predicted(stream, req, pred)
         if req.final:
@@ -224,7 +227,8 @@ class Engine:
             stream.finalized = req.segment
             self.latency.add(latency_ms)
             self.close_latency.add((now - req.decided_s) * 1000)
-            self.emit(stream.pipeline.state.update(event))
+            for state in stream.pipeline.apply_final(event, req.segment):
+                self.emit(state)
 
     def _failed(self, req: InferenceRequest, exc: Exception) -> None:
         if isinstance(exc, BadAudio):  # that segment alone; interims of it fail quietly, its final says why

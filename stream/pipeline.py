@@ -14,10 +14,14 @@ import numpy as np
 
 from .chunks import SAMPLE_RATE_HZ, AudioChunk, Segment, dbfs
 from .config import EngineConfig
-from .events import Event, Level, SegmentEnd, SegmentStart
+from .events import Event, Level, PredictionEvent, SegmentEnd, SegmentStart, State
 from .segmenter import Segmenter, SegmentOpened
 from .state import RollingState
 from .vad import VadStage
+
+VAD_RESET_S = 60
+"""Outside speech, the VAD starts afresh at least this often (on the sample clock), besides at every
+segment close."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -56,6 +60,8 @@ class StreamPipeline:
         self._next_interim = 0
         self._level_parts: list[np.ndarray] = []
         self._level_held = 0
+        self._vad_fresh_at = 0  # sample at which the VAD state was last reset
+        self._owed: set[int] = set()  # kept segments whose final has not been applied yet
 
     def push(self, chunk: AudioChunk, arrival_s: float) -> list[Output]:
         self._arrivals.append((chunk.end_sample, arrival_s))
@@ -65,11 +71,35 @@ class StreamPipeline:
             for item in self.segmenter.push(frame):
                 out.extend(self._on_segmenter(item, arrival_s))
             out.extend(self._maybe_interim(frame.end_sample, arrival_s))
+            if not self.segmenter.in_speech and frame.end_sample - self._vad_fresh_at >= VAD_RESET_S * SAMPLE_RATE_HZ:
+                self._reset_vad(frame.end_sample)
         out.extend(self._levels(chunk))
-        expired = self.state.expire(self.position) if not self.segmenter.in_speech else None
-        if expired is not None:
-            out.append(expired)
+        out.extend(self._expired())
         return out
+
+    def apply_final(self, final: PredictionEvent | None, segment: int) -> list[State]:
+        """Segment ``segment``'s final (None: it failed) into the rolling state, in segment order. The
+        states that come out depend on the sample clock only: a final that arrives late (audio faster
+        than real time) gives the same sequence, resets included, as one that arrived at once."""
+        self._owed.discard(segment)
+        out: list[State] = []
+        if final is not None:
+            last = self.state.last_end_sample
+            if last is not None and final.start_sample - last > self.state.reset_samples:
+                self.state.reset()
+                out.append(self.state.state())
+            out.append(self.state.update(final))
+        return out + self._expired()
+
+    def _expired(self) -> list[State]:
+        if self.segmenter.in_speech or self._owed:
+            return []  # a final still on its way may yet be the newest one
+        expired = self.state.expire(self.position)
+        return [] if expired is None else [expired]
+
+    def _reset_vad(self, sample: int) -> None:
+        self.vad.reset_state()
+        self._vad_fresh_at = sample
 
     def flush(self, arrival_s: float) -> list[Output]:
         """End of input: the last partial frame, then close any open segment."""
@@ -94,8 +124,10 @@ class StreamPipeline:
         if isinstance(item, SegmentOpened):
             self._next_interim = item.start_sample + self._interim
             return [SegmentStart(self.name, item.id, item.start_sample, item.decided_sample)]
+        self._reset_vad(self.segmenter.position)
         out: list[Output] = [SegmentEnd(self.name, item.id, item.start_sample, item.end_sample, item.reason, item.dropped)]
         if not item.dropped:
+            self._owed.add(item.id)
             out.append(InferenceRequest(self.name, item.id, item.start_sample, item.end_sample, item.audio,
                                         True, self.arrival_of(item.end_sample), arrival_s))
         return out

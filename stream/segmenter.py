@@ -59,6 +59,11 @@ class Segmenter:
         return self._open is not None
 
     @property
+    def position(self) -> int:
+        """The end sample of the last frame pushed."""
+        return self._position
+
+    @property
     def open_segment(self) -> SegmentOpened | None:
         return self._open
 

@@ -32,7 +32,7 @@ class RollingState:
         return self._finals[-1].end_sample if self._finals else None
 
     def update(self, final: PredictionEvent) -> State:
-        if self._finals and final.start_sample - self._finals[-1].end_sample > self._reset_samples:
+        if self._finals and final.start_sample - self._finals[-1].end_sample > self.reset_samples:
             self.reset()
         self._finals.append(final)
         self.segments += 1
@@ -41,7 +41,7 @@ class RollingState:
     def expire(self, now_sample: int) -> State | None:
         """A reset State when the last final is older than ``reset_after_s`` at ``now_sample``, else None."""
         last = self.last_end_sample
-        if last is None or now_sample - last <= self._reset_samples:
+        if last is None or now_sample - last <= self.reset_samples:
             return None
         self.reset()
         return self.state()
@@ -59,7 +59,7 @@ class RollingState:
                      self._mean(weights, "arousal"), self.segments)
 
     @property
-    def _reset_samples(self) -> float:
+    def reset_samples(self) -> float:
         return self.config.reset_after_s * SAMPLE_RATE_HZ
 
     def _mean(self, weights: np.ndarray, name: str) -> float | None:
