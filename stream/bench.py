@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
     ap.add_argument("--interim-ms", type=int, default=500)
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--fairness-s", type=float, default=30.0,
+                    help="fairness row: a real-time stream of this length alone, then beside a flooding "
+                         "WebSocket sender (0: skip)")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return ap
 
@@ -168,4 +171,27 @@ def run_bench(args: argparse.Namespace) -> int:
         for n in (int(s) for s in stream_counts.split(",") if s.strip()):
             r = asyncio.run(_engine_run(predictor, audio, n, config))
             print(_row(name, "engine", n, islands, r, args.seconds), flush=True)
+        if args.fairness_s and "built-in" in name:
+            fairness_table(name, predictor, config, args.fairness_s)
     return 0
+
+
+def fairness_table(name: str, predictor, config: EngineConfig, seconds: float) -> None:
+    """One real-time stream alone, then the same beside a client flooding remote audio, in one run."""
+    from .fairness import fairness_run
+
+    audio, _ = speechlike(seconds, seed=1)
+    alone = asyncio.run(fairness_run(predictor, config, audio, flood=False))
+    flood = asyncio.run(fairness_run(predictor, config, audio, flood=True))
+    f = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    ratio = lambda a, b: "-" if not a or b is None else f"{b / a:.2f}"  # noqa: E731
+    print(f"\nfairness: a {seconds:g} s real-time stream, alone then beside one WebSocket client sending "
+          "remote audio as fast as the server takes it")
+    print("| model | finals alone | e2e p50 / p95 ms alone | finals beside flood | e2e p50 / p95 ms beside flood "
+          "| ratio p50 / p95 | flood audio taken s (x real time) | flood finals | RSS before MB | RSS growth MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    a50, a95, b50, b95 = alone["p50"], alone["p95"], flood["p50"], flood["p95"]
+    print(f"| {name} | {alone['finals']} | {f(a50)} / {f(a95)} | {flood['finals']} | {f(b50)} / {f(b95)} | "
+          f"{ratio(a50, b50)} / {ratio(a95, b95)} | {flood['flood_s']:.0f} ({flood['flood_s'] / flood['wall_s']:.1f}x) | "
+          f"{flood['flood_finals']} | {flood['rss_before']:.0f} | {flood['rss_peak'] - flood['rss_before']:+.0f} |",
+          flush=True)

@@ -126,3 +126,26 @@ def test_a_flooding_sender_is_throttled_and_real_time_finals_do_not_wait_behind_
     assert len(rt_waits) == len(truth) and max(rt_waits) <= 2, rt_waits
     flood_waits = [n for stream, final, n in engine.worker.served if stream == "flood" and final]
     assert len(flood_waits) >= len(flood_finals)
+
+
+def test_bench_fairness_run_and_soak_report_real_figures(predictor, tmp_path, capsys):
+    from serlive.model import save_model_dir
+    from serlive.stream import soak
+    from serlive.stream.bench import speechlike
+    from serlive.stream.fairness import fairness_run
+
+    audio, islands_n = speechlike(6.0, seed=1)
+    config = EngineConfig()
+    alone = asyncio.run(fairness_run(predictor, config, audio, flood=False))
+    beside = asyncio.run(fairness_run(predictor, config, audio, flood=True))
+    assert alone["finals"] == beside["finals"] == islands_n
+    assert alone["flood_finals"] == 0 and beside["flood_finals"] >= 1 and beside["flood_s"] > 0
+    assert beside["p95"] is not None and beside["rss_peak"] >= beside["rss_before"] > 0
+
+    model_dir = save_model_dir(tmp_path / "model", predictor.model)
+    assert soak.main(["--minutes", "0.1", "--sample-s", "2", "--clients", "3", "--model", str(model_dir)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|") and "---" not in line]
+    figures = [[float(x) for x in row.strip("|").split("|")] for row in rows[1:]]
+    assert len(figures) >= 3 and all(f[1] > 0 and f[2] > 0 and f[3] >= 1 for f in figures)
+    assert figures[-1][5] == 1  # every remote stream ended; only the local one is left
+    assert sum(figures[-1][7:9]) >= 1  # clients came and went
