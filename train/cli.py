@@ -1,4 +1,4 @@
-"""``ser-train``: fit, evaluate, ablate, baseline, prepare. Parses arguments and calls a ``run``; bad input is one
+"""``ser-train``: fit, evaluate, ablate, baseline, bundle, calibrate, prepare. Parses arguments and calls a ``run``; bad input is one
 sentence on stderr and exit status 2 (1 for a failure while running)."""
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("--cv", required=True, help="the cross-validation run directory")
     bu.add_argument("--final", required=True, help="the final run (protocol.kind = \"all\") of the same recipe")
     bu.add_argument("--out", required=True, help="model directory to write (replaced)")
+    ca = sub.add_parser("calibrate", help="temperature, OOD reference and per-speaker adaptation measured on a CV run's folds")
+    ca.add_argument("--cv", required=True, help="a finished cross-validation run directory (ser-train fit)")
+    ca.add_argument("--orders", type=int, default=10, help="random utterance orders per speaker (online protocol)")
+    ca.add_argument("--apply", default=None, metavar="MODEL_DIR",
+                    help="write the final settings into this model directory (e.g. the bundled model)")
     pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
     pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
     pr.add_argument("root", help="the corpus folder")
@@ -103,6 +108,13 @@ def _dispatch(args) -> int:
         cv = metrics["cross_validation"]
         print(f"wrote {args.out}: {cv['folds']}-fold UA {100 * cv['test']['ua']['mean']:.1f}, "
               f"baseline {100 * metrics['baseline_same_folds']['as_is']['ua']['mean']:.1f}")
+        return 0
+    if args.command == "calibrate":
+        from .calibrate import markdown, run as run_calibrate
+
+        if args.orders < 1:
+            raise ConfigError("--orders must be at least 1")
+        print(markdown(run_calibrate(args.cv, args.orders, args.apply)), end="")
         return 0
     if args.command == "baseline":
         from . import config
