@@ -63,20 +63,22 @@ def predict_split(predictor: Predictor, waves: list[np.ndarray], labels: np.ndar
     return Split(np.array([p.probs for p in preds]), np.asarray(labels), preds)
 
 
+def online_labels(predictor: Predictor, preds: list, rng: np.random.Generator, prior: float) -> np.ndarray:
+    """One speaker's utterances in a random order, each predicted knowing only the ones before it (its
+    label index after adaptation), returned in the original order."""
+    adapter = SpeakerAdapter(np.array(predictor.config.calibration.embedding_mean), prior)
+    y_pred = np.zeros(len(preds), np.int64)
+    for i in rng.permutation(len(preds)):
+        y_pred[i] = predictor.labels.index(predictor.adapt(preds[i], adapter).label)
+        adapter.update(preds[i].embedding)
+    return y_pred
+
+
 def online_ua(predictor: Predictor, split: Split, prior: float, orders: int, seed: int) -> float:
     """Mean UA over ``orders`` random orders of one speaker's utterances, each adapted causally."""
-    labels = predictor.labels
     rng = np.random.default_rng(seed)
-    uas = []
-    for _ in range(orders):
-        adapter = SpeakerAdapter(np.array(predictor.config.calibration.embedding_mean), prior)
-        y_pred = np.zeros(len(split.preds), np.int64)
-        for i in rng.permutation(len(split.preds)):
-            p = split.preds[i]
-            y_pred[i] = labels.index(predictor.adapt(p, adapter).label)
-            adapter.update(p.embedding)
-        uas.append(classification(split.labels, y_pred, labels)["ua"])
-    return float(np.mean(uas))
+    return float(np.mean([classification(split.labels, online_labels(predictor, split.preds, rng, prior),
+                                          predictor.labels)["ua"] for _ in range(orders)]))
 
 
 def fold_predictor(model_dir: Path, knn: dict | None, embedding_mean: np.ndarray) -> Predictor:

@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-knn", action="store_true", help="ignore the kNN datastore")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--orders", type=int, default=10,
+                    help="random orders per speaker for the online per-speaker protocol (0: skip it)")
     bl = sub.add_parser("baseline", help="classic baseline (logistic regression on log-mel statistics) on the same folds")
     bl.add_argument("--config", default=None, help="TOML file (data, protocol and model.labels are used)")
     bl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -128,7 +130,8 @@ def _dispatch(args) -> int:
         from .evaluate import run as run_evaluate
 
         result = run_evaluate(args.model, args.data, args.label_map, args.predictions, resolve_device(args.device),
-                              use_knn=not args.no_knn, label_column=args.label_column, batch_size=args.batch_size)
+                              use_knn=not args.no_knn, label_column=args.label_column, batch_size=args.batch_size,
+                              orders=args.orders)
         print(json.dumps(result, indent=2))
         return 0
     cfg = _train_config(args)
