@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -35,19 +35,41 @@ def demo_file() -> Path:
     return Path(__file__).parent / "demo" / "demo.flac"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (no usage block): ``ser-live: error: argument --x: ...``."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind, low=None, high=None, what: str = ""):
+    """An argparse ``type`` for finite ints/floats in [low, high], with a one-line reason when not."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}")
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return value
+    return parse
+
+
 def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", metavar="DIR", help="model directory (default: the bundled model)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                     help="autocast dtype on CUDA (auto: bfloat16 where supported); the CPU runs float32")
-    ap.add_argument("--threads", type=int, help="torch CPU threads")
-    ap.add_argument("--max-batch", type=int, default=16, help="most requests in one forward pass")
-    ap.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
+    ap.add_argument("--threads", type=_number(int, 1, 1024, "from 1 to 1024"), help="torch CPU threads")
+    ap.add_argument("--max-batch", type=_number(int, 1, 1024, "from 1 to 1024"), default=16,
+                    help="most requests in one forward pass")
+    ap.add_argument("--max-wait-ms", type=_number(float, 0, 10_000, "from 0 to 10000 ms"), default=10.0,
+                    help="longest wait to fill a batch")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="ser-live", description="Real-time speech emotion monitor (run `ser-live bench -h` for the benchmark).")
     ap.add_argument("--input", action="append", metavar="SRC",
                     help="mic (default; the bundled demo file when there is no microphone), an audio FILE, "
@@ -59,13 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-knn", action="store_true", help="do not apply the model's kNN datastore")
     ap.add_argument("--vad-mode", type=int, default=2, choices=[0, 1, 2, 3], help="WebRTC VAD aggressiveness")
     ap.add_argument("--vad-frame-ms", type=int, default=30, choices=[10, 20, 30])
-    ap.add_argument("--end-silence-ms", type=int, default=300, help="non-speech that closes a segment")
-    ap.add_argument("--min-speech-ms", type=int, default=250, help="shorter segments are dropped")
-    ap.add_argument("--max-segment-s", type=float, default=19.0, help="longer speech is force-closed")
-    ap.add_argument("--interim-ms", type=int, default=500, help="interim prediction period (0: none)")
-    ap.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT|off", help="WebSocket server")
-    ap.add_argument("--ws-token", help="token clients must send (?token= or Authorization: Bearer)")
-    ap.add_argument("--ws-max-clients", type=int, default=32)
+    ap.add_argument("--end-silence-ms", type=_number(int, 10, 60_000, "from 10 to 60000 ms"), default=300,
+                    help="non-speech that closes a segment")
+    ap.add_argument("--min-speech-ms", type=_number(int, 0, 60_000, "from 0 to 60000 ms"), default=250,
+                    help="shorter segments are dropped")
+    ap.add_argument("--max-segment-s", type=_number(float, 0.1, 600, "from 0.1 to 600 s"), default=19.0,
+                    help="longer speech is force-closed")
+    ap.add_argument("--interim-ms", type=_number(int, 0, 60_000, "from 0 to 60000 ms"), default=500,
+                    help="interim prediction period (0: none)")
+    ap.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT|off",
+                    help="WebSocket server (a host beyond loopback needs --ws-token)")
+    ap.add_argument("--ws-token", help="token clients must send (?token= or Authorization: Bearer); clients "
+                                       "with it may also send audio")
+    ap.add_argument("--ws-max-clients", type=_number(int, 1, 10_000, "from 1 to 10000"), default=32)
+    ap.add_argument("--ws-allow-origin", action="append", default=[], metavar="ORIGIN",
+                    help="a web page origin (https://host[:port]) allowed besides the server's own; repeatable")
+    ap.add_argument("--accept-audio", action="store_true",
+                    help="let every WebSocket client send audio (without it: only clients with --ws-token's token)")
+    ap.add_argument("--tls-cert", metavar="PEM", help="certificate: serve https/wss (needs --tls-key)")
+    ap.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     ap.add_argument("--jsonl", metavar="PATH", help="write every event as JSON lines (- for stdout)")
     ap.add_argument("--no-tui", action="store_true", help="run headless")
     ap.add_argument("--connect", metavar="URL", help="show a running engine's WebSocket feed in the TUI")
@@ -136,6 +170,9 @@ def load_predictor(args: argparse.Namespace, use_knn: bool = True):
 
 
 def parse_ws(args: argparse.Namespace):
+    """``--ws`` and its companions -> ``WsConfig`` (None for ``off``), checked before anything starts: the
+    port can be bound, a host beyond loopback has a token, the TLS files load."""
+    from .access import is_loopback, tls_context
     from .config import WsConfig
 
     if args.ws.strip().lower() == "off":
@@ -143,19 +180,42 @@ def parse_ws(args: argparse.Namespace):
     host, sep, port = args.ws.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise CliError(f"--ws must be HOST:PORT or off, not {args.ws!r}")
-    host = host.strip("[]")
-    if not _is_loopback(host) and not args.ws_token:
-        log.warning("the WebSocket server on %s accepts anyone who can reach it; consider --ws-token", host)
-    return WsConfig(host=host, port=int(port), max_clients=args.ws_max_clients, token=args.ws_token)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+    host, port = host.strip("[]"), int(port)
+    if port > 65535:
+        raise CliError(f"--ws port must be from 0 to 65535, not {port}")
+    if not is_loopback(host) and not args.ws_token:
+        raise CliError(f"--ws {host} is reachable from other machines: give --ws-token TOKEN (or use 127.0.0.1)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together")
+    config = WsConfig(host=host, port=port, max_clients=args.ws_max_clients, token=args.ws_token or None,
+                      accept_audio=args.accept_audio, allow_origins=tuple(args.ws_allow_origin),
+                      tls_cert=args.tls_cert, tls_key=args.tls_key)
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        tls_context(config)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise CliError(f"cannot use --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: "
+                       f"{getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}") from exc
+    _check_bindable(host, port)
+    return config
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Bind and release ``host:port`` as the server will (SO_REUSEADDR), so a taken port or an unknown
+    host is one sentence now rather than a traceback after the model has loaded."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CliError(f"--ws host {host} cannot be resolved: {exc.strerror}") from exc
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise CliError(f"cannot listen on {host}:{port}: {exc.strerror} (pick another port with "
+                               "--ws HOST:PORT, or --ws off)") from exc
 
 
 def build_sources(args: argparse.Namespace) -> list:
@@ -211,18 +271,20 @@ def engine_config(args: argparse.Namespace):
 def build_engine(args: argparse.Namespace):
     """The :class:`Engine` the arguments describe (sources opened, model loaded, ``--jsonl`` attached);
     raises :class:`CliError` with one sentence on bad input."""
+    config = engine_config(args)  # before importing the engine (torch): bad arguments fail in a blink
+    sources = build_sources(args)
     from .engine import Engine
     from .sinks import JsonlSink
 
-    config = engine_config(args)
-    sources = build_sources(args)
     predictor, model_dir = load_predictor(args, use_knn=not args.no_knn)
     engine = Engine(predictor, config, sources, model_name=predictor.config.description or model_dir.name)
     if args.jsonl:
         try:
-            engine.add_sink(JsonlSink(args.jsonl))
+            sink = JsonlSink(args.jsonl)
         except OSError as exc:
             raise CliError(f"cannot write --jsonl {args.jsonl}: {exc.strerror}") from exc
+        sink.put(engine.hello())  # a JSON lines file reads like a connection: hello first
+        engine.add_sink(sink)
     return engine
 
 

@@ -138,7 +138,9 @@ class Engine:
             source.close()
             if source.failed:
                 self.emit(Error("source_ended", source.detail, source.name))
-            self.emit(StreamStatus(source.name, "ended", source.detail))
+            reason = source.reason or ("source_failed" if source.failed else
+                                       "shutdown" if self._stop_requested else "end_of_input")
+            self.emit(StreamStatus(source.name, "ended", source.detail, reason))
             if stream.remote:
                 self._streams.pop(source.name, None)
                 self.worker.concurrent = len(self._streams) > 1 or self.ws is not None

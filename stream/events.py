@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-PROTOCOL_VERSION = 1
-"""Bumped on any change a v1 client could misread."""
+PROTOCOL_VERSION = 2
+"""Bumped on any change a client of the previous version could misread (2: access control, declared
+audio formats, ``accepted``, ``stream.reason``)."""
 
 SAMPLE_RATE_HZ = 16_000
 
@@ -45,16 +46,35 @@ class Hello(Event):
     streams: tuple[str, ...]
     dimensional: bool
     device: str
+    accepts_audio: bool = False
+    max_message_bytes: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class StreamStatus(Event):
-    """A stream (local source or remote client) started or ended (``state``: "started" | "ended")."""
+    """A stream (local source or remote client) started or ended (``state``: "started" | "ended").
+
+    ``reason`` is None when it started; why it ended: one of :data:`END_REASONS`."""
 
     type: ClassVar[str] = "stream"
     stream: str
     state: str
     detail: str = ""
+    reason: str | None = None
+
+
+END_REASONS = ("end_of_input", "client_ended", "client_closed", "connection_lost", "source_failed", "shutdown")
+"""Why a stream ended (``stream`` event ``reason``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted(Event):
+    """To a WebSocket sender only: its audio opened stream ``stream`` (the id every other event uses)
+    in ``format`` (``sample_rate_hz``, ``encoding``, ``channels``)."""
+
+    type: ClassVar[str] = "accepted"
+    stream: str
+    format: dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +188,8 @@ class Error(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (Hello, StreamStatus, SegmentStart, SegmentEnd, PredictionEvent, State, Level, Stats, Error)
+    cls.type: cls for cls in (Hello, StreamStatus, Accepted, SegmentStart, SegmentEnd, PredictionEvent, State, Level,
+                              Stats, Error)
 }
 
 

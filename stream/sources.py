@@ -40,6 +40,7 @@ class Source:
         self.dropped_samples = 0
         self.detail = "end of input"
         self.failed = False
+        self.reason: str | None = None  # why it ended (events.END_REASONS); None: decided by the engine
 
     def chunks(self) -> AsyncIterator[AudioChunk]:
         raise NotImplementedError
@@ -199,15 +200,18 @@ class RemoteSource(Source):
     async def feed(self, data: bytes) -> None:
         await self._queue.put(bytes(data))
 
-    def end(self, detail: str = "client ended the stream") -> None:
-        self.detail = detail
+    def end(self, reason: str = "client_ended", detail: str = "the client ended the stream") -> None:
+        """End the stream (``reason``: a ``stream`` event reason) once what was fed has been consumed."""
+        if self.reason is not None:
+            return
+        self.reason, self.detail = reason, detail
         try:
             self._queue.put_nowait(None)
         except asyncio.QueueFull:
             asyncio.get_running_loop().create_task(self._queue.put(None))
 
     def close(self) -> None:
-        self.end("stopped")
+        self.end("shutdown", "the engine stopped")
 
     async def chunks(self) -> AsyncIterator[AudioChunk]:
         while (data := await self._queue.get()) is not None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import serlive.stream
 from serlive.model import ModelConfig, Predictor, SERModel
@@ -20,7 +20,7 @@ from serlive.stream.config import EngineConfig, WsConfig
 from serlive.stream.engine import Engine
 from serlive.stream.events import EVENT_TYPES, from_dict
 from serlive.stream.sources import ArraySource
-from serlive.stream.ws import CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_TOO_SLOW, _Client
+from serlive.stream.ws import CLOSE_TOO_MANY, CLOSE_TOO_SLOW, _Client
 from tests.test_stream_segmenter import TOLERANCE_SAMPLES, islands
 
 SCHEMA = json.loads((Path(serlive.stream.__file__).parent / "protocol.schema.json").read_text())
@@ -55,7 +55,7 @@ def url(engine: Engine, query: str = "") -> str:
 
 def test_schema_is_valid_and_covers_every_event_type():
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
-    assert set(SCHEMA["$defs"]) == set(EVENT_TYPES)
+    assert set(SCHEMA["$defs"]) - {"format"} == set(EVENT_TYPES)
 
 
 def test_clients_receive_valid_messages_and_a_stalled_one_stalls_nobody(predictor):
@@ -92,7 +92,7 @@ def test_clients_receive_valid_messages_and_a_stalled_one_stalls_nobody(predicto
 def test_remote_audio_gets_its_own_stream(predictor):
     audio, truth = islands([0.3, 0.8, 0.5], seed=13)
     pcm = (audio * 32767).astype("<i2").tobytes()
-    engine = Engine(predictor, ws_config(), [])
+    engine = Engine(predictor, ws_config(accept_audio=True), [])
     seen: list = []
 
     async def main():
@@ -115,6 +115,10 @@ def test_remote_audio_gets_its_own_stream(predictor):
     finals = [m for m in seen if m["type"] == "prediction" and m["final"]]
     assert len(finals) == 1 and finals[0]["stream"] == "phone"
     assert abs(finals[0]["start_s"] - truth[0][0] / 16000) <= 0.1
+    assert [m for m in seen if m["type"] == "accepted"] == [
+        {"type": "accepted", "stream": "phone", "format": {"sample_rate_hz": 16000, "encoding": "s16le", "channels": 1}}]
+    assert seen[0]["accepts_audio"] is True and seen[0]["protocol"] == 2
+    assert seen[-1]["reason"] == "client_ended" and seen[-1]["stream"] == "phone"
 
 
 def close_code(engine: Engine, query: str = "", **kw):
@@ -134,7 +138,10 @@ def test_token_and_client_limit_close_with_clear_codes(predictor):
     async def main():
         task = asyncio.create_task(engine.run())
         await engine.ready.wait()
-        assert await close_code(engine, "?token=wrong") == CLOSE_BAD_TOKEN
+        for query in ("?token=wrong", ""):
+            with pytest.raises(InvalidStatus) as refused:
+                await close_code(engine, query)
+            assert refused.value.response.status_code == 401
         async with connect(url(engine, "?token=s3cret")) as first:
             hello = json.loads(await first.recv())
             assert hello["type"] == "hello"
