@@ -78,3 +78,14 @@ def test_head_keeps_the_first_line():
     proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr
     assert json.loads(proc.stdout)["type"] == "hello"  # and a JSON lines stream begins with hello
+
+
+def test_text_output_escapes_control_characters_in_names(tmp_path):
+    hostile = tmp_path / "clip\x1b[2J\x1b[31m\nfake: ended.flac"
+    hostile.write_bytes(CLIP.read_bytes())
+    proc = ser_live("--ws", "off", "--fast", "--input", str(hostile))
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3  # started, one final, ended: the newline in the name made no extra line
+    assert lines[0] == "clip\\x1b[2J\\x1b[31m\\nfake: ended.flac: started"
