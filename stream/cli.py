@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import math
+import re
 import signal
 import sys
 from pathlib import Path
@@ -176,7 +177,14 @@ def parse_ws(args: argparse.Namespace):
     from .config import WsConfig
 
     if args.ws.strip().lower() == "off":
+        if args.tls_cert or args.tls_key:
+            raise CliError("--tls-cert and --tls-key need the WebSocket server, not --ws off")
         return None
+    if args.ws_token is not None and not args.ws_token.strip():
+        raise CliError("--ws-token must not be empty")
+    for origin in args.ws_allow_origin:
+        if not re.fullmatch(r"https?://[^/?#\s]+/?", origin.strip()):
+            raise CliError(f"--ws-allow-origin takes a page origin such as https://host:port, not {origin!r}")
     host, sep, port = args.ws.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise CliError(f"--ws must be HOST:PORT or off, not {args.ws!r}")

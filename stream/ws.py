@@ -125,7 +125,9 @@ class WsServer:
             process_request=lambda conn, req: check_request(conn, req, self.config, self.http_handler),
             max_size=MAX_MESSAGE_BYTES, compression=None, ping_interval=None, close_timeout=CLOSE_TIMEOUT_S)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("WebSocket server on %s://%s:%d", self.scheme, self.config.host, self.port)
+        # With port 0 the port is news to the user (and to scripts waiting for it): say it at warning level.
+        log.log(logging.WARNING if self.config.port == 0 else logging.INFO, "WebSocket server on %s://%s:%d",
+                self.scheme, self.config.host, self.port)
 
     def put(self, event: Event) -> None:
         if not self._clients:
