@@ -75,8 +75,13 @@ class _Client:
             while self._queue and not self.dropped:
                 try:
                     await asyncio.wait_for(self.conn.send(self._queue.popleft()), self.stall_timeout_s)
-                except TimeoutError:
+                except asyncio.TimeoutError:
                     self.drop(f"did not read for {self.stall_timeout_s:g} s")
+                except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
+                    return
+
+    async def _ping(self) -> None:
+        await (await self.conn.ping())
 
     async def keepalive(self, interval_s: float, timeout_s: float) -> None:
         """Ping every ``interval_s``; no pong within ``timeout_s`` means the client stopped reading."""
@@ -85,11 +90,12 @@ class _Client:
             if self.feeding:
                 continue  # we are not reading its socket, so its pong could not be seen
             try:
-                async with asyncio.timeout(timeout_s):
-                    await (await self.conn.ping())
-            except TimeoutError:
+                await asyncio.wait_for(self._ping(), timeout_s)
+            except asyncio.TimeoutError:
                 if not self.feeding:
                     self.drop(f"left a ping unanswered for {timeout_s:g} s")
+                return
+            except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
                 return
 
 

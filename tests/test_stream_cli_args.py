@@ -49,6 +49,9 @@ def assert_one_sentence(proc: subprocess.CompletedProcess, *fragments: str) -> N
     (["--ws", "off", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "need the WebSocket server"),
     (["--ws-token", " "], "--ws-token must not be empty"),
     (["--ws-allow-origin", "evil.example"], "--ws-allow-origin takes a page origin"),
+    (["--input", "-", "--input", "-"], "--input - (stdin) can be given only once"),
+    (["--connect", "127.0.0.1:8765"], "argument --connect: must be a ws:// or wss:// URL"),
+    (["--vad-mode", "7"], "argument --vad-mode: invalid choice"),
 ])
 def test_out_of_range_arguments_are_one_sentence_and_exit_2(argv, fragment):
     assert_one_sentence(ser_live("--input", "none", "--model", "/nonexistent/model", *argv), fragment)
