@@ -180,3 +180,15 @@ def test_stalled_client_skips_then_is_dropped():
 
     conn, client = asyncio.run(main())
     assert client.skipped >= 6 and client.dropped and conn.closed_with == CLOSE_TOO_SLOW
+
+
+def test_wire_form_is_strict_json_even_for_non_finite_numbers():
+    from serlive.stream.events import PredictionEvent
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+    event = PredictionEvent("a", 0, 0, 16000, final=True, label="sad", probs={"sad": float("nan")},
+                            confidence=float("inf"), latency_ms=1.0)
+    data = strict(event.to_json())
+    assert data["probs"] == {"sad": None} and data["confidence"] is None and data["latency_ms"] == 1.0
