@@ -7,26 +7,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from .argcheck import EXIT_USAGE, CliError, Parser, check_bindable, number, ws_url
 
-EXIT_USAGE = 2
-"""Exit code for bad arguments, bad input files, unavailable devices."""
+log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C (SIGINT), during start-up or after the drain: 128 + 2, as shells report it.
 SIGTERM and SIGHUP drain the same way and keep the run's own code (0, or 1 when a source failed or the
 drain ran out of time); a second signal exits at once with 128 + its number."""
-
-
-class CliError(Exception):
-    """A problem with the command line or its inputs; the message is one sentence for stderr."""
 
 
 def bundled_model_dir() -> Path:
@@ -46,14 +41,16 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                     help="autocast dtype on CUDA (auto: bfloat16 where supported); the CPU runs float32")
-    ap.add_argument("--threads", type=int, help="torch CPU threads")
-    ap.add_argument("--max-batch", type=int, default=16, help="most requests in one forward pass")
-    ap.add_argument("--max-wait-ms", type=float, default=10.0, help="longest wait to fill a batch")
+    ap.add_argument("--threads", type=number(int, 1, 1024, "from 1 to 1024"), help="torch CPU threads")
+    ap.add_argument("--max-batch", type=number(int, 1, 1024, "from 1 to 1024"), default=16,
+                    help="most requests in one forward pass")
+    ap.add_argument("--max-wait-ms", type=number(float, 0, 10_000, "from 0 to 10000 ms"), default=10.0,
+                    help="longest wait to fill a batch")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = Parser(
         prog="ser-live", description="Real-time speech emotion monitor (run `ser-live bench -h` for the benchmark).")
     ap.add_argument("--input", action="append", metavar="SRC",
                     help="mic (default; the bundled demo file when there is no microphone), an audio FILE, "
@@ -65,18 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-knn", action="store_true", help="do not apply the model's kNN datastore")
     ap.add_argument("--vad-mode", type=int, default=2, choices=[0, 1, 2, 3], help="WebRTC VAD aggressiveness")
     ap.add_argument("--vad-frame-ms", type=int, default=30, choices=[10, 20, 30])
-    ap.add_argument("--end-silence-ms", type=int, default=300, help="non-speech that closes a segment")
-    ap.add_argument("--min-speech-ms", type=int, default=250, help="shorter segments are dropped")
-    ap.add_argument("--max-segment-s", type=float, default=19.0, help="longer speech is force-closed")
-    ap.add_argument("--interim-ms", type=int, default=500, help="interim prediction period (0: none)")
-    ap.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT|off", help="WebSocket server")
-    ap.add_argument("--ws-token", help="token clients must send (?token= or Authorization: Bearer)")
-    ap.add_argument("--ws-max-clients", type=int, default=32)
+    ap.add_argument("--end-silence-ms", type=number(int, 10, 60_000, "from 10 to 60000 ms"), default=300,
+                    help="non-speech that closes a segment")
+    ap.add_argument("--min-speech-ms", type=number(int, 0, 60_000, "from 0 to 60000 ms"), default=250,
+                    help="shorter segments are dropped")
+    ap.add_argument("--max-segment-s", type=number(float, 0.1, 600, "from 0.1 to 600 s"), default=19.0,
+                    help="longer speech is force-closed")
+    ap.add_argument("--interim-ms", type=number(int, 0, 60_000, "from 0 to 60000 ms"), default=500,
+                    help="interim prediction period (0: none)")
+    ap.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT|off",
+                    help="WebSocket server (a host beyond loopback needs --ws-token)")
+    ap.add_argument("--ws-token", help="token clients must send (?token= or Authorization: Bearer); clients "
+                                       "with it may also send audio")
+    ap.add_argument("--ws-max-clients", type=number(int, 1, 10_000, "from 1 to 10000"), default=32)
+    ap.add_argument("--ws-allow-origin", action="append", default=[], metavar="ORIGIN",
+                    help="a web page origin (https://host[:port]) allowed besides the server's own; repeatable")
+    ap.add_argument("--accept-audio", action="store_true",
+                    help="let every WebSocket client send audio (without it: only clients with --ws-token's token)")
+    ap.add_argument("--tls-cert", metavar="PEM", help="certificate: serve https/wss (needs --tls-key)")
+    ap.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     ap.add_argument("--jsonl", metavar="PATH", help="write every event as JSON lines (- for stdout)")
     ap.add_argument("--no-tui", action="store_true", help="run headless")
-    ap.add_argument("--drain-s", type=float, default=5.0, metavar="S",
+    ap.add_argument("--drain-s", type=number(float, 0, 600, "from 0 to 600 s"), default=5.0, metavar="S",
                     help="on Ctrl-C/SIGTERM/SIGHUP, time allowed to predict what is owed before exiting")
-    ap.add_argument("--connect", metavar="URL", help="show a running engine's WebSocket feed in the TUI")
+    ap.add_argument("--connect", metavar="URL", type=ws_url, help="show a running engine's WebSocket feed in the TUI")
     return ap
 
 
@@ -145,26 +154,40 @@ def load_predictor(args: argparse.Namespace, use_knn: bool = True):
 
 
 def parse_ws(args: argparse.Namespace):
+    """``--ws`` and its companions -> ``WsConfig`` (None for ``off``), checked before anything starts: the
+    port can be bound, a host beyond loopback has a token, the TLS files load."""
+    from .access import is_loopback, tls_context
     from .config import WsConfig
 
     if args.ws.strip().lower() == "off":
+        if args.tls_cert or args.tls_key:
+            raise CliError("--tls-cert and --tls-key need the WebSocket server, not --ws off")
         return None
+    if args.ws_token is not None and not args.ws_token.strip():
+        raise CliError("--ws-token must not be empty")
+    for origin in args.ws_allow_origin:
+        if not re.fullmatch(r"https?://[^/?#\s]+/?", origin.strip()):
+            raise CliError(f"--ws-allow-origin takes a page origin such as https://host:port, not {origin!r}")
     host, sep, port = args.ws.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise CliError(f"--ws must be HOST:PORT or off, not {args.ws!r}")
-    host = host.strip("[]")
-    if not _is_loopback(host) and not args.ws_token:
-        log.warning("the WebSocket server on %s accepts anyone who can reach it; consider --ws-token", host)
-    return WsConfig(host=host, port=int(port), max_clients=args.ws_max_clients, token=args.ws_token)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+    host, port = host.strip("[]"), int(port)
+    if port > 65535:
+        raise CliError(f"--ws port must be from 0 to 65535, not {port}")
+    if not is_loopback(host) and not args.ws_token:
+        raise CliError(f"--ws {host} is reachable from other machines: give --ws-token TOKEN (or use 127.0.0.1)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("--tls-cert and --tls-key go together")
+    config = WsConfig(host=host, port=port, max_clients=args.ws_max_clients, token=args.ws_token or None,
+                      accept_audio=args.accept_audio, allow_origins=tuple(args.ws_allow_origin),
+                      tls_cert=args.tls_cert, tls_key=args.tls_key)
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        tls_context(config)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise CliError(f"cannot use --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: "
+                       f"{getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}") from exc
+    check_bindable(host, port)
+    return config
 
 
 def build_sources(args: argparse.Namespace) -> list:
@@ -206,6 +229,8 @@ def _mic_or_demo(args: argparse.Namespace):
 def engine_config(args: argparse.Namespace):
     from .config import EngineConfig, InferenceConfig, SegmenterConfig, StreamConfigError
 
+    if args.input.count("-") > 1:
+        raise CliError("--input - (stdin) can be given only once: one stdin cannot feed two streams")
     try:
         return EngineConfig(
             segmenter=SegmenterConfig(vad_mode=args.vad_mode, frame_ms=args.vad_frame_ms,
@@ -223,18 +248,20 @@ def engine_config(args: argparse.Namespace):
 def build_engine(args: argparse.Namespace):
     """The :class:`Engine` the arguments describe (sources opened, model loaded, ``--jsonl`` attached);
     raises :class:`CliError` with one sentence on bad input."""
+    config = engine_config(args)  # before importing the engine (torch): bad arguments fail in a blink
+    sources = build_sources(args)
     from .engine import Engine
     from .sinks import JsonlSink
 
-    config = engine_config(args)
-    sources = build_sources(args)
     predictor, model_dir = load_predictor(args, use_knn=not args.no_knn)
     engine = Engine(predictor, config, sources, model_name=predictor.config.description or model_dir.name)
     if args.jsonl:
         try:
-            engine.add_sink(JsonlSink(args.jsonl))
+            sink = JsonlSink(args.jsonl)
         except OSError as exc:
             raise CliError(f"cannot write --jsonl {args.jsonl}: {exc.strerror}") from exc
+        sink.put(engine.hello())  # a JSON lines file reads like a connection: hello first
+        engine.add_sink(sink)
     return engine
 
 

@@ -79,7 +79,13 @@ class StateConfig:
 
 @dataclass(frozen=True, slots=True)
 class WsConfig:
-    """The WebSocket server: ``port`` 0 picks a free one; ``token`` (if set) is required from clients."""
+    """The WebSocket server: ``port`` 0 picks a free one; ``token`` (if set) is required from clients.
+
+    ``allow_origins``: page origins (``scheme://host[:port]``) allowed besides the server's own host;
+    ``accept_audio``: every client may send audio (otherwise only clients that gave the token);
+    ``tls_cert``/``tls_key``: PEM files that make it https/wss. A client that leaves a ping unanswered for
+    ``ping_timeout_s`` or whose send stays blocked for ``stall_timeout_s`` is closed with 4001.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8765
@@ -87,7 +93,12 @@ class WsConfig:
     token: str | None = None
     client_queue: int = 512
     stall_timeout_s: float = 5.0
-    allow_remote_audio: bool = True
+    accept_audio: bool = False
+    allow_origins: tuple[str, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
 
 
 @dataclass(frozen=True, slots=True)

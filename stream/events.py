@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-PROTOCOL_VERSION = 1
-"""Bumped on any change a v1 client could misread."""
+PROTOCOL_VERSION = 2
+"""Bumped on any change a client of the previous version could misread (2: access control, declared
+audio formats, ``accepted``, ``stream.reason``)."""
 
 SAMPLE_RATE_HZ = 16_000
 
 
 def _s(samples: int) -> float:
     return round(samples / SAMPLE_RATE_HZ, 3)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +42,13 @@ class Event:
         return {"type": self.type, **dataclasses.asdict(self)}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        """Strict JSON: a non-finite float (which ``json.dumps`` would write as ``NaN``, which JavaScript's
+        ``JSON.parse`` rejects) goes out as null."""
+        data = self.to_dict()
+        try:
+            return json.dumps(data, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            return json.dumps(_finite(data), separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +63,8 @@ class Hello(Event):
     streams: tuple[str, ...]
     dimensional: bool
     device: str
+    accepts_audio: bool = False
+    max_message_bytes: int = 0
 
 
 END_REASONS = ("end_of_input", "client_ended", "client_closed", "connection_lost", "source_failed", "shutdown")
@@ -61,6 +81,16 @@ class StreamStatus(Event):
     state: str
     detail: str = ""
     reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted(Event):
+    """To a WebSocket sender only: its audio opened stream ``stream`` (the id every other event uses)
+    in ``format`` (``sample_rate_hz``, ``encoding``, ``channels``)."""
+
+    type: ClassVar[str] = "accepted"
+    stream: str
+    format: dict
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +204,8 @@ class Error(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (Hello, StreamStatus, SegmentStart, SegmentEnd, PredictionEvent, State, Level, Stats, Error)
+    cls.type: cls for cls in (Hello, StreamStatus, Accepted, SegmentStart, SegmentEnd, PredictionEvent, State, Level,
+                              Stats, Error)
 }
 
 

@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from typing import TextIO
 
 from .events import Event, PredictionEvent, StreamStatus
+from .names import printable
 
 log = logging.getLogger(__name__)
+
+
+def _write_line(fh: TextIO, line: str, what: str) -> bool:
+    """Write and flush one line; False (after one warning) once the reader has gone, e.g. ``| head``."""
+    try:
+        fh.write(line + "\n")
+        fh.flush()
+        return True
+    except OSError as exc:
+        log.warning("%s stopped: %s", what, exc.strerror or exc)
+        if fh is sys.stdout:  # the interpreter's final flush of stdout would fail again, with a traceback
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), fh.fileno())
+            except (OSError, ValueError):
+                pass
+        return False
 
 
 class JsonlSink:
@@ -24,43 +42,51 @@ class JsonlSink:
     def put(self, event: Event) -> None:
         if self._fh is None or (self.types is not None and event.type not in self.types):
             return
-        try:
-            self._fh.write(event.to_json() + "\n")
-            self._fh.flush()
-        except OSError as exc:  # e.g. `| head` closed the pipe: stop writing, keep the engine going
-            log.warning("JSON lines output stopped: %s", exc.strerror or exc)
-            self._fh = None
+        if not _write_line(self._fh, event.to_json(), "JSON lines output"):
+            self._fh = None  # e.g. `| head` closed the pipe: stop writing, keep the engine going
 
     def close(self) -> None:
         if self._fh is None:
             return
-        if self._own:
-            self._fh.close()
-        else:
-            self._fh.flush()
+        try:
+            if self._own:
+                self._fh.close()
+            else:
+                self._fh.flush()
+        except OSError:
+            pass
 
 
 class TextSink:
-    """A line per final prediction and per stream start or end, for a headless run without ``--jsonl``."""
+    """A line per final prediction and per stream start or end, for a headless run without ``--jsonl``.
+
+    Names and details are written through :func:`~serlive.stream.names.printable`: a client or file name
+    with escape sequences or newlines cannot drive the terminal or fake lines."""
 
     def __init__(self, fh: TextIO | None = None) -> None:
-        self._fh = fh or sys.stdout
+        self._fh: TextIO | None = fh or sys.stdout
 
     def put(self, event: Event) -> None:
+        if self._fh is None:
+            return
         if isinstance(event, PredictionEvent) and event.final:
-            probs = " ".join(f"{k}={v:.2f}" for k, v in event.probs.items())
+            probs = " ".join(f"{printable(k)}={v:.2f}" for k, v in event.probs.items())
             dims = "" if event.valence is None else f"  valence={event.valence:+.2f} arousal={event.arousal:+.2f}"
-            line = (f"{event.stream} #{event.segment} {event.start_s:7.2f}-{event.end_s:7.2f} s  {event.label:<8} "
-                    f"{event.confidence:.2f}  [{probs}]{dims}  ({event.latency_ms:.0f} ms)")
+            line = (f"{printable(event.stream)} #{event.segment} {event.start_s:7.2f}-{event.end_s:7.2f} s  "
+                    f"{printable(event.label):<8} {event.confidence:.2f}  [{probs}]{dims}  ({event.latency_ms:.0f} ms)")
         elif isinstance(event, StreamStatus):
-            line = f"{event.stream}: {event.state}" + (f" ({event.detail})" if event.detail else "")
+            line = f"{printable(event.stream)}: {event.state}" + (f" ({printable(event.detail)})" if event.detail else "")
         else:
             return
-        self._fh.write(line + "\n")
-        self._fh.flush()
+        if not _write_line(self._fh, line, "text output"):
+            self._fh = None
 
     def close(self) -> None:
-        self._fh.flush()
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+            except OSError:
+                pass
 
 
 class QueueSink:

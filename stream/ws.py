@@ -1,62 +1,74 @@
-"""The WebSocket server: every event to every dashboard client, and remote audio in.
+"""The WebSocket server: every event to every dashboard client, and remote audio in (protocol version 2,
+described in PROTOCOL.md).
 
-Each client has a bounded queue of encoded messages and a sender task of its own, so a slow client only
-skips events (counted), and one whose current send has not completed for ``stall_timeout_s`` is
-disconnected; neither slows the engine or the other clients. Close codes: 1008 missing or wrong token, 1013 too many clients,
-4001 client too slow. Binary messages are s16le 16 kHz mono audio on the client's own stream.
+Every HTTP request first passes :func:`serlive.stream.access.check_request` (origin 403, token 401, plain
+HTTP to the ``http_handler`` or 404). Each client then has a bounded queue of encoded messages and a sender
+task of its own, so a slow client only skips events (counted); one that stops reading (a send blocked for
+``stall_timeout_s``, or a ping unanswered for ``ping_timeout_s``) is closed with 4001. Neither slows the
+engine or the other clients. Remote audio is handled per connection by :class:`serlive.stream.ingest.Ingest`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
+import dataclasses
 import logging
 import time
 from collections import deque
-from urllib.parse import parse_qs, urlsplit
 
+from .access import check_request, tls_context
 from .config import WsConfig
-from .events import Error, Event
-from .sources import RemoteSource
+from .events import Event
+from .ingest import MAX_MESSAGE_BYTES, Ingest
 
 log = logging.getLogger(__name__)
 
-CLOSE_BAD_TOKEN, CLOSE_TOO_MANY, CLOSE_TOO_SLOW = 1008, 1013, 4001
+CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TOO_MANY, CLOSE_TOO_SLOW = 1001, 1008, 1009, 1013, 4001
 CLOSE_TIMEOUT_S = 1.0
-"""How long a closing handshake may take before the connection is cut (a stalled client never answers)."""
+"""How long a closing handshake may take at shutdown before the connection is cut."""
 
-MAX_MESSAGE_BYTES = 1 << 20
-"""Largest message a client may send (about 32 s of s16le audio)."""
+INCOMING_QUEUE_MESSAGES = 4
+"""Received messages websockets holds per connection while the server is not reading it (back-pressure):
+at most this many times ``MAX_MESSAGE_BYTES`` of memory per client, then the socket is not read."""
+
+STALLED_CLOSE_GRACE_S = 10.0
+"""How long a client closed with 4001 has to read what was sent, close frame included, before the TCP
+connection is cut (a client that paused and resumes still learns why it was closed)."""
 
 
 class _Client:
     """One connection's outgoing queue; ``offer`` never blocks."""
 
-    def __init__(self, conn, max_queue: int, stall_timeout_s: float) -> None:
+    def __init__(self, conn, max_queue: int, stall_timeout_s: float, on_drop=None) -> None:
         self.conn, self.max_queue, self.stall_timeout_s = conn, max_queue, stall_timeout_s
         self.skipped = 0
+        self.feeding = False  # the server itself is not reading this client (back-pressure on its audio)
         self._queue: deque[str] = deque()
         self._wake = asyncio.Event()
-        self._sending_since: float | None = None
+        self._on_drop = on_drop
         self.dropped = False
 
-    def offer(self, message: str) -> None:
+    def offer(self, message: str, reply: bool = False) -> None:
+        """Queue ``message``; when the queue is full, broadcast events are skipped (counted) but a
+        ``reply`` to this client's own message (``accepted``, an ``error``) has room up to twice the bound."""
         if self.dropped:
             return
-        now = time.monotonic()
-        if self._sending_since is not None and now - self._sending_since > self.stall_timeout_s:
-            self._drop()
-        elif len(self._queue) < self.max_queue:
+        if len(self._queue) < self.max_queue * (2 if reply else 1):
             self._queue.append(message)
             self._wake.set()
         else:
             self.skipped += 1
 
-    def _drop(self) -> None:
+    def drop(self, why: str) -> None:
+        """Close with 4001, giving the client :data:`STALLED_CLOSE_GRACE_S` to read the close frame."""
+        if self.dropped:
+            return
         self.dropped = True
-        log.warning("dropping a stalled WebSocket client (%d events skipped)", self.skipped)
+        log.warning("closing a WebSocket client that %s (%d events skipped)", why, self.skipped)
+        self.conn.close_timeout = STALLED_CLOSE_GRACE_S
         asyncio.get_running_loop().create_task(self.conn.close(CLOSE_TOO_SLOW, "client too slow"))
+        if self._on_drop is not None:
+            self._on_drop()
 
     @property
     def idle(self) -> bool:
@@ -67,33 +79,68 @@ class _Client:
             await self._wake.wait()
             self._wake.clear()
             while self._queue and not self.dropped:
-                self._sending_since = time.monotonic()
-                await self.conn.send(self._queue.popleft())
-                self._sending_since = None
+                try:
+                    await asyncio.wait_for(self.conn.send(self._queue.popleft()), self.stall_timeout_s)
+                except asyncio.TimeoutError:
+                    self.drop(f"did not read for {self.stall_timeout_s:g} s")
+                except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
+                    return
+
+    async def _ping(self) -> None:
+        await (await self.conn.ping())
+
+    async def keepalive(self, interval_s: float, timeout_s: float) -> None:
+        """Ping every ``interval_s``; no pong within ``timeout_s`` means the client stopped reading."""
+        while not self.dropped:
+            await asyncio.sleep(interval_s)
+            if self.feeding:
+                continue  # we are not reading its socket, so its pong could not be seen
+            try:
+                await asyncio.wait_for(self._ping(), timeout_s)
+            except asyncio.TimeoutError:
+                if not self.feeding:
+                    self.drop(f"left a ping unanswered for {timeout_s:g} s")
+                return
+            except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
+                return
 
 
 class WsServer:
-    """Serves ``engine``'s events on ``config.host:config.port`` (port 0: a free one, see ``port``)."""
+    """Serves ``engine``'s events on ``config.host:config.port`` (port 0: a free one, see ``port``).
 
-    def __init__(self, engine, config: WsConfig) -> None:
-        self.engine, self.config = engine, config
+    ``http_handler(connection, request) -> websockets.http11.Response`` answers plain HTTP requests that
+    passed the access checks (the dashboard); without one they get 404.
+    """
+
+    def __init__(self, engine, config: WsConfig, http_handler=None) -> None:
+        self.engine, self.config, self.http_handler = engine, config, http_handler
         self.port: int | None = None
+        self.slow_closed = 0
         self._clients: set[_Client] = set()
         self._server = None
         self._remote_count = 0
+        self._changed = asyncio.Event()
 
     @property
     def client_count(self) -> int:
         return len(self._clients)
 
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.config.tls_cert else "ws"
+
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
-        self._server = await serve(self._handler, self.config.host, self.config.port,
-                                   max_size=MAX_MESSAGE_BYTES, compression=None, ping_interval=20,
-                                   close_timeout=CLOSE_TIMEOUT_S)
+        self._server = await serve(
+            self._handler, self.config.host, self.config.port, ssl=tls_context(self.config),
+            process_request=lambda conn, req: check_request(conn, req, self.config, self.http_handler),
+            max_size=MAX_MESSAGE_BYTES, max_queue=INCOMING_QUEUE_MESSAGES, compression=None, ping_interval=None,
+            close_timeout=CLOSE_TIMEOUT_S)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("WebSocket server on ws://%s:%d", self.config.host, self.port)
+        # With port 0 the port is news to the user (and to scripts waiting for it): say it at warning level.
+        log.log(logging.WARNING if self.config.port == 0 else logging.INFO, "WebSocket server on %s://%s:%d",
+                self.scheme, self.config.host, self.port)
 
     def put(self, event: Event) -> None:
         if not self._clients:
@@ -103,7 +150,7 @@ class WsServer:
             client.offer(message)
 
     async def close(self, drain_s: float = 1.0) -> None:
-        """Give clients up to ``drain_s`` to receive what is queued, then close every connection."""
+        """Give clients up to ``drain_s`` to receive what is queued, then close every connection (1001)."""
         deadline = time.monotonic() + drain_s
         while any(not c.idle and not c.dropped for c in self._clients) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -111,58 +158,34 @@ class WsServer:
             self._server.close()
             await self._server.wait_closed()
 
-    def _authorised(self, conn, query: dict) -> bool:
-        token = self.config.token
-        if not token:
-            return True
-        offered = query.get("token", [""])[0]
-        header = conn.request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            offered = offered or header[len("Bearer "):]
-        return hmac.compare_digest(offered.encode(), token.encode())
+    def next_remote_name(self) -> str:
+        self._remote_count += 1
+        return f"remote-{self._remote_count}"
+
+    def _slow_closed(self) -> None:
+        self.slow_closed += 1
 
     async def _handler(self, conn) -> None:
-        query = parse_qs(urlsplit(conn.request.path).query)
-        if not self._authorised(conn, query):
-            await conn.close(CLOSE_BAD_TOKEN, "missing or wrong token")
-            return
         if len(self._clients) >= self.config.max_clients:
             await conn.close(CLOSE_TOO_MANY, f"too many clients (at most {self.config.max_clients})")
             return
-        client = _Client(conn, self.config.client_queue, self.config.stall_timeout_s)
-        client.offer(self.engine.hello().to_json())
+        client = _Client(conn, self.config.client_queue, self.config.stall_timeout_s, self._slow_closed)
+        ingest = Ingest(self, client, conn.request)
+        hello = dataclasses.replace(self.engine.hello(), accepts_audio=ingest.accepts_audio,
+                                    max_message_bytes=MAX_MESSAGE_BYTES)
+        client.offer(hello.to_json())
         self._clients.add(client)
-        sender = asyncio.create_task(client.send_loop())
-        remote: RemoteSource | None = None
+        tasks = [asyncio.create_task(client.send_loop()),
+                 asyncio.create_task(client.keepalive(self.config.ping_interval_s, self.config.ping_timeout_s))]
         try:
             async for message in conn:
-                remote = await self._receive(client, message, remote, query)
+                await ingest.receive(message)
         except Exception as exc:  # noqa: BLE001 - a broken connection ends only itself
             log.debug("client connection ended: %s", exc)
         finally:
             self._clients.discard(client)
-            sender.cancel()
-            if remote is not None:
-                remote.end("the client disconnected")
-
-    async def _receive(self, client: _Client, message, remote: RemoteSource | None, query: dict):
-        if isinstance(message, bytes):
-            if not self.config.allow_remote_audio:
-                client.offer(Error("remote_audio_disabled", "this server does not accept remote audio").to_json())
-                return remote
-            if remote is None:
-                self._remote_count += 1
-                name = query.get("stream", [f"remote-{self._remote_count}"])[0]
-                remote = RemoteSource(name)
-                self.engine.add_source(remote, remote=True)
-            await remote.feed(message)
-            return remote
-        try:
-            control = json.loads(message)
-        except json.JSONDecodeError:
-            control = {}
-        if isinstance(control, dict) and control.get("type") == "end_stream" and remote is not None:
-            remote.end()
-            return None
-        client.offer(Error("bad_message", "text messages must be {\"type\": \"end_stream\"}").to_json())
-        return remote
+            for task in tasks:
+                task.cancel()
+            clean = conn.protocol.close_rcvd is not None
+            ingest.closed("client_closed" if clean else "connection_lost",
+                          "the client closed the connection" if clean else "the connection was lost")

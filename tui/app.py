@@ -13,6 +13,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -20,6 +21,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, ListView
 
 from serlive.stream import events as ev
+from serlive.stream.names import printable
 
 from .source import EngineSource, EventSource, WebSocketSource
 from .state import FeedStatus, MonitorState
@@ -99,7 +101,7 @@ class MonitorApp(App[int]):
         self.state.apply(event)
         self._dirty = True
         if isinstance(event, ev.Error):
-            self.notify(event.message, title=event.code, severity="error")
+            self.notify(printable(event.message), title=printable(event.code), severity="error", markup=False)
 
     async def _tick(self) -> None:
         if self._dirty:
@@ -117,9 +119,10 @@ class MonitorApp(App[int]):
     def _set_titles(self) -> None:
         view = self.state.view
         now = self.query_one("#now")
-        now.border_title = f"now · {view.name}" if view else "now"
+        now.border_title = Text(f"now · {printable(view.name)}") if view else "now"  # a Text: no markup
         feed = self.state.feed
-        now.border_subtitle = "⏸ PAUSED" if self.paused else ("" if feed.connected else feed.message.split(" (")[0])
+        now.border_subtitle = "⏸ PAUSED" if self.paused else Text(
+            "" if feed.connected else printable(feed.message.split(" (")[0]))
         if view is not None:
             self.query_one(Timeline).border_title = f"timeline · last {view.window_s:.0f} s"
 
@@ -151,7 +154,7 @@ class MonitorApp(App[int]):
     async def action_reset(self) -> None:
         self.state.reset_selected()
         await self.redraw()
-        self.notify(f"reset {self.state.selected or 'display'}", timeout=2)
+        self.notify(f"reset {printable(self.state.selected or 'display')}", timeout=2, markup=False)
 
     async def action_next_stream(self) -> None:
         self.state.select_next()
@@ -163,10 +166,10 @@ class MonitorApp(App[int]):
         try:
             rows = self.state.save_csv(path)
         except OSError as exc:
-            self.notify(f"could not save {path}: {exc}", severity="error")
+            self.notify(f"could not save {path}: {exc}", severity="error", markup=False)
             return
         log.info("saved %d segments to %s", rows, path)
-        self.notify(f"saved {rows} segments to {path}", title="segment log")
+        self.notify(f"saved {rows} segments to {path}", title="segment log", markup=False)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -181,10 +184,11 @@ class _AppLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.app.call_from_thread(self.app.notify, record.getMessage(), severity="warning")
+            self.app.call_from_thread(self.app.notify, printable(record.getMessage()), severity="warning",
+                                      markup=False)
         except RuntimeError:  # on the app's own thread, or the app is not running
             try:
-                self.app.notify(record.getMessage(), severity="warning")
+                self.app.notify(printable(record.getMessage()), severity="warning", markup=False)
             except Exception:
                 pass
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from rich.text import Text
 
+from serlive.stream.names import printable
+
 from .state import Current, MonitorState, StreamView
 
 LABEL_COLOURS = {
@@ -34,6 +36,12 @@ _FONT = {
     " ": "..|..|..|..|..", "?": "##.|..#|.#.|...|.#.",
 }
 _HALF = {(True, True): "█", (True, False): "▀", (False, True): "▄", (False, False): " "}
+
+
+def plain(text: str, style: str = "") -> Text:
+    """Untrusted text (a stream name, a label or message from a remote feed) as a ``Text``: never parsed
+    as markup, control characters written as escapes."""
+    return Text(printable(text), style=style)
 
 
 def colour_for(label: str | None, labels: tuple[str, ...] = ()) -> str:
@@ -76,12 +84,12 @@ def label_panel(current: Current | None, labels: tuple[str, ...], width: int, ro
         for row in rows:
             out.append(row + "\n", style=style)
     else:
-        out.append(current.label.upper() + "\n", style=style)
+        out.append(printable(current.label.upper()) + "\n", style=style)
     kind = "final" if current.final else "interim…"
     out.append(f"{current.confidence:.0%} ", style="bold" if current.final else "dim")
     out.append(f"{kind} · segment {current.segment}", style="" if current.final else "italic dim")
     if rolling_label:
-        out.append(f"\nrolling: {rolling_label}", style="dim")
+        out.append(f"\nrolling: {printable(rolling_label)}", style="dim")
     return out
 
 
@@ -89,7 +97,7 @@ def prob_bars(current: Current | None, labels: tuple[str, ...], width: int) -> T
     names = list(labels) or sorted(current.probs if current else ())
     if not names:
         return Text("no classes yet", style="dim")
-    name_w = max(len(n) for n in names)
+    name_w = max(len(printable(n)) for n in names)
     bar_w = max(1, width - name_w - 6)
     out = Text()
     for i, name in enumerate(names):
@@ -98,7 +106,7 @@ def prob_bars(current: Current | None, labels: tuple[str, ...], width: int) -> T
         colour = colour_for(name, labels)
         is_top = current is not None and name == current.label
         bar_style = colour if current is not None and current.final else f"{colour} dim"
-        out.append(f"{name:<{name_w}} ", style="bold" if is_top else "")
+        out.append(f"{printable(name):<{name_w}} ", style="bold" if is_top else "")
         out.append(filled, style=bar_style)
         out.append(empty, style="grey30")
         out.append(f" {p:4.0%}" + ("\n" if i < len(names) - 1 else ""), style="bold" if is_top else "dim")
@@ -198,10 +206,10 @@ def health(state: MonitorState) -> Text:
     out = Text(no_wrap=True, overflow="ellipsis")
     for name, value in lines:
         out.append(f"{name:<8}", style="dim")
-        out.append(f"{value}\n")
+        out.append(f"{printable(str(value))}\n")
     feed = state.feed
-    out.append(feed.message or ("connected" if feed.connected else "disconnected"),
+    out.append(printable(feed.message or ("connected" if feed.connected else "disconnected")),
                style="green" if feed.connected else "bold yellow")
     if state.error is not None:
-        out.append(f"\n{state.error.code}: {state.error.message}", style="red")
+        out.append(f"\n{printable(state.error.code)}: {printable(state.error.message)}", style="red")
     return out

@@ -87,7 +87,7 @@ class SegmentLog(DataTable):
         for row in new:
             self.add_row(
                 f"{row.start_s:7.2f}s", f"{row.duration_s:5.2f}s",
-                Text(row.label, style=render.colour_for(row.label, self.state.labels)),
+                render.plain(row.label, style=render.colour_for(row.label, self.state.labels)),
                 f"{row.confidence:.0%}", f"{row.latency_ms:.0f} ms" + (" kNN" if row.knn else ""),
             )
         if new:
@@ -107,7 +107,9 @@ class StreamList(ListView):
         if shown != self._shown:
             self._shown = shown
             await self.clear()
-            await self.extend(ListItem(Label(n if active else f"{n} (ended)"), name=n) for n, active in shown)
+            # Names come from clients: a Text is never parsed as markup, and printable() escapes controls.
+            await self.extend(ListItem(Label(render.plain(n if active else f"{n} (ended)")), name=n)
+                              for n, active in shown)
         names = [name for name, _ in shown]
         if self.state.selected in names and self.index != names.index(self.state.selected):
             self.index = names.index(self.state.selected)

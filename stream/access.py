@@ -1,0 +1,125 @@
+"""Who may use the WebSocket server: checks run on every HTTP request (page or WebSocket handshake),
+in this order: a page ``Origin`` that is not allowed -> 403; a missing or wrong token -> 401; not a
+WebSocket upgrade -> the ``http_handler`` (the dashboard) or 404.
+
+A page's origin is allowed when it names the same host and port as the request's ``Host`` header (a page
+the server itself served) or when it is listed with ``--ws-allow-origin``. On a loopback server the
+``Host`` must also be a loopback name, so a DNS-rebinding page (evil.example resolving to 127.0.0.1)
+is not "same host". Requests without ``Origin`` (programs, not browsers) pass the origin check.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_origin(origin: str) -> str:
+    """``HTTPS://Example.org:443/`` -> ``https://example.org`` (scheme and host lower case, default port
+    and trailing slash dropped), the form browsers send in ``Origin``."""
+    parts = urlsplit(origin.strip())
+    if not parts.scheme or not parts.hostname:
+        return origin.strip().lower()
+    default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(parts.scheme.lower())
+    try:
+        port = parts.port
+    except ValueError:
+        return origin.strip().lower()
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme.lower()}://{host}" + ("" if port in (None, default) else f":{port}")
+
+
+def _host_port(netloc: str, default_port: int | None) -> tuple[str, int | None]:
+    parts = urlsplit(f"//{netloc}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    return (parts.hostname or "").lower(), port if port is not None else default_port
+
+
+def origin_allowed(origin: str | None, host_header: str | None, allowed: tuple[str, ...],
+                   loopback_server: bool) -> bool:
+    if origin is None:
+        return True
+    if normalise_origin(origin) in {normalise_origin(o) for o in allowed}:
+        return True
+    parts = urlsplit(origin)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host_header:
+        return False  # "null" (sandboxed pages, files) and other schemes: only when listed
+    default = 443 if scheme == "https" else 80
+    origin_host = _host_port(parts.netloc, default)
+    request_host = _host_port(host_header, default)
+    if origin_host != request_host:
+        return False
+    return is_loopback(request_host[0]) or not loopback_server
+
+
+def offered_token(request) -> str | None:
+    """The token a request carries: ``?token=`` (browsers cannot set headers) or ``Authorization: Bearer``."""
+    query = parse_qs(urlsplit(request.path).query)
+    if "token" in query:
+        return query["token"][0]
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return None
+
+
+def token_ok(offered: str | None, token: str | None) -> bool:
+    """Constant-time comparison; no token configured lets everyone in."""
+    if not token:
+        return True
+    return offered is not None and hmac.compare_digest(offered.encode("utf-8", "surrogateescape"),
+                                                       token.encode("utf-8", "surrogateescape"))
+
+
+def is_upgrade(request) -> bool:
+    return any("websocket" in value.lower() for value in request.headers.get_all("Upgrade"))
+
+
+def check_request(connection, request, config, http_handler=None):
+    """The ``process_request`` hook: a ``Response`` refusing or serving the request, or None to go on
+    with the WebSocket handshake."""
+    if not origin_allowed(request.headers.get("Origin"), request.headers.get("Host"), config.allow_origins,
+                          is_loopback(config.host)):
+        log.info("refused a request from origin %r", request.headers.get("Origin"))
+        return connection.respond(HTTPStatus.FORBIDDEN, "This page's origin may not use this ser-live server "
+                                                        "(see --ws-allow-origin).\n")
+    if not token_ok(offered_token(request), config.token):
+        return connection.respond(HTTPStatus.UNAUTHORIZED, "Missing or wrong token (?token= or "
+                                                           "Authorization: Bearer).\n")
+    if not is_upgrade(request):
+        if http_handler is not None:
+            return http_handler(connection, request)
+        return connection.respond(HTTPStatus.NOT_FOUND, "Not found: this is a ser-live WebSocket server.\n")
+    return None
+
+
+def tls_context(config):
+    """An ``ssl.SSLContext`` serving ``config.tls_cert``/``tls_key``, or None without them; raises
+    ``OSError`` or ``ssl.SSLError`` for unreadable or mismatched files."""
+    if not config.tls_cert:
+        return None
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(config.tls_cert, config.tls_key)
+    return context
