@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -336,4 +337,6 @@ async def _serve(engine) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    code = run(parse_args(argv))
+    gc.freeze()  # exiting: the interpreter's last collection of a long run's objects took seconds after a drain
+    return code

@@ -3,6 +3,7 @@ hands everything but the screen to :mod:`serlive.stream.cli`."""
 
 from __future__ import annotations
 
+import gc
 import sys
 
 
@@ -18,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C while importing or loading the model: one line, no traceback
         sys.stderr.write("ser-live: interrupted while starting\n")
         return 130
-    return stream_cli.run(args)
+    code = stream_cli.run(args)
+    gc.freeze()  # exiting: the interpreter's last collection of a long run's objects took seconds after a drain
+    return code
 
 
 if __name__ == "__main__":
