@@ -18,6 +18,7 @@ from .devices import barrier, world
 from .knn_tune import NEIGHBOURS_FILE, Neighbours, build_datastore, infer, save_neighbours, search
 from .losses import class_weights
 from .metrics import classification, dimensional
+from .resume import discard_previous
 from .sources import FeatureSource, WaveSource
 from .trainer import Trainer
 
@@ -81,6 +82,7 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
     result = evaluate_fold(cfg, model, source, fold, device, trainer.autocast, fold_dir)
     result |= {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "history": state.history}
     write_json(done, result)
+    discard_previous(trainer.checkpoint_path)
     if cfg.run.plots:
         from .plots import save_fold_plots
 

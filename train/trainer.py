@@ -15,16 +15,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serlive.model import SERModel
-from serlive.model.checkpoint import atomic_write
+from serlive.model import CheckpointError, SERModel
 
 from .config import TrainConfig
 from .devices import world
 from .losses import combined_loss
+from .resume import CHECKPOINT_FILE, fallback_advice, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 @dataclass
@@ -191,16 +189,21 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
         }
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.checkpoint_path, lambda tmp: torch.save(payload, tmp))
+        save_checkpoint(self.checkpoint_path, payload)
 
     def _load(self) -> None:
-        payload = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(payload["model"])
-        self.opt.load_state_dict(payload["optimizer"])
-        self.sched.load_state_dict(payload["scheduler"])
-        self.state = TrainState(**payload["state"], best_state=payload["best_state"])
-        if self.ema is not None and payload.get("ema") is not None:
-            self.ema.load_state_dict(payload["ema"])
+        """Restore from ``checkpoint.pt`` (tensors and plain values only: see :mod:`.resume`)."""
+        payload = load_checkpoint(self.checkpoint_path)
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.opt.load_state_dict(payload["optimizer"])
+            self.sched.load_state_dict(payload["scheduler"])
+            self.state = TrainState(**payload["state"], best_state=payload["best_state"])
+            if self.ema is not None and payload.get("ema") is not None:
+                self.ema.load_state_dict(payload["ema"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{self.checkpoint_path} does not match this run's model or optimiser (written by "
+                                  f"another configuration?); {fallback_advice(self.checkpoint_path)}") from exc
 
 
 def _ema(model: SERModel, decay: float):

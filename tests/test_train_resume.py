@@ -1,0 +1,130 @@
+"""``ser-train fit --resume`` on checkpoints it did not write, or that were damaged: a real ``ser-train``
+process refuses with one sentence and exit 2, runs no code from the file, and what the run had
+produced before (finished folds, their models, train.log) is left as it was."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from serlive.model import CheckpointError
+from serlive.train import fit
+from serlive.train.resume import PREVIOUS_FILE, load_checkpoint, save_checkpoint
+
+from .test_train_fit import TINY, crash_at_epoch, tiny_cfg
+
+
+class Planted:
+    """Unpickling this creates ``marker``: the code a hostile checkpoint would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def ser_train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    sets = [a for s in TINY + [f"data.cache_dir='{tmp_path / 'vad'}'"] for a in ("--set", s)]
+    return subprocess.run([sys.executable, "-m", "serlive.train.cli", "fit", *sets, *args], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+
+
+def error_line(err: str) -> str:
+    """The one ``ser-train: ...`` line that ends stderr (log lines and progress bars come before it)."""
+    lines = [line for line in err.splitlines() if line.startswith("ser-train: ")]
+    assert "Traceback" not in err and len(lines) == 1 and err.rstrip().endswith(lines[0]), err
+    return lines[0]
+
+
+def snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path):
+    """fold 0 finished; someone planted fold_1/checkpoint.pt (written by torch.save, then as a bare pickle).
+    The resumed run must not unpickle it."""
+    run, marker, planted = tmp_path / "run", tmp_path / "pwned", tmp_path / "run" / "fold_1" / "checkpoint.pt"
+    args = ("--out", str(run), "--set", "protocol.max_folds=2", "--set", "optim.epochs=1")
+    first = ser_train(tmp_path, *args, "--folds", "0")
+    assert first.returncode == 0, first.stderr
+    planted.parent.mkdir()
+    for write in (lambda: torch.save({"model": Planted(marker)}, planted),
+                  lambda: planted.write_bytes(pickle.dumps(Planted(marker), protocol=2))):
+        write()
+        with pytest.raises(pickle.UnpicklingError):  # the refusal is torch's weights_only unpickler, not luck
+            torch.load(planted, weights_only=True)
+        before = snapshot(run)
+        proc = ser_train(tmp_path, *args, "--resume")
+        line = error_line(proc.stderr)
+        assert proc.returncode == 2
+        assert line.startswith(f"ser-train: {planted} is not a ser-train checkpoint")
+        assert "no earlier epoch's checkpoint is kept" in line
+        assert not marker.exists()
+        after = snapshot(run)
+        assert {k: v for k, v in after.items() if k != "train.log"} == {k: v for k, v in before.items() if k != "train.log"}
+        assert after["train.log"].startswith(before["train.log"])
+    assert b"fold 0 epoch 1: train loss" in after["train.log"]
+    assert json.loads(after["fold_0/result.json"])["epochs_run"] == 1
+
+
+def _interrupted(tmp_path: Path, monkeypatch) -> Path:
+    """A 3-epoch run stopped during epoch 3 (as by SIGKILL): checkpoint.pt of epoch 2, the previous of epoch 1."""
+    torch.set_num_threads(1)
+    cfg = tiny_cfg(tmp_path, "optim.epochs=3")
+    crash_at_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        fit.run(cfg, tmp_path / "run", torch.device("cpu"))
+    return tmp_path / "run" / "fold_0"
+
+
+def test_a_truncated_checkpoint_names_itself_and_the_previous_epoch_resumes(tmp_path, monkeypatch):
+    fold = _interrupted(tmp_path, monkeypatch)
+    assert load_checkpoint(fold / PREVIOUS_FILE)["state"]["epoch"] == 1
+    data = (fold / "checkpoint.pt").read_bytes()
+    (fold / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    proc = ser_train(tmp_path, "--out", str(tmp_path / "run"), "--set", "optim.epochs=3", "--resume")
+    line = error_line(proc.stderr)
+    assert proc.returncode == 2
+    assert line.startswith(f"ser-train: {fold / 'checkpoint.pt'} is damaged (truncated or corrupt")
+    assert f"previous epoch's checkpoint is intact (epoch 1): move {fold / PREVIOUS_FILE} onto" in line
+    assert (fold / "checkpoint.pt").read_bytes() == data[: len(data) // 2]  # nothing overwritten
+    (fold / PREVIOUS_FILE).replace(fold / "checkpoint.pt")  # what the message says to do
+    proc = ser_train(tmp_path, "--out", str(tmp_path / "run"), "--set", "optim.epochs=3", "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed after epoch 1" in proc.stderr
+    result = json.loads((fold / "result.json").read_text())
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
+    assert not (fold / PREVIOUS_FILE).exists()  # the finished fold keeps one checkpoint
+
+
+def _payload(epoch: int) -> dict:
+    return {"model": {"w": torch.ones(2)}, "optimizer": {}, "scheduler": {}, "state": {"epoch": epoch},
+            "best_state": None, "ema": None}
+
+
+def test_checkpoints_keep_the_previous_epoch_and_read_back_weights_only(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, _payload(1))
+    assert not (tmp_path / PREVIOUS_FILE).exists()
+    save_checkpoint(path, _payload(2))
+    assert load_checkpoint(path)["state"]["epoch"] == 2
+    assert load_checkpoint(tmp_path / PREVIOUS_FILE)["state"]["epoch"] == 1
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is damaged .*previous epoch's checkpoint is intact \(epoch 1\)"):
+        load_checkpoint(path)
+    (tmp_path / PREVIOUS_FILE).write_bytes(b"PK\x03\x04")
+    with pytest.raises(CheckpointError, match="previous epoch's checkpoint.prev.pt is damaged too"):
+        load_checkpoint(path)
+
+
+def test_a_tensor_file_that_is_not_a_training_checkpoint_is_refused(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="is not a ser-train checkpoint .*no earlier epoch's"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
