@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serlive.model import CheckpointError, SERModel
+from serlive.model import CheckpointError, ConfigError, SERModel
 
 from .config import TrainConfig
 from .devices import world
@@ -23,6 +23,11 @@ from .losses import combined_loss
 from .resume import CHECKPOINT_FILE, fallback_advice, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite (a configuration that does not train: too high a learning rate ...);
+    nothing of that step was applied or saved."""
 
 
 @dataclass
@@ -85,14 +90,14 @@ class Trainer:
         if resume and self.checkpoint_path.is_file():
             self._load()
             log.info("fold %d: resumed after epoch %d", self.fold.index, self.state.epoch)
-        bar = tqdm(total=self.cfg.optim.epochs, initial=self.state.epoch, desc=f"fold {self.fold.index}", unit="epoch",
-                   disable=self.ranks[0] > 0)
-        while self.state.epoch < self.cfg.optim.epochs and not self.state.stopped:
-            self.run_epoch(self.state.epoch)
-            bar.update(1)
-            h = self.state.history[-1]
-            bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{h['val_loss']:.3f}", ua=f"{h['val_ua']:.3f}")
-        bar.close()
+        # closed on an exception too, so that an error message starts on a line of its own
+        with tqdm(total=self.cfg.optim.epochs, initial=self.state.epoch, desc=f"fold {self.fold.index}", unit="epoch",
+                  disable=self.ranks[0] > 0) as bar:
+            while self.state.epoch < self.cfg.optim.epochs and not self.state.stopped:
+                self.run_epoch(self.state.epoch)
+                bar.update(1)
+                h = self.state.history[-1]
+                bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{h['val_loss']:.3f}", ua=f"{h['val_ua']:.3f}")
         if self.state.best_state is not None:
             self.model.load_state_dict(self.state.best_state)
         elif self.ema is not None:
@@ -132,14 +137,22 @@ class Trainer:
         n = self.source.n_batches(len(self.fold.train), self.ranks)
         self.opt.zero_grad(set_to_none=True)
         batches = self.source.train_batches(self.fold.train, rng, self.ranks)
-        for i, batch in enumerate(tqdm(batches, total=n, desc="steps", leave=False, unit="batch",
-                                       disable=self.ranks[0] > 0)):
-            parts = self._loss(batch.to(self.device))
-            (parts.total / accumulate).backward()
-            losses.append(float(parts.total.detach()))
-            if (i + 1) % accumulate == 0 or i + 1 == n:
-                self._step()
+        with tqdm(batches, total=n, desc="steps", leave=False, unit="batch", disable=self.ranks[0] > 0) as steps:
+            for i, batch in enumerate(steps):
+                parts = self._loss(batch.to(self.device))
+                losses.append(float(parts.total.detach()))
+                if not math.isfinite(losses[-1]):
+                    raise self._diverged(losses[-1], i)
+                (parts.total / accumulate).backward()
+                if (i + 1) % accumulate == 0 or i + 1 == n:
+                    self._step()
         return float(np.mean(losses)) if losses else math.nan
+
+    def _diverged(self, loss: float, step: int) -> "TrainingDiverged":
+        """Raised before the step is applied: the weights, and every checkpoint, stay finite."""
+        kept = f"the checkpoint of epoch {self.state.epoch} is kept" if self.state.epoch else "nothing was saved"
+        return TrainingDiverged(f"fold {self.fold.index}: the training loss became {loss} in epoch {self.state.epoch + 1}, "
+                                f"step {step + 1}; lower optim.lr or set optim.grad_clip and train again ({kept})")
 
     def _step(self) -> None:
         if self.cfg.optim.grad_clip > 0:
