@@ -122,12 +122,15 @@ def test_bundle_never_replaces_a_run_and_bad_run_files_are_one_sentence(tmp_path
     assert (cv / "metrics.json").read_bytes() == b'{"knn_final": \xff' and (cv / "train_config.json").is_file()
 
 
-def test_manifests_that_are_not_utf8_or_lose_fields_are_one_sentence(tmp_path, capsys):
+def test_manifests_and_configs_that_are_not_utf8_or_lose_fields_are_one_sentence(tmp_path, capsys):
     latin = tmp_path / "latin.csv"
     latin.write_bytes(b"path,emotion,speaker\n\xe9.flac,angry,01\n")
     ragged = tmp_path / "ragged.csv"
     ragged.write_text('path,emotion,speaker\n"a.flac,angry,01\nb.flac,sad,02\n')
+    toml = tmp_path / "latin.toml"
+    toml.write_bytes(b'[data]\nmanifest = "caf\xe9.csv"\n')
     cases = [
+        (["fit", "--config", str(toml), "--out", str(tmp_path / "r")], f"{toml} is not valid TOML: 'utf-8' codec"),
         (["evaluate", "--data", str(latin)], f"manifest {latin} is not UTF-8 text (byte 21)"),
         (["fit", "--set", f"data.manifest='{latin}'", "--out", str(tmp_path / "r")], "is not UTF-8 text"),
         (["fit", "--set", f"data.manifest='{ragged}'", "--out", str(tmp_path / "r")],

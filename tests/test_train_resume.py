@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from serlive.model import CheckpointError
-from serlive.train import fit
+from serlive.model import CheckpointError, ConfigError
+from serlive.train import cli, fit
 from serlive.train.resume import PREVIOUS_FILE, load_checkpoint, save_checkpoint
 
 from .test_train_fit import TINY, crash_at_epoch, tiny_cfg
@@ -30,10 +31,16 @@ class Planted:
         return open, (self.marker, "w")
 
 
-def ser_train(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def ser_train(tmp_path: Path, *args: str) -> subprocess.Popen:
     sets = [a for s in TINY + [f"data.cache_dir='{tmp_path / 'vad'}'"] for a in ("--set", s)]
-    return subprocess.run([sys.executable, "-m", "serlive.train.cli", "fit", *sets, *args], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path)
+    return subprocess.Popen([sys.executable, "-m", "serlive.train.cli", "fit", *sets, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+
+def finished(proc: subprocess.Popen) -> subprocess.Popen:
+    """``proc`` after it exits, with ``stderr`` read into a string."""
+    _, proc.stderr = proc.communicate(timeout=300)
+    return proc
 
 
 def error_line(err: str) -> str:
@@ -48,30 +55,37 @@ def snapshot(run: Path) -> dict[str, bytes]:
 
 
 def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path):
-    """fold 0 finished; someone planted fold_1/checkpoint.pt (written by torch.save, then as a bare pickle).
-    The resumed run must not unpickle it."""
-    run, marker, planted = tmp_path / "run", tmp_path / "pwned", tmp_path / "run" / "fold_1" / "checkpoint.pt"
-    args = ("--out", str(run), "--set", "protocol.max_folds=2", "--set", "optim.epochs=1")
-    first = ser_train(tmp_path, *args, "--folds", "0")
-    assert first.returncode == 0, first.stderr
-    planted.parent.mkdir()
-    for write in (lambda: torch.save({"model": Planted(marker)}, planted),
-                  lambda: planted.write_bytes(pickle.dumps(Planted(marker), protocol=2))):
-        write()
+    """fold 0 finished; someone planted fold_1/checkpoint.pt (written by torch.save in one copy of the run,
+    as a bare pickle in another). The resumed runs must not unpickle it."""
+    torch.set_num_threads(1)
+    args = ["--set", "protocol.max_folds=2", "--set", "optim.epochs=1"]
+    sets = [a for s in TINY + [f"data.cache_dir='{tmp_path / 'vad'}'"] for a in ("--set", s)]
+    assert cli.main(["fit", *sets, *args, "--folds", "0", "--out", str(tmp_path / "run")]) == 0
+    shutil.copytree(tmp_path / "run", tmp_path / "run-b")
+    plants = {"run": lambda marker, path: torch.save({"model": Planted(marker)}, path),
+              "run-b": lambda marker, path: path.write_bytes(pickle.dumps(Planted(marker), protocol=2))}
+    before, procs = {}, {}
+    for name, plant in plants.items():
+        planted = tmp_path / name / "fold_1" / "checkpoint.pt"
+        planted.parent.mkdir()
+        plant(tmp_path / f"pwned-{name}", planted)
         with pytest.raises(pickle.UnpicklingError):  # the refusal is torch's weights_only unpickler, not luck
             torch.load(planted, weights_only=True)
-        before = snapshot(run)
-        proc = ser_train(tmp_path, *args, "--resume")
+        before[name] = snapshot(tmp_path / name)
+        procs[name] = ser_train(tmp_path, "--out", str(tmp_path / name), *args, "--resume")
+    for name, proc in procs.items():
+        proc = finished(proc)
         line = error_line(proc.stderr)
         assert proc.returncode == 2
-        assert line.startswith(f"ser-train: {planted} is not a ser-train checkpoint")
+        assert line.startswith(f"ser-train: {tmp_path / name / 'fold_1' / 'checkpoint.pt'} is not a ser-train checkpoint")
         assert "no earlier epoch's checkpoint is kept" in line
-        assert not marker.exists()
-        after = snapshot(run)
-        assert {k: v for k, v in after.items() if k != "train.log"} == {k: v for k, v in before.items() if k != "train.log"}
-        assert after["train.log"].startswith(before["train.log"])
-    assert b"fold 0 epoch 1: train loss" in after["train.log"]
-    assert json.loads(after["fold_0/result.json"])["epochs_run"] == 1
+        assert not (tmp_path / f"pwned-{name}").exists()
+        after = snapshot(tmp_path / name)
+        assert {k: v for k, v in after.items() if k != "train.log"} == {k: v for k, v in before[name].items()
+                                                                          if k != "train.log"}
+        assert after["train.log"].startswith(before[name]["train.log"])
+        assert b"fold 0 already finished; skipping" in after["train.log"][len(before[name]["train.log"]):]
+        assert json.loads(after["fold_0/result.json"])["epochs_run"] == 1
 
 
 def _interrupted(tmp_path: Path, monkeypatch) -> Path:
@@ -89,19 +103,27 @@ def test_a_truncated_checkpoint_names_itself_and_the_previous_epoch_resumes(tmp_
     assert load_checkpoint(fold / PREVIOUS_FILE)["state"]["epoch"] == 1
     data = (fold / "checkpoint.pt").read_bytes()
     (fold / "checkpoint.pt").write_bytes(data[: len(data) // 2])
-    proc = ser_train(tmp_path, "--out", str(tmp_path / "run"), "--set", "optim.epochs=3", "--resume")
+    proc = finished(ser_train(tmp_path, "--out", str(tmp_path / "run"), "--set", "optim.epochs=3", "--resume"))
     line = error_line(proc.stderr)
     assert proc.returncode == 2
     assert line.startswith(f"ser-train: {fold / 'checkpoint.pt'} is damaged (truncated or corrupt")
     assert f"previous epoch's checkpoint is intact (epoch 1): move {fold / PREVIOUS_FILE} onto" in line
     assert (fold / "checkpoint.pt").read_bytes() == data[: len(data) // 2]  # nothing overwritten
     (fold / PREVIOUS_FILE).replace(fold / "checkpoint.pt")  # what the message says to do
-    proc = ser_train(tmp_path, "--out", str(tmp_path / "run"), "--set", "optim.epochs=3", "--resume")
+    proc = finished(ser_train(tmp_path, "--out", str(tmp_path / "run"), "--set", "optim.epochs=3", "--resume"))
     assert proc.returncode == 0, proc.stderr
     assert "resumed after epoch 1" in proc.stderr
     result = json.loads((fold / "result.json").read_text())
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3]
     assert not (fold / PREVIOUS_FILE).exists()  # the finished fold keeps one checkpoint
+    # A damaged result.json of the finished fold: named, and deleting it redoes only the evaluation.
+    (fold / "result.json").write_text('{"fold": 0, "hist')
+    cfg = tiny_cfg(tmp_path, "optim.epochs=3")
+    with pytest.raises(ConfigError, match=r"result.json cannot be read as a finished fold's result.*delete it and rerun"):
+        fit.run(cfg, tmp_path / "run", torch.device("cpu"), resume=True)
+    (fold / "result.json").unlink()
+    fit.run(cfg, tmp_path / "run", torch.device("cpu"), resume=True)
+    assert json.loads((fold / "result.json").read_text())["history"] == result["history"]
 
 
 def _payload(epoch: int) -> dict:

@@ -224,8 +224,8 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            table = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+            table = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8 by definition
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     for item in overrides:
         apply_override(table, item)

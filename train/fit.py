@@ -3,7 +3,6 @@ metrics (mean ± 95% CI over folds) in ``metrics.json`` and ``metrics.md`` of th
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from .cache import MaskCache
 from .config import TrainConfig, load_json
 from .devices import barrier, world
 from .data import DataError, columns_of, max_samples_of, read_manifest
-from .fold import RESULT_FILE, run_fold
+from .fold import RESULT_FILE, read_result, run_fold
 from .knn_tune import NEIGHBOURS_FILE, cross_fold, load_neighbours
 from .metrics import fmt_ci, mean_ci
 from .protocols import check_classes, make_folds
@@ -85,7 +84,7 @@ def run(cfg: TrainConfig, out: str | Path, device: torch.device, resume: bool = 
     barrier()
     if rank > 0:
         return {}
-    results = [json.loads((out / f"fold_{f.index}" / RESULT_FILE).read_text()) for f in folds]
+    results = [read_result(out / f"fold_{f.index}" / RESULT_FILE) for f in folds]
     summary = aggregate(results, cfg.model.labels)
     summary |= cross_fold_knn(cfg, results, [out / f"fold_{f.index}" / NEIGHBOURS_FILE for f in folds])
     write_json(out / "metrics.json", summary)

@@ -3,7 +3,6 @@ speakers with and without kNN, and write ``fold_<i>/model`` (a ser-live model di
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from serlive.model import ConfigError, KnnConfig, SERModel, save_model_dir
 from serlive.model.checkpoint import resolved_config, write_json
 
-from .config import TrainConfig
+from .config import TrainConfig, read_json
 from .devices import barrier, world
 from .knn_tune import NEIGHBOURS_FILE, Neighbours, build_datastore, infer, save_neighbours, search
 from .losses import class_weights
@@ -66,7 +65,7 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
     done = fold_dir / RESULT_FILE
     if resume and done.is_file():
         log.info("fold %d already finished; skipping", fold.index)
-        return json.loads(done.read_text())
+        return read_result(done)
     torch.manual_seed(cfg.run.seed + fold.index)
     model = build_model(cfg, device)
     source = source or make_source(cfg, model, data, device)
@@ -90,6 +89,15 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
     if ddp:
         barrier()
     return result
+
+
+def read_result(path: Path) -> dict:
+    """A finished fold's ``result.json``; a damaged one is named, with the way to redo only the evaluation."""
+    try:
+        return read_json(path, "a finished fold's result")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; delete it and rerun with --resume to evaluate this fold again from its "
+                          f"checkpoint") from exc
 
 
 def evaluate_fold(cfg: TrainConfig, model: SERModel, source, fold, device, autocast: bool, fold_dir: Path) -> dict:
