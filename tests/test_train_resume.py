@@ -150,3 +150,22 @@ def test_a_tensor_file_that_is_not_a_training_checkpoint_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="is not a ser-train checkpoint .*no earlier epoch's"):
         load_checkpoint(tmp_path / "checkpoint.pt")
+
+
+def test_a_checkpoint_of_another_model_is_named_not_loaded(tmp_path):
+    """Tensors and plain values only, but not this run's: the model, optimiser or epoch state do not fit."""
+    from serlive.train.fold import build_model, make_source
+    from serlive.train.protocols import make_folds
+    from serlive.train.trainer import Trainer
+
+    cfg = tiny_cfg(tmp_path, "optim.epochs=1")
+    data = fit.load_data(cfg, progress=False)
+    model = build_model(cfg, torch.device("cpu"))
+    trainer = Trainer(model, cfg, make_source(cfg, model, data, torch.device("cpu")),
+                      make_folds(data.utts, cfg.protocol)[0], tmp_path / "fold", torch.device("cpu"), None)
+    own = {"model": model.state_dict(), "optimizer": trainer.opt.state_dict(), "scheduler": trainer.sched.state_dict()}
+    trainer.dir.mkdir()
+    for payload in (_payload(1), _payload(1) | own | {"state": {"epoch": "one"}}):
+        save_checkpoint(trainer.checkpoint_path, payload)
+        with pytest.raises(CheckpointError, match="does not match this run's model or optimiser \\(written by another configuration\\?\\); "):
+            trainer.fit(resume=True)

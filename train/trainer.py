@@ -212,6 +212,8 @@ class Trainer:
             self.opt.load_state_dict(payload["optimizer"])
             self.sched.load_state_dict(payload["scheduler"])
             self.state = TrainState(**payload["state"], best_state=payload["best_state"])
+            if not isinstance(self.state.epoch, int) or not isinstance(self.state.history, list):
+                raise TypeError("the epoch state has the wrong types")
             if self.ema is not None and payload.get("ema") is not None:
                 self.ema.load_state_dict(payload["ema"])
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
