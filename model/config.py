@@ -18,6 +18,13 @@ ENCODER_KINDS = ("hf", "builtin")
 INPUT_NORMS = ("frame", "global", "utterance")
 OOD_STATISTICS = ("spectral_z", "knn_distance")
 
+DURATION_RANGE_S = (0.5, 600.0)
+"""``max_duration_s`` bounds: a shorter cut leaves too little speech to judge (and too few samples for the
+encoders' first frames); a longer one is no utterance but a recording, beyond what attention can hold."""
+
+MAX_LABEL_CHARS = 40
+"""Labels are shown in terminals and pages: short printable names only."""
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the field."""
@@ -57,6 +64,10 @@ class EncoderConfig:
         choice("encoder.kind", self.kind, ENCODER_KINDS)
         choice("encoder.freeze", self.freeze, FREEZE_MODES)
         choice("encoder.input_norm", self.input_norm, INPUT_NORMS)
+        if self.hf_config is not None and not isinstance(self.hf_config, dict):
+            raise ConfigError(f"encoder.hf_config must be a table or null, not {type(self.hf_config).__name__}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("encoder.dropout must lie in [0, 1)")
         if self.kind == "hf" and not self.name and self.hf_config is None:
             raise ConfigError("encoder.name must be a hub id or a local folder when encoder.kind is 'hf'")
         for name in ("dim", "n_mels", "heads"):
@@ -155,14 +166,15 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         choice("pooling", self.pooling, POOLINGS)
-        if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
-            raise ConfigError("labels must be at least two distinct names")
+        check_labels(self.labels)
         if self.embed_dim <= 0 or self.sap_heads <= 0:
             raise ConfigError("embed_dim and sap_heads must be positive")
-        if self.max_duration_s <= 0:
-            raise ConfigError("max_duration_s must be positive")
-        if self.speech_pad_s is not None and self.speech_pad_s < 0:
-            raise ConfigError("speech_pad_s must be None (off) or at least 0")
+        low, high = DURATION_RANGE_S
+        if not low <= self.max_duration_s <= high:
+            raise ConfigError(f"max_duration_s must lie in [{low:g}, {high:g}] seconds, not {self.max_duration_s!r}")
+        pad = self.speech_pad_s
+        if pad is not None and (isinstance(pad, bool) or not isinstance(pad, (int, float)) or not 0 <= pad < high):
+            raise ConfigError(f"speech_pad_s must be None (off) or a number of seconds of at least 0, not {pad!r}")
         if self.calibration.embedding_mean and len(self.calibration.embedding_mean) != self.embed_dim:
             raise ConfigError(f"calibration.embedding_mean must have embed_dim ({self.embed_dim}) values")
 
@@ -175,13 +187,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         """Build from a plain dict (as in config.json or a TOML table); unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"model must be a table, not {type(data).__name__}")
         data = dict(data)
         sub = {"encoder": EncoderConfig, "vad": VadConfig, "knn": KnnConfig, "calibration": CalibrationConfig}
         for key, klass in sub.items():
             if key in data:
                 data[key] = build_dataclass(klass, data[key], key)
-        if "labels" in data:
-            data["labels"] = tuple(data["labels"])
         return build_dataclass(cls, data, "model")
 
     @classmethod
@@ -205,9 +217,12 @@ def build_dataclass(klass, data: dict, where: str):
         default = fields[name].default
         if isinstance(default, bool) and not isinstance(value, bool):
             raise ConfigError(f"{where}.{name} must be true or false, not {value!r}")
+        if isinstance(default, (str, tuple)) and not isinstance(value, type(default)):
+            raise ConfigError(f"{where}.{name} must be {'a string' if isinstance(default, str) else 'a list'}, "
+                              f"not {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool):
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{where}.{name} must be a number, not {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ConfigError(f"{where}.{name} must be a finite number, not {value!r}")
             if isinstance(default, int) and value != int(value):
                 raise ConfigError(f"{where}.{name} must be an integer, not {value!r}")
             data[name] = type(default)(value)
@@ -215,6 +230,16 @@ def build_dataclass(klass, data: dict, where: str):
         return klass(**data)
     except TypeError as exc:
         raise ConfigError(f"bad value in [{where}]: {exc}") from exc
+
+
+def check_labels(labels: tuple) -> None:
+    """At least two distinct, short, printable class names."""
+    bad = next((x for x in labels if not isinstance(x, str) or not x.strip() or not x.isprintable()
+                or len(x) > MAX_LABEL_CHARS), None)
+    if bad is not None:
+        raise ConfigError(f"labels must be names of 1 to {MAX_LABEL_CHARS} printable characters, not {bad!r}")
+    if len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ConfigError("labels must be at least two distinct names")
 
 
 def choice(name: str, value: Any, allowed: tuple) -> None:

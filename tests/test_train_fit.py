@@ -14,6 +14,7 @@ import torch
 from serlive.model import Predictor
 from serlive.train import cache as cache_module
 from serlive.train import cli, config, fit
+from serlive.train.resume import load_checkpoint
 from serlive.train.trainer import Trainer
 
 DATA = Path(__file__).parent / "data" / "ravdess"
@@ -84,23 +85,30 @@ def test_vad_cache_is_hit_on_a_second_run(tmp_path, monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(first.masks, second.masks))
 
 
+def crash_at_epoch(monkeypatch, stop: int):
+    """Make every Trainer stop with KeyboardInterrupt when it reaches epoch ``stop`` (0-based), as a kill
+    would: the checkpoints of the epochs before are on disk. Returns the real ``run_epoch``."""
+    original = Trainer.run_epoch
+
+    def crash(self, epoch):
+        if epoch == stop:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "run_epoch", crash)
+    return original
+
+
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_resume_continues_after_the_last_finished_epoch(tmp_path, monkeypatch, ema):
     torch.set_num_threads(1)
     cfg = tiny_cfg(tmp_path, "protocol.max_folds=1", "optim.epochs=3", "loss.scl_lambda=0.1", f"optim.ema={ema}")
     data = fit.load_data(cfg, progress=False)
     reference = fit.run(cfg, tmp_path / "straight", torch.device("cpu"), data=data)
-    original = Trainer.run_epoch
-
-    def crash_at_epoch_2(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "run_epoch", crash_at_epoch_2)
+    original = crash_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         fit.run(cfg, tmp_path / "broken", torch.device("cpu"), data=data)
-    saved = torch.load(tmp_path / "broken" / "fold_0" / "checkpoint.pt", weights_only=False)
+    saved = load_checkpoint(tmp_path / "broken" / "fold_0" / "checkpoint.pt")
     assert saved["state"]["epoch"] == 2 and not (tmp_path / "broken" / "fold_0" / "result.json").exists()
     monkeypatch.setattr(Trainer, "run_epoch", original)
     resumed = fit.run(cfg, tmp_path / "broken", torch.device("cpu"), resume=True, data=data)

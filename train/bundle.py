@@ -18,7 +18,7 @@ from pathlib import Path
 from serlive.model import ConfigError
 from serlive.model.checkpoint import write_json
 
-from .config import load_json
+from .config import load_json, read_json
 from .fit import CONFIG_FILE
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ def load_cv_summary(cv_dir: str | Path) -> dict:
     path = Path(cv_dir) / "metrics.json"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: is {cv_dir} a finished ser-train fit run?")
-    summary = json.loads(path.read_text())
-    if "knn_final" not in summary:
+    summary = read_json(path, "the metrics of a ser-train fit run")
+    if not isinstance(summary.get("knn_final"), dict) or not {"k", "alpha"} <= set(summary["knn_final"]):
         raise ConfigError(f"{path} has no cross-fold kNN setting (a run with knn.tune and two folds or more has one)")
     return summary
 
@@ -46,18 +46,28 @@ def load_knn_final(cv_dir: str | Path) -> dict:
     return load_cv_summary(cv_dir)["knn_final"]
 
 
+def check_out(out: Path, runs: tuple[Path, ...]) -> None:
+    """``out`` is replaced: refuse anything but a model directory (or nothing), and a folder holding a run."""
+    if out.exists() and not (out / "config.json").is_file():
+        raise ConfigError(f"--out {out} exists and is not a ser-live model directory; it is not replaced")
+    for run in runs:
+        if run.resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"--out {out} holds the run {run}; write the model directory elsewhere")
+
+
 def run(cv_dir: str | Path, final_dir: str | Path, out: str | Path) -> dict:
     """Write ``out`` (a ser-live model directory) from the final run, with the evidence in metrics.json."""
     from .baseline import cross_validate
     from .fit import load_data
 
     cv_dir, final_dir, out = Path(cv_dir), Path(final_dir), Path(out)
+    check_out(out, (cv_dir, final_dir))
     cv_cfg, final_cfg = load_json(cv_dir / CONFIG_FILE), load_json(final_dir / CONFIG_FILE)
     model_dir = final_dir / FINAL_FOLD / "model"
     if final_cfg.protocol.kind != "all" or not (model_dir / "config.json").is_file():
         raise ConfigError(f"{final_dir} is not a finished run with protocol.kind = \"all\"")
     cv = load_cv_summary(cv_dir)
-    final = json.loads((final_dir / FINAL_FOLD / "result.json").read_text())
+    final = read_json(final_dir / FINAL_FOLD / "result.json", "a finished fold's result")
     data = load_data(cv_cfg, progress=False)  # once for the four baseline variants
     baseline = {}
     for name, gain_free in (("as_is", False), ("gain_free", True)):

@@ -48,7 +48,7 @@ class MaskCache:
         file = self.directory / f"{self.key(path)}.npz"
         if file.is_file():
             try:
-                with np.load(file) as data:
+                with np.load(file, allow_pickle=False) as data:
                     mask = data["mask"]
                 if len(mask) == num_frames(len(waveform)):
                     self.hits += 1

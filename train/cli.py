@@ -129,18 +129,21 @@ def _dispatch(args) -> int:
     if args.command == "evaluate":
         from .evaluate import run as run_evaluate
 
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, not {args.batch_size}")
+
         result = run_evaluate(args.model, args.data, args.label_map, args.predictions, resolve_device(args.device),
                               use_knn=not args.no_knn, label_column=args.label_column, batch_size=args.batch_size,
                               orders=args.orders)
         print(json.dumps(result, indent=2))
         return 0
     cfg = _train_config(args)
+    folds = _folds(args.folds) if args.command == "fit" else None
     device = setup_distributed(resolve_device(args.device or cfg.run.device))
     _log_file(Path(args.out))
     if args.command == "fit":
         from .fit import markdown_table, run as run_fit
 
-        folds = [int(x) for x in args.folds.split(",") if x.strip()] if args.folds else None
         summary = run_fit(cfg, args.out, device, resume=args.resume, only_folds=folds)
         if summary:  # empty on torchrun ranks other than 0
             print(markdown_table(summary))
@@ -175,9 +178,23 @@ def _train_config(args):
     return cfg
 
 
+def _folds(spec: str) -> list[int] | None:
+    try:
+        folds = [int(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--folds must be comma-separated fold numbers, not {spec!r}") from None
+    if any(f < 0 for f in folds):
+        raise ConfigError(f"--folds must be fold numbers from 0, not {spec!r}")
+    return folds or None
+
+
 def _log_file(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "train.log")
+    """Append the run's log to ``out/train.log``; an --out that cannot be written is refused here, first."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "train.log")
+    except OSError as exc:
+        raise ConfigError(f"--out {out} cannot be written: {exc.strerror or exc}") from exc
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
 

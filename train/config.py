@@ -132,6 +132,9 @@ class OptimConfig:
             raise ConfigError("optim.warmup_ratio must lie in [0, 1)")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError("optim.ema must lie in [0, 1) (0: off)")
+        if min(self.weight_decay, self.grad_clip) < 0 or self.patience < 1 or self.bucket_batches < 1:
+            raise ConfigError("optim.weight_decay and optim.grad_clip must not be negative, optim.patience and "
+                              "optim.bucket_batches must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,10 @@ class KnnSearchConfig:
     k_max: int = 32
     alpha_steps: int = 19
     temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.k_max < 1 or self.alpha_steps < 1 or self.temperature <= 0:
+            raise ConfigError("knn.k_max, knn.alpha_steps and knn.temperature must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +166,10 @@ class RunConfig:
     spread_folds: bool = False
     eval_batch_size: int = 32
     plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_threads < 0 or self.eval_batch_size < 1:
+            raise ConfigError("run.num_threads must be 0 (torch's default) or more, run.eval_batch_size at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,8 +224,8 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            table = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
+            table = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8 by definition
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     for item in overrides:
         apply_override(table, item)
@@ -226,7 +237,22 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
 
 
 def load_json(path: Path) -> TrainConfig:
-    return from_dict(json.loads(Path(path).read_text()))
+    """A run directory's ``train_config.json``, or :class:`ConfigError` naming the file."""
+    return from_dict(read_json(path, "a training configuration"))
+
+
+def read_json(path: Path, what: str) -> dict:
+    """A JSON object written by ser-train (``what`` it should be, for the message), or :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} does not exist") from None
+    except (OSError, ValueError, RecursionError) as exc:  # json's and UTF-8's errors are ValueErrors
+        raise ConfigError(f"{path} cannot be read as {what}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} cannot be read as {what}: it is not a JSON object")
+    return data
 
 
 def apply_override(table: dict, item: str) -> None:

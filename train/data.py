@@ -75,18 +75,18 @@ def read_manifest(path: str | Path, labels: tuple[str, ...], label_map=None, col
         raise DataError(f"manifest {path} does not exist")
     cols = default_columns() | {k: v for k, v in (columns or {}).items() if v}
     mapping = resolve_label_map(label_map, labels)
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        for role in ("path", "label", "speaker"):
-            if cols[role] not in header:
-                raise DataError(f"manifest {path} has no {cols[role]!r} column (columns: {', '.join(header)})")
-        for role in ("session", "valence", "arousal"):
-            if (columns or {}).get(role) and cols[role] not in header:
-                raise DataError(f"manifest {path} has no {cols[role]!r} column (columns: {', '.join(header)})")
-        rows = list(reader)
+    header, rows = read_csv(path)
+    for role in ("path", "label", "speaker"):
+        if cols[role] not in header:
+            raise DataError(f"manifest {path} has no {cols[role]!r} column (columns: {', '.join(header)})")
+    for role in ("session", "valence", "arousal"):
+        if (columns or {}).get(role) and cols[role] not in header:
+            raise DataError(f"manifest {path} has no {cols[role]!r} column (columns: {', '.join(header)})")
+    required = [cols[role] for role in ("path", "label", "speaker")]
     out, dropped = [], 0
-    for row in rows:
+    for n, row in enumerate(rows, start=1):
+        if any(row.get(c) is None for c in required):
+            raise DataError(f"manifest {path} row {n} has fewer fields than its header (an unclosed quote?)")
         raw = row[cols["label"]].strip()
         if raw not in mapping:
             dropped += 1
@@ -96,6 +96,18 @@ def read_manifest(path: str | Path, labels: tuple[str, ...], label_map=None, col
     if not out:
         raise DataError(f"manifest {path} has no utterance whose label is in the label map")
     return out
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    """Header and rows of a UTF-8 CSV file, or :class:`DataError` with one sentence."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            return list(reader.fieldnames or []), list(reader)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"manifest {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    except csv.Error as exc:
+        raise DataError(f"manifest {path} is not a readable CSV file: {exc}") from exc
 
 
 def default_columns() -> dict[str, str]:

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from serlive.model import CheckpointError, Predictor, bundled_model_dir
 
-from .data import default_columns, load_audio, read_manifest
+from .data import default_columns, load_audio, read_csv, read_manifest
 from .metrics import classification, dimensional
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,9 @@ def online(predictor: Predictor, utts, preds, y_true: np.ndarray, orders: int, s
 
 def _optional(manifest) -> dict:
     """Valence / arousal / session columns are read when the manifest has them."""
-    with open(manifest, newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), [])
+    if not Path(manifest).is_file():
+        return {}  # read_manifest says so
+    header, _ = read_csv(Path(manifest))
     cols = default_columns()
     return {k: cols[k] for k in ("valence", "arousal", "session") if cols[k] in header}
 

@@ -3,7 +3,6 @@ metrics (mean ± 95% CI over folds) in ``metrics.json`` and ``metrics.md`` of th
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,10 +17,11 @@ from .cache import MaskCache
 from .config import TrainConfig, load_json
 from .devices import barrier, world
 from .data import DataError, columns_of, max_samples_of, read_manifest
-from .fold import RESULT_FILE, run_fold
+from .fold import RESULT_FILE, read_result, run_fold
 from .knn_tune import NEIGHBOURS_FILE, cross_fold, load_neighbours
 from .metrics import fmt_ci, mean_ci
-from .protocols import make_folds
+from .protocols import check_classes, make_folds
+from .resume import CHECKPOINT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,22 @@ def load_data(cfg: TrainConfig, progress: bool = True) -> AudioSet:
     return AudioSet(utts, max_samples, cache, cfg.data.preload, progress, cfg.model.speech_pad_s)
 
 
-def check_resume(cfg: TrainConfig, out: Path) -> None:
-    """A resumed run must use the configuration it started with (the saved one wins on mismatch)."""
+def check_resume(cfg: TrainConfig, out: Path, resume: bool = True) -> None:
+    """A resumed run must use the configuration it started with (the saved one wins on mismatch), and a new
+    run must not overwrite the folds of a run of another configuration."""
     saved = out / CONFIG_FILE
-    if saved.is_file() and load_json(saved).to_dict() != cfg.to_dict():
+    if not saved.is_file():
+        return
+    try:
+        same = load_json(saved).to_dict() == cfg.to_dict()
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; choose another --out, or delete it to start over") from exc
+    if not same and resume:
         raise ConfigError(f"{saved} differs from the given configuration; resume with the same config")
+    started = any(out.glob(f"fold_*/{CHECKPOINT_FILE}")) or any(out.glob(f"fold_*/{RESULT_FILE}"))
+    if not same and started:  # a run that stopped before its first epoch is simply replaced
+        raise ConfigError(f"{out} holds a run of another configuration ({saved}); choose another --out, "
+                          f"or delete it to overwrite that run")
 
 
 def run(cfg: TrainConfig, out: str | Path, device: torch.device, resume: bool = False,
@@ -50,8 +61,7 @@ def run(cfg: TrainConfig, out: str | Path, device: torch.device, resume: bool = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rank, size = world()
-    if resume:
-        check_resume(cfg, out)
+    check_resume(cfg, out, resume)
     if rank == 0:
         cfg.save(out / CONFIG_FILE)
     if size > 1 and cfg.run.freeze_encoder and not cfg.run.spread_folds:
@@ -61,7 +71,11 @@ def run(cfg: TrainConfig, out: str | Path, device: torch.device, resume: bool = 
     data = data or load_data(cfg)
     folds = make_folds(data.utts, cfg.protocol)
     if only_folds:
+        if unknown := sorted(set(only_folds) - {f.index for f in folds}):
+            raise ConfigError(f"--folds {','.join(map(str, unknown))}: this protocol has folds "
+                              f"{', '.join(str(f.index) for f in folds)}")
         folds = [f for f in folds if f.index in only_folds]
+    check_classes(data.utts, folds, cfg.model.labels)
     spread = size > 1 and cfg.run.spread_folds
     for fold in folds[rank::size] if spread else folds:
         log.info("fold %d: %d train, %d val (%s), %d test (%s)", fold.index, len(fold.train), len(fold.val),
@@ -70,7 +84,7 @@ def run(cfg: TrainConfig, out: str | Path, device: torch.device, resume: bool = 
     barrier()
     if rank > 0:
         return {}
-    results = [json.loads((out / f"fold_{f.index}" / RESULT_FILE).read_text()) for f in folds]
+    results = [read_result(out / f"fold_{f.index}" / RESULT_FILE) for f in folds]
     summary = aggregate(results, cfg.model.labels)
     summary |= cross_fold_knn(cfg, results, [out / f"fold_{f.index}" / NEIGHBOURS_FILE for f in folds])
     write_json(out / "metrics.json", summary)

@@ -3,7 +3,6 @@ speakers with and without kNN, and write ``fold_<i>/model`` (a ser-live model di
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,11 +12,12 @@ import torch
 from serlive.model import ConfigError, KnnConfig, SERModel, save_model_dir
 from serlive.model.checkpoint import resolved_config, write_json
 
-from .config import TrainConfig
+from .config import TrainConfig, read_json
 from .devices import barrier, world
 from .knn_tune import NEIGHBOURS_FILE, Neighbours, build_datastore, infer, save_neighbours, search
 from .losses import class_weights
 from .metrics import classification, dimensional
+from .resume import discard_previous
 from .sources import FeatureSource, WaveSource
 from .trainer import Trainer
 
@@ -65,7 +65,7 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
     done = fold_dir / RESULT_FILE
     if resume and done.is_file():
         log.info("fold %d already finished; skipping", fold.index)
-        return json.loads(done.read_text())
+        return read_result(done)
     torch.manual_seed(cfg.run.seed + fold.index)
     model = build_model(cfg, device)
     source = source or make_source(cfg, model, data, device)
@@ -81,6 +81,7 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
     result = evaluate_fold(cfg, model, source, fold, device, trainer.autocast, fold_dir)
     result |= {"best_epoch": state.best_epoch, "epochs_run": state.epoch, "history": state.history}
     write_json(done, result)
+    discard_previous(trainer.checkpoint_path)
     if cfg.run.plots:
         from .plots import save_fold_plots
 
@@ -88,6 +89,15 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
     if ddp:
         barrier()
     return result
+
+
+def read_result(path: Path) -> dict:
+    """A finished fold's ``result.json``; a damaged one is named, with the way to redo only the evaluation."""
+    try:
+        return read_json(path, "a finished fold's result")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; delete it and rerun with --resume to evaluate this fold again from its "
+                          f"checkpoint") from exc
 
 
 def evaluate_fold(cfg: TrainConfig, model: SERModel, source, fold, device, autocast: bool, fold_dir: Path) -> dict:

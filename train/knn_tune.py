@@ -134,7 +134,7 @@ def save_neighbours(path, val: Neighbours, test: Neighbours) -> None:
 
 
 def load_neighbours(path) -> tuple[Neighbours, Neighbours]:
-    with np.load(path) as z:
+    with np.load(path, allow_pickle=False) as z:
         return tuple(Neighbours(*(z[f"{split}_{f}"] for f in ("p_model", "labels", "dist", "key_labels")))
                      for split in ("val", "test"))
 

@@ -43,6 +43,26 @@ def make_folds(utts: list[Utterance], cfg: ProtocolConfig) -> list[Fold]:
     return folds[: cfg.max_folds] if cfg.max_folds else folds
 
 
+def check_classes(utts: list[Utterance], folds: list[Fold], labels: tuple[str, ...]) -> None:
+    """Refuse, before any training, data that cannot teach every class: fewer than two classes in the
+    manifest, a model label with no utterance, or a fold whose training speakers have none of a class
+    (its speakers all held out for validation or testing)."""
+    present = sorted({u.label for u in utts})
+    if len(present) < 2:
+        only = labels[present[0]] if present else "none"
+        raise ConfigError(f"the manifest has utterances of one class only ({only}); training needs at least two")
+    absent = [labels[c] for c in range(len(labels)) if c not in present]
+    if absent:
+        raise ConfigError(f"the manifest has no utterance of {', '.join(absent)}: add some, or remove "
+                          f"{'it' if len(absent) == 1 else 'them'} from model.labels")
+    for fold in folds:
+        trained = {utts[i].label for i in fold.train}
+        missing = [labels[c] for c in present if c not in trained]
+        if missing:
+            raise ConfigError(f"fold {fold.index} has no training speaker of {', '.join(missing)} (every speaker "
+                              f"with it is held out for validation or test): use fewer folds or more speakers")
+
+
 def deal_groups(names: list[str], k: int, seed: int) -> list[list[str]]:
     """Shuffle the distinct ``names`` with ``seed`` and deal them round-robin into ``k`` groups."""
     unique = sorted(set(names))

@@ -15,16 +15,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serlive.model import SERModel
-from serlive.model.checkpoint import atomic_write
+from serlive.model import CheckpointError, ConfigError, SERModel
 
 from .config import TrainConfig
 from .devices import world
 from .losses import combined_loss
+from .resume import CHECKPOINT_FILE, fallback_advice, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FILE = "checkpoint.pt"
+
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite (a configuration that does not train: too high a learning rate ...);
+    nothing of that step was applied or saved."""
 
 
 @dataclass
@@ -87,14 +90,14 @@ class Trainer:
         if resume and self.checkpoint_path.is_file():
             self._load()
             log.info("fold %d: resumed after epoch %d", self.fold.index, self.state.epoch)
-        bar = tqdm(total=self.cfg.optim.epochs, initial=self.state.epoch, desc=f"fold {self.fold.index}", unit="epoch",
-                   disable=self.ranks[0] > 0)
-        while self.state.epoch < self.cfg.optim.epochs and not self.state.stopped:
-            self.run_epoch(self.state.epoch)
-            bar.update(1)
-            h = self.state.history[-1]
-            bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{h['val_loss']:.3f}", ua=f"{h['val_ua']:.3f}")
-        bar.close()
+        # closed on an exception too, so that an error message starts on a line of its own
+        with tqdm(total=self.cfg.optim.epochs, initial=self.state.epoch, desc=f"fold {self.fold.index}", unit="epoch",
+                  disable=self.ranks[0] > 0) as bar:
+            while self.state.epoch < self.cfg.optim.epochs and not self.state.stopped:
+                self.run_epoch(self.state.epoch)
+                bar.update(1)
+                h = self.state.history[-1]
+                bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{h['val_loss']:.3f}", ua=f"{h['val_ua']:.3f}")
         if self.state.best_state is not None:
             self.model.load_state_dict(self.state.best_state)
         elif self.ema is not None:
@@ -134,14 +137,22 @@ class Trainer:
         n = self.source.n_batches(len(self.fold.train), self.ranks)
         self.opt.zero_grad(set_to_none=True)
         batches = self.source.train_batches(self.fold.train, rng, self.ranks)
-        for i, batch in enumerate(tqdm(batches, total=n, desc="steps", leave=False, unit="batch",
-                                       disable=self.ranks[0] > 0)):
-            parts = self._loss(batch.to(self.device))
-            (parts.total / accumulate).backward()
-            losses.append(float(parts.total.detach()))
-            if (i + 1) % accumulate == 0 or i + 1 == n:
-                self._step()
+        with tqdm(batches, total=n, desc="steps", leave=False, unit="batch", disable=self.ranks[0] > 0) as steps:
+            for i, batch in enumerate(steps):
+                parts = self._loss(batch.to(self.device))
+                losses.append(float(parts.total.detach()))
+                if not math.isfinite(losses[-1]):
+                    raise self._diverged(losses[-1], i)
+                (parts.total / accumulate).backward()
+                if (i + 1) % accumulate == 0 or i + 1 == n:
+                    self._step()
         return float(np.mean(losses)) if losses else math.nan
+
+    def _diverged(self, loss: float, step: int) -> "TrainingDiverged":
+        """Raised before the step is applied: the weights, and every checkpoint, stay finite."""
+        kept = f"the checkpoint of epoch {self.state.epoch} is kept" if self.state.epoch else "nothing was saved"
+        return TrainingDiverged(f"fold {self.fold.index}: the training loss became {loss} in epoch {self.state.epoch + 1}, "
+                                f"step {step + 1}; lower optim.lr or set optim.grad_clip and train again ({kept})")
 
     def _step(self) -> None:
         if self.cfg.optim.grad_clip > 0:
@@ -191,16 +202,23 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
         }
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.checkpoint_path, lambda tmp: torch.save(payload, tmp))
+        save_checkpoint(self.checkpoint_path, payload)
 
     def _load(self) -> None:
-        payload = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        self.model.load_state_dict(payload["model"])
-        self.opt.load_state_dict(payload["optimizer"])
-        self.sched.load_state_dict(payload["scheduler"])
-        self.state = TrainState(**payload["state"], best_state=payload["best_state"])
-        if self.ema is not None and payload.get("ema") is not None:
-            self.ema.load_state_dict(payload["ema"])
+        """Restore from ``checkpoint.pt`` (tensors and plain values only: see :mod:`.resume`)."""
+        payload = load_checkpoint(self.checkpoint_path)
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.opt.load_state_dict(payload["optimizer"])
+            self.sched.load_state_dict(payload["scheduler"])
+            self.state = TrainState(**payload["state"], best_state=payload["best_state"])
+            if not isinstance(self.state.epoch, int) or not isinstance(self.state.history, list):
+                raise TypeError("the epoch state has the wrong types")
+            if self.ema is not None and payload.get("ema") is not None:
+                self.ema.load_state_dict(payload["ema"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{self.checkpoint_path} does not match this run's model or optimiser (written by "
+                                  f"another configuration?); {fallback_advice(self.checkpoint_path)}") from exc
 
 
 def _ema(model: SERModel, decay: float):
