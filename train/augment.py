@@ -96,7 +96,9 @@ class TrainAugment:
         self.cfg, self.pool, self.rng = cfg, list(babble_pool), rng or np.random.default_rng()
         fams = set(cfg.classifier_families) - ({"babble"} if not self.pool else set())
         self.families = [f for f in ORDER if f in fams]
-        self.codecs = [c for c in lines.CODECS if c in fams]
+        self.codecs = [c for c in lines.CODECS if c in fams] if cfg.classifier_codec_p > 0 else []
+        if self.codecs:
+            lines.require_ffmpeg("augment.classifier_families with opus or mp3")
         self._rooms, self._rooms_cache_dir = None, rooms_cache_dir
 
     @property
@@ -105,7 +107,8 @@ class TrainAugment:
         from .rooms import RirBank, draw_rooms
 
         if self._rooms is None:
-            self._rooms = RirBank(draw_rooms(tuple(self.cfg.classifier_rt60_s), 2, TRAIN_ROOMS_SEED), self._rooms_cache_dir)
+            rooms = draw_rooms(tuple(self.cfg.classifier_rt60_s), 2, TRAIN_ROOMS_SEED)
+            self._rooms = RirBank(rooms, self._rooms_cache_dir)
         return self._rooms
 
     def plan(self, rng: np.random.Generator) -> tuple[list[tuple[str, float]], tuple[str, float] | None]:

@@ -1,5 +1,5 @@
-"""``ser-train``: fit, evaluate, ablate, baseline, prepare. Parses arguments and calls a ``run``; bad input is one
-sentence on stderr and exit status 2 (1 for a failure while running)."""
+"""``ser-train``: fit, evaluate, ablate, baseline, bundle, robustness, prepare. Parses arguments and calls a
+``run``; bad input is one sentence on stderr and exit status 2 (1 for a failure while running)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,13 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("--cv", required=True, help="the cross-validation run directory")
     bu.add_argument("--final", required=True, help="the final run (protocol.kind = \"all\") of the same recipe")
     bu.add_argument("--out", required=True, help="model directory to write (replaced)")
+    rb = sub.add_parser("robustness", help="fold models and the baseline under level, noise, rooms, telephone, "
+                        "codecs and clipping (UA/WA/ECE per condition)")
+    rb.add_argument("--cv", required=True, help="a cross-validation run directory (ser-train fit) with its fold models")
+    rb.add_argument("--out", default=None, help="JSON to write (default CV/robustness.json; .md beside it)")
+    rb.add_argument("--conditions", default="", help="comma-separated condition names (default: all 24)")
+    rb.add_argument("--folds", default="", help="comma-separated fold indices (default: all)")
+    rb.add_argument("--fresh", action="store_true", help="recompute folds already benchmarked on the same weights")
     pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
     pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
     pr.add_argument("root", help="the corpus folder")
@@ -104,6 +111,8 @@ def _dispatch(args) -> int:
         print(f"wrote {args.out}: {cv['folds']}-fold UA {100 * cv['test']['ua']['mean']:.1f}, "
               f"baseline {100 * metrics['baseline_same_folds']['as_is']['ua']['mean']:.1f}")
         return 0
+    if args.command == "robustness":
+        return _robustness(args)
     if args.command == "baseline":
         from . import config
         from .baseline import cross_validate
@@ -136,6 +145,20 @@ def _dispatch(args) -> int:
     table = run_ablate(cfg, args.out, device, args.poolings.split(","), resume=args.resume, cells=cells)
     if table:
         print(table)
+    return 0
+
+
+def _robustness(args) -> int:
+    from .lines import CodecError
+    from .robustness import markdown_table, run, select
+
+    folds = [int(x) for x in args.folds.split(",") if x.strip()] or None
+    try:
+        summary = run(args.cv, args.out, select(args.conditions), folds, fresh=args.fresh)
+    except CodecError as exc:
+        print(f"ser-train: {exc}", file=sys.stderr)
+        return 1
+    print(markdown_table(summary))
     return 0
 
 

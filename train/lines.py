@@ -60,6 +60,14 @@ def telephone(x: np.ndarray, low_hz: float = 300.0, high_hz: float = 3400.0, ord
     return _fit(soxr.resample(narrow, TELEPHONE_RATE_HZ, SAMPLE_RATE_HZ).astype(np.float32), len(x))
 
 
+def require_ffmpeg(what: str) -> None:
+    """A ConfigError naming ``what`` when ffmpeg is not on the PATH (checked before any work starts)."""
+    from serlive.model import ConfigError
+
+    if shutil.which("ffmpeg") is None:
+        raise ConfigError(f"{what} needs ffmpeg, which is not installed (apt-get install ffmpeg)")
+
+
 def codec(x: np.ndarray, name: str, bitrate_kbps: float) -> np.ndarray:
     """Encode ``x`` with ``name`` (``opus`` or ``mp3``) at ``bitrate_kbps`` and decode it again: two ffmpeg
     processes joined by a pipe, no temporary files. The decoded audio is shifted back by the codec's delay
@@ -92,17 +100,20 @@ def _round_trip(x: np.ndarray, name: str, bitrate_kbps: float) -> np.ndarray:
     raw = ["-f", "f32le", "-ar", str(SAMPLE_RATE_HZ), "-ac", "1"]
     enc_cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", *raw, "-i", "pipe:0",
                "-c:a", encoder, "-b:a", f"{bitrate_kbps:g}k", "-f", container, "pipe:1"]
-    dec_cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-f", container, "-i", "pipe:0", *raw, "pipe:1"]
+    dec_cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-f", container, "-i", "pipe:0", *raw,
+               "pipe:1"]
     enc = subprocess.Popen(enc_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     dec = subprocess.Popen(dec_cmd, stdin=enc.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     enc.stdout.close()  # the decoder holds the read end now
-    writer = threading.Thread(target=_feed, args=(enc.stdin, np.ascontiguousarray(x, np.float32).tobytes()), daemon=True)
+    data = np.ascontiguousarray(x, np.float32).tobytes()
+    writer = threading.Thread(target=_feed, args=(enc.stdin, data), daemon=True)
     writer.start()
     out, err = dec.communicate()
     writer.join()
     if enc.wait() != 0 or dec.returncode != 0:
-        raise CodecError(f"ffmpeg {name} at {bitrate_kbps:g} kbit/s failed: {err.decode(errors='replace').strip()[:200]}")
-    return np.frombuffer(out, np.float32)
+        detail = err.decode(errors="replace").strip()[:200]
+        raise CodecError(f"ffmpeg {name} at {bitrate_kbps:g} kbit/s failed: {detail}")
+    return np.frombuffer(out, np.float32).copy()
 
 
 def _feed(pipe, data: bytes) -> None:

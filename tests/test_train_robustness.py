@@ -1,0 +1,120 @@
+"""``ser-train robustness`` on a tiny cross-validation run of real RAVDESS files: the table's structure, the
+clean condition equal to the folds' own test evaluation, the same figures from a second run, perturbations
+that move the predictions, reuse of finished folds, and one-sentence errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from serlive.train import cli, perturb, robustness
+
+from .test_train_fit import TINY
+
+CONDITIONS = ["white noise 5 dB SNR", "babble noise 10 dB SNR", "reverb RT60 0.3 s", "telephone 300-3400 Hz mu-law",
+              "opus 12 kbit/s", "level -20 dB"]
+SEEDED = ["white noise 5 dB SNR", "babble noise 10 dB SNR", "reverb RT60 0.3 s", "opus 12 kbit/s"]
+"""The conditions a second run repeats: those drawing from the seed, and a codec."""
+
+
+@pytest.fixture(scope="module")
+def cv_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("robust")
+    extra = [f"data.cache_dir='{tmp / 'vad'}'", "protocol.max_folds=2", "model.speech_pad_s=0.15"]
+    sets = [a for s in TINY + extra for a in ("--set", s)]
+    assert cli.main(["fit", *sets, "--out", str(tmp / "cv")]) == 0
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def benchmark(cv_run):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(cv_run / "cache"))
+    first = robustness.run(cv_run / "cv", conditions=robustness.select(",".join(CONDITIONS)))
+    second = robustness.run(cv_run / "cv", cv_run / "again.json", robustness.select(",".join(SEEDED)), fresh=True)
+    mp.undo()
+    return first, second
+
+
+def test_table_has_every_condition_and_system(benchmark, cv_run):
+    summary, _ = benchmark
+    assert [c["name"] for c in summary["conditions"]] == ["clean"] + CONDITIONS
+    assert summary["folds"] == 2 and summary["systems"] == ["model", "model_knn", "baseline"]
+    for entry in summary["conditions"]:
+        for system in summary["systems"]:
+            assert 0 <= entry[system]["ua"]["mean"] <= 1 and 0 <= entry[system]["wa"]["mean"] <= 1
+            assert entry[system]["drop_ua"] == pytest.approx(
+                100 * (summary["conditions"][0][system]["ua"]["mean"] - entry[system]["ua"]["mean"]))
+        assert 0 <= entry["model"]["ece"]["mean"] <= 1 and "ece" not in entry["baseline"]
+    assert summary["conditions"][0]["model"]["drop_ua"] == 0
+    saved = json.loads((cv_run / "cv" / "robustness.json").read_text())
+    assert saved["conditions"] == json.loads(json.dumps(summary["conditions"]))
+    md = (cv_run / "cv" / "robustness.md").read_text().splitlines()
+    assert md[2].startswith("| condition | model UA | model + kNN UA | baseline UA | Δ UA model")
+    assert len([row for row in md if row.startswith("| ")]) == 1 + 1 + len(CONDITIONS)
+    assert all((cv_run / "cv" / f"fold_{i}" / "robustness.json").is_file() for i in (0, 1))
+    assert summary["seconds_per_fold"]["mean"] > 0
+
+
+def test_clean_is_the_folds_own_test_evaluation(benchmark, cv_run):
+    summary, _ = benchmark
+    for row in summary["per_fold"]:
+        result = json.loads((cv_run / "cv" / f"fold_{row['fold']}" / "result.json").read_text())
+        clean = row["conditions"]["clean"]
+        assert clean["model"]["ua"] == pytest.approx(result["test"]["ua"])
+        assert clean["model"]["wa"] == pytest.approx(result["test"]["wa"])
+        assert clean["model_knn"]["ua"] == pytest.approx(result["test_knn"]["ua"])
+        assert row["n_test"] == result["test"]["n"]
+
+
+def test_a_second_run_gives_the_same_figures(benchmark):
+    first, second = benchmark
+    for a, b in zip(first["per_fold"], second["per_fold"]):
+        assert a["fold"] == b["fold"] and set(b["conditions"]) == {"clean", *SEEDED}
+        assert all(a["conditions"][name] == b["conditions"][name] for name in b["conditions"])
+
+
+def test_destructive_conditions_move_the_model(benchmark):
+    summary, _ = benchmark
+    by_name = {c["name"]: c for c in summary["conditions"]}
+    assert by_name["clean"]["model"]["changed"]["mean"] == 0
+    assert by_name["white noise 5 dB SNR"]["model"]["changed"]["mean"] > 0
+    assert by_name["telephone 300-3400 Hz mu-law"]["model"]["changed"]["mean"] > 0
+
+
+def test_cli_reuses_finished_folds_and_refuses_bad_input(benchmark, cv_run, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cv_run / "cache"))
+    monkeypatch.setattr(robustness, "run_fold", lambda *a, **k: pytest.fail("a finished fold was run again"))
+    out = cv_run / "cli" / "table.json"
+    out.parent.mkdir()
+    assert cli.main(["robustness", "--cv", str(cv_run / "cv"), "--conditions", ",".join(SEEDED),  # the last run's
+                     "--out", str(out)]) == 0
+    assert "| white noise 5 dB SNR |" in capsys.readouterr().out
+    assert out.is_file() and out.with_suffix(".md").is_file()
+    assert json.loads(out.read_text())["conditions"] == json.loads(json.dumps(benchmark[1]["conditions"]))
+    assert cli.main(["robustness", "--cv", str(cv_run), "--conditions", "clean"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train_config.json" in err
+    assert cli.main(["robustness", "--cv", str(cv_run / "cv"), "--conditions", "thunder 3 dB"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown condition" in err
+
+
+def test_ece_of_known_cases():
+    y = np.array([0, 1, 0, 1])
+    assert robustness.ece(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), y) == 0.0
+    assert robustness.ece(np.array([[0.9, 0.1]] * 4), y) == pytest.approx(0.4)  # 90 % sure, right half the time
+    assert len(perturb.BENCHMARK) == 24 and robustness.select("")[0].name == "clean"
+
+
+def test_missing_ffmpeg_is_one_sentence_before_any_work(cv_run, capsys, monkeypatch):
+    from serlive.train import lines
+
+    monkeypatch.setattr(lines.shutil, "which", lambda _name: None)
+    assert cli.main(["robustness", "--cv", str(cv_run / "cv"), "--conditions", "opus 12 kbit/s", "--fresh"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs ffmpeg" in err
