@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -50,6 +49,7 @@ def test_table_has_every_condition_and_system(benchmark, cv_run):
             assert entry[system]["drop_ua"] == pytest.approx(
                 100 * (summary["conditions"][0][system]["ua"]["mean"] - entry[system]["ua"]["mean"]))
         assert 0 <= entry["model"]["ece"]["mean"] <= 1 and "ece" not in entry["baseline"]
+        assert 0 <= entry["model_knn"]["uncertain"]["mean"] <= 1
     assert summary["conditions"][0]["model"]["drop_ua"] == 0
     saved = json.loads((cv_run / "cv" / "robustness.json").read_text())
     assert saved["conditions"] == json.loads(json.dumps(summary["conditions"]))
@@ -104,11 +104,9 @@ def test_cli_reuses_finished_folds_and_refuses_bad_input(benchmark, cv_run, caps
     assert err.count("\n") == 1 and "unknown condition" in err
 
 
-def test_ece_of_known_cases():
-    y = np.array([0, 1, 0, 1])
-    assert robustness.ece(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), y) == 0.0
-    assert robustness.ece(np.array([[0.9, 0.1]] * 4), y) == pytest.approx(0.4)  # 90 % sure, right half the time
+def test_condition_names_select_and_keep_clean_first():
     assert len(perturb.BENCHMARK) == 24 and robustness.select("")[0].name == "clean"
+    assert [c.name for c in robustness.select("opus 12 kbit/s,clean")] == ["clean", "opus 12 kbit/s"]
 
 
 def test_missing_ffmpeg_is_one_sentence_before_any_work(cv_run, capsys, monkeypatch):

@@ -3,13 +3,15 @@ on their test speakers' utterances under every condition of :data:`.perturb.BENC
 
 Each test utterance is read whole (as a microphone delivers it, silence included), perturbed once per
 condition (seeded by the protocol seed, the condition and the utterance, so a rerun gives the same audio),
-and that audio goes to both: the fold's model through the Predictor's path (VAD on the perturbed audio,
-then the model's ``speech_pad_s`` cut) with and without its kNN datastore, and the baseline (fitted on the
-fold's training speakers as ``ser-train baseline`` does) on the same cut. The clean condition is therefore
-the fold's own test evaluation. Babble comes from the fold's training speakers; rooms from the benchmark's
-bank (:func:`.perturb.benchmark_rooms`). Per condition: UA, WA, the 10-bin expected calibration error of
-the top probability, the share of predictions that differ from clean; mean ± 95% CI over folds and the drop
-from clean, in ``robustness.json`` and ``robustness.md``. Each finished fold is kept in
+and that audio goes to both: the fold's model through the Predictor's path (VAD on the perturbed audio, then
+the model's ``speech_pad_s`` cut; kNN, temperature and OOD tempering as the fold's model directory has them)
+with and without its kNN datastore, and the baseline (fitted on the fold's training speakers as ``ser-train
+baseline`` does) on the same cut. The clean condition is therefore the fold's own test evaluation. Babble
+comes from the fold's training speakers; rooms from the benchmark's bank (:func:`.perturb.benchmark_rooms`).
+
+Per condition: UA, WA, the 10-bin expected calibration error of the top probability, the share flagged
+``uncertain``, the mean OOD score and the share of predictions that differ from clean; mean ± 95% CI over
+folds and the drop from clean, in ``robustness.json`` and ``robustness.md``. Each finished fold is kept in
 ``fold_<i>/robustness.json`` and reused by a rerun of the same conditions on the same weights.
 """
 
@@ -23,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from serlive.model import ConfigError, Predictor, trim_to_speech
+from serlive.model.calibration import expected_calibration_error
 from serlive.model.checkpoint import atomic_write, write_json
-from serlive.model.knn import interpolate
 
 from . import lines, perturb
 from .baseline import fit_fold, utterance_features
@@ -51,14 +53,6 @@ def select(names: str = "") -> list[perturb.Condition]:
     if unknown:
         raise ConfigError(f"unknown condition(s) {', '.join(map(repr, unknown))}; known: {', '.join(by_name)}")
     return [perturb.BENCHMARK[0]] + [by_name[n] for n in wanted if n != "clean"]
-
-
-def ece(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error of the top probability over ``bins`` equal-width bins."""
-    conf, hit = probs.max(1), (probs.argmax(1) == y).astype(np.float64)
-    which = np.minimum((conf * bins).astype(int), bins - 1)
-    return float(sum(abs(hit[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
-                     for b in range(bins) if (which == b).any()))
 
 
 def run(run_dir: str | Path, out: str | Path | None = None, conditions: list[perturb.Condition] | None = None,
@@ -103,16 +97,16 @@ def run(run_dir: str | Path, out: str | Path | None = None, conditions: list[per
 def _key(cfg, conditions, fold_dir: Path) -> dict:
     weights = fold_dir / "model" / "model.safetensors"
     stat = weights.stat() if weights.is_file() else None
-    return {"conditions": [c.name for c in conditions], "seed": cfg.protocol.seed, "version": 1,
+    return {"conditions": [c.name for c in conditions], "seed": cfg.protocol.seed, "version": 2,
             "weights": [stat.st_size, stat.st_mtime_ns] if stat else None}
 
 
 def run_fold(cfg, data, fold, fold_dir: Path, conditions, rooms, feats: np.ndarray) -> dict:
-    """One fold: every condition's UA/WA/ECE for the model (± kNN) and the baseline, and the seconds it took."""
+    """One fold: every condition's figures for the model (± kNN) and the baseline, and the seconds it took."""
     start = time.monotonic()
     labels, seed = cfg.model.labels, cfg.protocol.seed
-    predictor = Predictor.from_dir(fold_dir / "model", use_knn=False)
-    knn = predictor.config.knn if predictor.datastore is not None and predictor.config.knn.alpha > 0 else None
+    shipped = Predictor.from_dir(fold_dir / "model")  # kNN, temperature and OOD as the model directory says
+    alone = Predictor(shipped.model, shipped.datastore, use_knn=False)
     baseline, _ = fit_fold(feats, data.labels, fold, labels)
     pick = np.random.default_rng([seed, fold.index]).permutation(fold.train)[:POOL_SIZE]
     pool = [data.wave(int(i)) for i in pick]
@@ -122,24 +116,22 @@ def run_fold(cfg, data, fold, fold_dir: Path, conditions, rooms, feats: np.ndarr
     out, clean_pred = {}, None
     for cond in conditions:
         waves = _perturbed(cond, originals, test, seed, pool, rooms)
-        masks = [predictor.mask(w) for w in waves]
-        p_model, emb = _model_outputs(predictor, waves, masks, cfg.run.eval_batch_size)
-        entry = {"model": _scores(p_model, y, labels)}
-        if knn is not None:
-            p_knn = interpolate(p_model, predictor.datastore.probs(emb, knn.k, knn.temperature), knn.alpha)
-            entry["model_knn"] = _scores(p_knn, y, labels)
+        masks = [shipped.mask(w) for w in waves]
+        solo, knn = _model_outputs(shipped, alone, waves, masks, cfg.run.eval_batch_size)
+        entry = {"model": _scores(solo, y, labels)} | ({"model_knn": _scores(knn, y, labels)} if knn else {})
         bfeats = np.stack([utterance_features(*_cut(w, m, cfg.model.speech_pad_s)) for w, m in zip(waves, masks)])
-        entry["baseline"] = _scores(baseline.predict_proba(bfeats), y, labels, with_ece=False)
-        clean_pred = p_model.argmax(1) if cond.family == "clean" else clean_pred
+        entry["baseline"] = _scores(baseline.predict_proba(bfeats), y, labels)
+        pred = np.array([labels.index(p.label) for p in solo])
+        clean_pred = pred if cond.family == "clean" else clean_pred
         if clean_pred is not None:
-            entry["model"]["changed"] = float(np.mean(p_model.argmax(1) != clean_pred))
+            entry["model"]["changed"] = float(np.mean(pred != clean_pred))
         out[cond.name] = entry
         log.info("fold %d, %s: model UA %.3f, baseline UA %.3f", fold.index, cond.name, entry["model"]["ua"],
                  entry["baseline"]["ua"])
     seconds = time.monotonic() - start
     log.info("fold %d: %d utterances x %d conditions in %.1f s", fold.index, len(test), len(conditions), seconds)
-    return {"fold": fold.index, "test_groups": list(fold.test_groups), "n_test": len(test), "knn": knn is not None,
-            "seconds": seconds, "conditions": out}
+    return {"fold": fold.index, "test_groups": list(fold.test_groups), "n_test": len(test), "knn": shipped.use_knn,
+            "temperature": shipped.config.calibration.temperature, "seconds": seconds, "conditions": out}
 
 
 def _perturbed(cond, originals: list[np.ndarray], index: list[int], seed: int, pool, rooms) -> list[np.ndarray]:
@@ -150,24 +142,40 @@ def _perturbed(cond, originals: list[np.ndarray], index: list[int], seed: int, p
     return [perturb.apply(cond, x, np.random.default_rng([seed, c, i]), pool, rooms) for x, i in zip(originals, index)]
 
 
-def _model_outputs(predictor: Predictor, waves, masks, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Model probabilities (no kNN) and embeddings, in batches of similar lengths."""
+def _model_outputs(shipped: Predictor, alone: Predictor, waves, masks, batch_size: int):
+    """Predictions of the model alone and, when the model directory has a kNN datastore in use, with it
+    (None otherwise), from one forward pass per batch of similar lengths."""
     order = np.argsort([len(w) for w in waves], kind="stable")
-    probs, emb = [None] * len(waves), [None] * len(waves)
+    solo, knn = [None] * len(waves), [None] * len(waves)
     for s in range(0, len(order), batch_size):
         idx = order[s: s + batch_size]
-        for i, p in zip(idx, predictor.predict_prepared([waves[i] for i in idx], [masks[i] for i in idx])):
-            probs[i], emb[i] = np.asarray(p.probs, np.float32), p.embedding
-    return np.stack(probs), np.stack(emb)
+        preds = shipped.predict_prepared([waves[i] for i in idx], [masks[i] for i in idx])
+        own = preds
+        if shipped.use_knn:
+            atyp = None if preds[0].atypicality is None else np.array([p.atypicality for p in preds])
+            own = alone.finish(np.stack([p.embedding for p in preds]), atyp, np.array([p.speech_frames for p in preds]),
+                               [p.frames for p in preds])
+        for i, p, q in zip(idx, own, preds):
+            solo[i], knn[i] = p, q
+    return solo, (knn if shipped.use_knn else None)
 
 
 def _cut(wave: np.ndarray, mask: np.ndarray, pad_s: float | None):
     return trim_to_speech(wave, mask, pad_s) if pad_s is not None else (wave, mask)
 
 
-def _scores(probs: np.ndarray, y: np.ndarray, labels, with_ece: bool = True) -> dict:
+def _scores(preds, y: np.ndarray, labels) -> dict:
+    """UA, WA, recall; for Predictions also the ECE of the top probability, the share flagged uncertain and
+    the mean OOD score (None without an OOD reference); for a probability array (the baseline) not."""
+    probs = np.array([p.probs for p in preds]) if not isinstance(preds, np.ndarray) else preds
     m = classification(y, probs.argmax(1), labels)
-    return {"ua": m["ua"], "wa": m["wa"], "recall": m["recall"]} | ({"ece": ece(probs, y)} if with_ece else {})
+    out = {"ua": m["ua"], "wa": m["wa"], "recall": m["recall"]}
+    if isinstance(preds, np.ndarray):
+        return out
+    ood = [p.ood for p in preds if p.ood is not None]
+    uncertain = float(np.mean([p.uncertain for p in preds]))
+    return out | {"ece": expected_calibration_error(probs, y), "uncertain": uncertain,
+                  "ood": float(np.mean(ood)) if ood else None}
 
 
 def summarise(rows: list[dict], conditions, labels) -> dict:
@@ -178,7 +186,8 @@ def summarise(rows: list[dict], conditions, labels) -> dict:
         entry = {"name": cond.name, "family": cond.family, "value": cond.value, "kind": cond.kind}
         for system in systems:
             per = [r["conditions"][cond.name][system] for r in rows]
-            entry[system] = {m: mean_ci([p[m] for p in per]) for m in ("ua", "wa", "ece", "changed") if m in per[0]}
+            entry[system] = {m: mean_ci([p[m] for p in per]) for m in ("ua", "wa", "ece", "changed", "uncertain", "ood")
+                             if m in per[0]}
         table.append(entry)
     clean = table[0]
     for entry in table:
@@ -194,17 +203,20 @@ NAMES = {"model": "model", "model_knn": "model + kNN", "baseline": "baseline"}
 
 
 def markdown_table(summary: dict) -> str:
-    """One row per condition: UA (mean ± 95% CI over folds, %) and its drop from clean per system, WA,
-    and the model's expected calibration error."""
+    """One row per condition: UA (mean ± 95% CI over folds, %) and its drop from clean per system, WA, the
+    models' expected calibration error, and the share of the shipped path's predictions flagged uncertain."""
     systems = summary["systems"]
+    models = [s for s in systems if s != "baseline"]
     head = ["condition"] + [f"{NAMES[s]} UA" for s in systems] + [f"Δ UA {NAMES[s]}" for s in systems] \
-        + [f"{NAMES[s]} WA" for s in systems] + ["model ECE"] + (["model + kNN ECE"] if "model_knn" in systems else [])
+        + [f"{NAMES[s]} WA" for s in systems] + [f"{NAMES[s]} ECE" for s in models] + ["uncertain"]
     lines_ = [f"Robustness benchmark of {summary['run']}: {summary['folds']} folds, mean ± 95% CI over folds, %; "
-              f"Δ = points below clean. ECE: 10-bin expected calibration error of the top probability.", "",
+              "Δ = points below clean. ECE: 10-bin expected calibration error of the top probability. uncertain: "
+              f"share of {NAMES[models[-1]]} predictions flagged uncertain.", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary["conditions"]:
         cells = [e["name"]] + [fmt_ci(e[s]["ua"]) for s in systems] + [f"{e[s]['drop_ua']:+.1f}" for s in systems] \
-            + [fmt_ci(e[s]["wa"]) for s in systems] + [_fmt3(e[s]["ece"]) for s in systems if s != "baseline"]
+            + [fmt_ci(e[s]["wa"]) for s in systems] + [_fmt3(e[s]["ece"]) for s in models] \
+            + [fmt_ci(e[models[-1]]["uncertain"])]
         lines_.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines_) + "\n"
 
