@@ -116,3 +116,37 @@ def test_missing_ffmpeg_is_one_sentence_before_any_work(cv_run, capsys, monkeypa
     assert cli.main(["robustness", "--cv", str(cv_run / "cv"), "--conditions", "opus 12 kbit/s", "--fresh"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs ffmpeg" in err
+
+
+def test_ctrl_c_keeps_finished_folds_and_a_rerun_continues(cv_run, monkeypatch, caplog):
+    """A real ``ser-train robustness`` process: SIGINT once fold 0 is kept, exit 130 with one sentence and no
+    table; a rerun reuses fold 0 and computes fold 1 only."""
+    import logging
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = os.environ | {"XDG_CACHE_HOME": str(cv_run / "cache"), "PYTHONUNBUFFERED": "1"}
+    names = [c.name for c in perturb.BENCHMARK if c.family in ("noise", "level", "clipping")]  # fold 1 takes a while
+    out = cv_run / "interrupted.json"
+    cmd = [sys.executable, "-m", "serlive.train.cli", "robustness", "--cv", str(cv_run / "cv"), "--conditions",
+           ",".join(names), "--out", str(out), "--fresh"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stderr:  # wait for fold 0 to be kept (its log line), however long it takes
+            if "fold 0:" in line and "kept in" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 130
+    finally:
+        proc.kill()
+    assert err.count("ser-train:") == 1 and "interrupted; finished folds are kept" in err and "Traceback" not in err
+    assert not out.exists()
+    assert json.loads((cv_run / "cv" / "fold_0" / "robustness.json").read_text())["key"]["conditions"][1:] == names
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cv_run / "cache"))
+    with caplog.at_level(logging.INFO, logger="serlive.train.robustness"):
+        summary = robustness.run(cv_run / "cv", out, robustness.select(",".join(names)))
+    assert "fold 0: benchmark already done" in caplog.text and "fold 1: 8 utterances x 17 conditions" in caplog.text
+    assert summary["folds"] == 2 and out.is_file()

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ser-train: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ser-train: interrupted; rerun with --resume to continue", file=sys.stderr)
+        hint = "finished folds are kept: rerun to continue" if args.command == "robustness" else \
+            "rerun with --resume to continue"
+        print(f"ser-train: interrupted; {hint}", file=sys.stderr)
         return 130
 
 

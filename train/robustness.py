@@ -62,6 +62,10 @@ def run(run_dir: str | Path, out: str | Path | None = None, conditions: list[per
     if not (run_dir / CONFIG_FILE).is_file():
         raise ConfigError(f"{run_dir} has no {CONFIG_FILE}: is it a ser-train fit run directory?")
     cfg = load_json(run_dir / CONFIG_FILE)
+    if cfg.run.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.run.num_threads)
     conditions = conditions or list(perturb.BENCHMARK)
     if conditions[0].family != "clean":
         conditions = [perturb.BENCHMARK[0]] + [c for c in conditions if c.family != "clean"]
@@ -86,6 +90,8 @@ def run(run_dir: str | Path, out: str | Path | None = None, conditions: list[per
             continue
         row = run_fold(cfg, data, fold, fold_dir, conditions, rooms, feats) | {"key": key}
         write_json(saved, row)
+        log.info("fold %d: %d utterances x %d conditions in %.1f s; kept in %s", fold.index, row["n_test"],
+                 len(conditions), row["seconds"], saved)
         rows.append(row)
     summary = summarise(rows, conditions, cfg.model.labels) | {"run": str(run_dir), "seed": cfg.protocol.seed}
     out = Path(out) if out else run_dir / "robustness.json"
@@ -129,7 +135,6 @@ def run_fold(cfg, data, fold, fold_dir: Path, conditions, rooms, feats: np.ndarr
         log.info("fold %d, %s: model UA %.3f, baseline UA %.3f", fold.index, cond.name, entry["model"]["ua"],
                  entry["baseline"]["ua"])
     seconds = time.monotonic() - start
-    log.info("fold %d: %d utterances x %d conditions in %.1f s", fold.index, len(test), len(conditions), seconds)
     return {"fold": fold.index, "test_groups": list(fold.test_groups), "n_test": len(test), "knn": shipped.use_knn,
             "temperature": shipped.config.calibration.temperature, "seconds": seconds, "conditions": out}
 
