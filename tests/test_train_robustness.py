@@ -102,6 +102,8 @@ def test_cli_reuses_finished_folds_and_refuses_bad_input(benchmark, cv_run, caps
     assert cli.main(["robustness", "--cv", str(cv_run / "cv"), "--conditions", "thunder 3 dB"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown condition" in err
+    assert cli.main(["robustness", "--cv", str(cv_run / "cv"), "--folds", "first"]) == 2
+    assert "--folds takes comma-separated fold numbers" in capsys.readouterr().err
 
 
 def test_condition_names_select_and_keep_clean_first():

@@ -169,9 +169,11 @@ def _robustness(args) -> int:
     from .lines import CodecError
     from .robustness import markdown_table, run, select
 
-    folds = [int(x) for x in args.folds.split(",") if x.strip()] or None
+    parts = [x.strip() for x in args.folds.split(",") if x.strip()]
+    if not all(x.isdigit() for x in parts):
+        raise ConfigError(f"--folds takes comma-separated fold numbers, not {args.folds!r}")
     try:
-        summary = run(args.cv, args.out, select(args.conditions), folds, fresh=args.fresh)
+        summary = run(args.cv, args.out, select(args.conditions), [int(x) for x in parts] or None, fresh=args.fresh)
     except CodecError as exc:
         print(f"ser-train: {exc}", file=sys.stderr)
         return 1
