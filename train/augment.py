@@ -1,5 +1,6 @@
 """Waveform augmentations for the second SCL view (SCL paper, sec. 3.3.2): noise, volume,
-reverberation, pitch, and "mixed" (a random non-empty subset of the four, in that order).
+reverberation, pitch, and "mixed" (a random non-empty subset of the four, in that order); and
+:class:`TrainAugment`, the perturbations of what the classifier itself learns from (``augment.classifier``).
 
 Each takes and returns a 16 kHz float32 waveform plus its speech mask on the encoder frame grid.
 Noise, volume and reverberation keep the length, so the mask is unchanged; the pitch shift resamples
@@ -12,7 +13,9 @@ import numpy as np
 
 from serlive.model import SAMPLE_RATE_HZ, num_frames
 
+from . import lines, perturb
 from .config import AugmentConfig
+from .rooms import reverberate
 
 KINDS = ("noise", "volume", "reverb", "pitch")
 
@@ -72,3 +75,99 @@ def augment(x: np.ndarray, mask: np.ndarray, cfg: AugmentConfig, rng: np.random.
 def _subset(rng: np.random.Generator) -> list[str]:
     chosen = [k for k in KINDS if rng.random() < 0.5]
     return chosen or [KINDS[rng.integers(len(KINDS))]]
+
+
+ORDER = ("reverb", "white", "pink", "babble", "bursty", "level", "clipping", "telephone")
+"""A chain is applied in signal-path order: the room, noise in the room, the microphone's gain and clipping,
+then the line (telephone band, or a codec stage after the chain)."""
+
+TRAIN_ROOMS_SEED = 7
+"""Seed of the training rooms (2 per RT60 of ``augment.classifier_rt60_s``); the benchmark uses others."""
+
+
+class TrainAugment:
+    """Perturbations of what the classifier learns from (:mod:`.perturb`'s families at other settings than
+    the benchmark's): with probability ``cfg.classifier_p`` an utterance gets a chain of 1 to
+    ``cfg.classifier_chain`` distinct families, then with ``cfg.classifier_codec_p`` one codec pass.
+    ``babble_pool``: other speakers' utterances (the training speakers'); ``rng``: the default Generator."""
+
+    def __init__(self, cfg: AugmentConfig, babble_pool: list[np.ndarray], rng: np.random.Generator | None = None,
+                 rooms_cache_dir=None) -> None:
+        self.cfg, self.pool, self.rng = cfg, list(babble_pool), rng or np.random.default_rng()
+        fams = set(cfg.classifier_families) - ({"babble"} if not self.pool else set())
+        self.families = [f for f in ORDER if f in fams]
+        self.codecs = [c for c in lines.CODECS if c in fams] if cfg.classifier_codec_p > 0 else []
+        if self.codecs:
+            lines.require_ffmpeg("augment.classifier_families with opus or mp3")
+        self._rooms, self._rooms_cache_dir = None, rooms_cache_dir
+
+    @property
+    def rooms(self):
+        """The training rooms, simulated (or read from the cache) on first use."""
+        from .rooms import RirBank, draw_rooms
+
+        if self._rooms is None:
+            rooms = draw_rooms(tuple(self.cfg.classifier_rt60_s), 2, TRAIN_ROOMS_SEED)
+            self._rooms = RirBank(rooms, self._rooms_cache_dir)
+        return self._rooms
+
+    def plan(self, rng: np.random.Generator) -> tuple[list[tuple[str, float]], tuple[str, float] | None]:
+        """One utterance's draw: the chain of (family, setting), and the codec pass (name, kbit/s) or None."""
+        cfg = self.cfg
+        if rng.random() >= cfg.classifier_p:
+            return [], None
+        chain: list[tuple[str, float]] = []
+        if self.families:
+            k = int(rng.integers(1, min(cfg.classifier_chain, len(self.families)) + 1))
+            picked = set(rng.choice(len(self.families), size=k, replace=False).tolist())
+            chain = [(f, self._setting(f, rng)) for i, f in enumerate(self.families) if i in picked]
+        codec = None
+        if self.codecs and rng.random() < cfg.classifier_codec_p and all(f != "telephone" for f, _ in chain):
+            name = self.codecs[int(rng.integers(len(self.codecs)))]
+            rates = cfg.classifier_opus_kbps if name == "opus" else cfg.classifier_mp3_kbps
+            codec = (name, float(rates[int(rng.integers(len(rates)))]))
+        return chain, codec
+
+    def _setting(self, family: str, rng: np.random.Generator) -> float:
+        cfg = self.cfg
+        if family in perturb.NOISES:
+            return float(rng.uniform(*cfg.classifier_snr_db))
+        if family == "level":
+            return float(rng.uniform(*cfg.classifier_level_db))
+        if family == "clipping":
+            return float(rng.uniform(*cfg.classifier_clip_percent))
+        if family == "reverb":
+            return float(cfg.classifier_rt60_s[int(rng.integers(len(cfg.classifier_rt60_s)))])
+        return 0.0
+
+    def apply_chain(self, x: np.ndarray, chain: list[tuple[str, float]], rng: np.random.Generator) -> np.ndarray:
+        for family, value in chain:
+            if family in perturb.NOISES:
+                x = perturb.add_noise(x, perturb.noise_of(family, len(x), rng, self.pool), value)
+            elif family == "level":
+                x = perturb.level(x, value)
+            elif family == "clipping":
+                x = perturb.clipping(x, value)
+            elif family == "reverb":
+                x = reverberate(x, self.rooms.draw(rng, value))
+            elif family == "telephone":
+                x = lines.telephone(x, rng.uniform(200, 400), rng.uniform(3000, 3700))
+        return x.astype(np.float32, copy=False)
+
+    def batch(self, waves: list[np.ndarray], rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        """Each of ``waves`` perturbed (lengths kept); the codec passes of items that drew the same codec and
+        bitrate run through one ffmpeg call (:func:`.lines.codec_many`)."""
+        rng = rng or self.rng
+        out, jobs = [], {}
+        for i, x in enumerate(waves):
+            chain, codec = self.plan(rng)
+            out.append(self.apply_chain(np.asarray(x, np.float32), chain, rng))
+            if codec is not None:
+                jobs.setdefault(codec, []).append(i)
+        for (name, kbps), idx in sorted(jobs.items()):
+            for i, y in zip(idx, lines.codec_many([out[i] for i in idx], name, kbps)):
+                out[i] = y
+        return out
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return self.batch([x], rng)[0]

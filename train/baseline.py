@@ -81,6 +81,24 @@ def test_gains(seed: int, n: int, gain_db: float) -> np.ndarray:
     return (10 ** (np.random.default_rng(seed).uniform(-gain_db, gain_db, n) / 20)).astype(np.float32)
 
 
+def fit_fold(feats: np.ndarray, y: np.ndarray, fold, labels: tuple[str, ...], l2_grid=(1e-3, 1e-2, 1e-1),
+             refit: bool = True) -> tuple[LinearBaseline, float]:
+    """One fold's baseline and its L2 strength, chosen on the validation speakers (class-weighted by the
+    training labels); refit on train + validation with ``refit`` (see :func:`cross_validate`)."""
+    from .metrics import classification
+
+    counts = np.bincount(y[fold.train], minlength=len(labels)).astype(np.float64)
+    weights = len(fold.train) / (len(labels) * np.maximum(counts, 1))
+
+    def fitted(l2, idx):
+        return LinearBaseline(l2, weights).fit(feats[idx], y[idx], len(labels))
+
+    val_ua = {l2: classification(y[fold.val], fitted(l2, fold.train).predict_proba(feats[fold.val]).argmax(1), labels)["ua"]
+              for l2 in l2_grid}
+    best = max(l2_grid, key=lambda l2: (val_ua[l2], -l2))
+    return fitted(best, np.concatenate([fold.train, fold.val]) if refit else fold.train), best
+
+
 def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True, gain_free: bool = False,
                    test_gain_db: float = 0.0, data=None) -> dict:
     """The baseline on the folds of ``cfg`` (same protocol, seed and label map as ``ser-train fit``).
@@ -104,16 +122,7 @@ def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True, gain_fre
     y = data.labels
     folds = []
     for fold in make_folds(utts, cfg.protocol):
-        counts = np.bincount(y[fold.train], minlength=len(labels)).astype(np.float64)
-        weights = len(fold.train) / (len(labels) * np.maximum(counts, 1))
-
-        def fitted(l2, idx):
-            return LinearBaseline(l2, weights).fit(feats[idx], y[idx], len(labels))
-
-        val_ua = {l2: classification(y[fold.val], fitted(l2, fold.train).predict_proba(feats[fold.val]).argmax(1), labels)["ua"]
-                  for l2 in l2_grid}
-        best = max(l2_grid, key=lambda l2: (val_ua[l2], -l2))
-        model = fitted(best, np.concatenate([fold.train, fold.val]) if refit else fold.train)
+        model, best = fit_fold(feats, y, fold, labels, l2_grid, refit)
         m = classification(y[fold.test], model.predict_proba(test_feats[fold.test]).argmax(1), labels)
         folds.append({"fold": fold.index, "test_speakers": list(fold.test_groups), "l2": best, **m})
         log.info("baseline fold %d: UA %.3f WA %.3f (l2 %g)", fold.index, m["ua"], m["wa"], best)

@@ -86,15 +86,17 @@ class Batch:
 
 
 def collate(data: AudioSet, index: list[int], views: AugmentConfig | None = None,
-            rng: np.random.Generator | None = None) -> Batch:
+            rng: np.random.Generator | None = None, augmenter=None) -> Batch:
     """Pad ``index`` into a batch; with ``views``, append one augmented view of each item (2B rows,
-    originals first), as the SCL batch of 2N instances."""
-    waves = [data.wave(i) for i in index]
+    originals first), as the SCL batch of 2N instances. With ``augmenter`` (a ``TrainAugment``) the
+    original rows are perturbed by it (lengths and speech masks kept); the SCL views start from the clean audio."""
+    rng = rng or np.random.default_rng()
+    clean = [data.wave(i) for i in index]
+    waves = augmenter.batch(clean, rng) if augmenter is not None else list(clean)
     masks = [data.masks[i] for i in index]
     idx = list(index)
     if views is not None:
-        rng = rng or np.random.default_rng()
-        aug = [augment(w, m, views, rng) for w, m in zip(waves, masks)]
+        aug = [augment(w, m, views, rng) for w, m in zip(clean, masks)]
         waves += [a[0] for a in aug]
         masks += [a[1] for a in aug]
         idx += list(index)

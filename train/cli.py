@@ -1,5 +1,5 @@
-"""``ser-train``: fit, evaluate, ablate, baseline, bundle, calibrate, prepare. Parses arguments and calls a ``run``; bad input is one
-sentence on stderr and exit status 2 (1 for a failure while running)."""
+"""``ser-train``: fit, evaluate, ablate, baseline, bundle, calibrate, robustness, prepare. Parses arguments and
+calls a ``run``; bad input is one sentence on stderr and exit status 2 (1 for a failure while running)."""
 
 from __future__ import annotations
 
@@ -59,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
     ca.add_argument("--orders", type=int, default=10, help="random utterance orders per speaker (online protocol)")
     ca.add_argument("--apply", default=None, metavar="MODEL_DIR",
                     help="write the final settings into this model directory (e.g. the bundled model)")
+    rb = sub.add_parser("robustness", help="fold models and the baseline under level, noise, rooms, telephone, "
+                        "codecs and clipping (UA/WA/ECE per condition)")
+    rb.add_argument("--cv", required=True, help="a cross-validation run directory (ser-train fit) with its fold models")
+    rb.add_argument("--out", default=None, help="JSON to write (default CV/robustness.json; .md beside it)")
+    rb.add_argument("--conditions", default="", help="comma-separated condition names (default: all 24)")
+    rb.add_argument("--folds", default="", help="comma-separated fold indices (default: all)")
+    rb.add_argument("--fresh", action="store_true", help="recompute folds already benchmarked on the same weights")
     pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
     pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
     pr.add_argument("root", help="the corpus folder")
@@ -90,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ser-train: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ser-train: interrupted; rerun with --resume to continue", file=sys.stderr)
+        hint = "finished folds are kept: rerun to continue" if args.command == "robustness" else \
+            "rerun with --resume to continue"
+        print(f"ser-train: interrupted; {hint}", file=sys.stderr)
         return 130
 
 
@@ -118,6 +127,8 @@ def _dispatch(args) -> int:
             raise ConfigError("--orders must be at least 1")
         print(markdown(run_calibrate(args.cv, args.orders, args.apply)), end="")
         return 0
+    if args.command == "robustness":
+        return _robustness(args)
     if args.command == "baseline":
         from . import config
         from .baseline import cross_validate
@@ -154,6 +165,22 @@ def _dispatch(args) -> int:
     table = run_ablate(cfg, args.out, device, args.poolings.split(","), resume=args.resume, cells=cells)
     if table:
         print(table)
+    return 0
+
+
+def _robustness(args) -> int:
+    from .lines import CodecError
+    from .robustness import markdown_table, run, select
+
+    parts = [x.strip() for x in args.folds.split(",") if x.strip()]
+    if not all(x.isdigit() for x in parts):
+        raise ConfigError(f"--folds takes comma-separated fold numbers, not {args.folds!r}")
+    try:
+        summary = run(args.cv, args.out, select(args.conditions), [int(x) for x in parts] or None, fresh=args.fresh)
+    except CodecError as exc:
+        print(f"ser-train: {exc}", file=sys.stderr)
+        return 1
+    print(markdown_table(summary))
     return 0
 
 

@@ -19,6 +19,7 @@ from serlive.model.config import build_dataclass, choice
 
 PROTOCOLS = ("loso", "loso_session", "fixed", "all")
 AUGMENTS = ("none", "noise", "volume", "reverb", "pitch", "mixed")
+CLASSIFIER_FAMILIES = ("level", "white", "pink", "babble", "bursty", "reverb", "telephone", "clipping", "opus", "mp3")
 SCL_REDUCTIONS = ("mean", "sum")
 SELECT_ON = ("loss", "ua", "last")
 
@@ -90,16 +91,36 @@ class LossConfig:
 
 @dataclass(frozen=True, slots=True)
 class AugmentConfig:
-    """The augmented view each utterance gets for SCL (only used when ``loss.scl_lambda > 0``)."""
+    """The augmented view each utterance gets for SCL (only used when ``loss.scl_lambda > 0``), and with
+    ``classifier`` the perturbations of the rows the classifier learns from (``augment.TrainAugment``):
+    each training utterance is perturbed with probability ``classifier_p`` by up to ``classifier_chain`` of
+    ``classifier_families``, then with ``classifier_codec_p`` coded (Opus/MP3 at the listed bitrates)."""
 
     kind: str = "mixed"
     noise_snr_db: tuple = (10.0, 30.0)
     volume_db: tuple = (-6.0, 6.0)
     reverb_rt60_s: tuple = (0.2, 0.6)
     pitch_semitones: tuple = (-2.0, 2.0)
+    classifier: bool = False
+    classifier_p: float = 0.8
+    classifier_chain: int = 2
+    classifier_families: tuple = CLASSIFIER_FAMILIES
+    classifier_snr_db: tuple = (3.0, 30.0)
+    classifier_level_db: tuple = (-25.0, 10.0)
+    classifier_rt60_s: tuple = (0.25, 0.4, 0.5, 0.7, 0.85)
+    classifier_clip_percent: tuple = (1.0, 20.0)
+    classifier_codec_p: float = 0.15
+    classifier_opus_kbps: tuple = (8.0, 10.0, 20.0, 24.0)
+    classifier_mp3_kbps: tuple = (24.0, 40.0, 48.0, 64.0)
 
     def __post_init__(self) -> None:
         choice("augment.kind", self.kind, AUGMENTS)
+        for name in self.classifier_families:
+            choice("augment.classifier_families item", name, CLASSIFIER_FAMILIES)
+        if not (0.0 <= self.classifier_p <= 1.0 and 0.0 <= self.classifier_codec_p <= 1.0):
+            raise ConfigError("augment.classifier_p and augment.classifier_codec_p must lie in [0, 1]")
+        if self.classifier_chain < 1:
+            raise ConfigError("augment.classifier_chain must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,10 +40,14 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SERModel:
 
 def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device):
     views = cfg.augment if cfg.loss.scl_lambda > 0 else None
+    perturb = cfg.augment if cfg.augment.classifier else None
     if cfg.run.freeze_encoder:
+        if perturb is not None:
+            raise ConfigError("augment.classifier perturbs waveforms on the fly: it cannot train on cached encoder "
+                              "features (--freeze-encoder)")
         model.eval()
         return FeatureSource(model, data, views, cfg.optim.batch_size, cfg.optim.bucket_batches, device, cfg.run.seed)
-    return WaveSource(data, views, cfg.optim.batch_size, cfg.optim.bucket_batches)
+    return WaveSource(data, views, cfg.optim.batch_size, cfg.optim.bucket_batches, perturb)
 
 
 @torch.no_grad()

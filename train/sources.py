@@ -24,12 +24,28 @@ log = logging.getLogger(__name__)
 
 
 class WaveSource:
-    def __init__(self, data: AudioSet, views: AugmentConfig | None, batch_size: int, bucket: int) -> None:
+    """With ``perturb`` (``augment.classifier``), training batches are perturbed by a ``TrainAugment`` whose
+    babble comes from the training utterances; validation and evaluation batches stay clean."""
+
+    def __init__(self, data: AudioSet, views: AugmentConfig | None, batch_size: int, bucket: int,
+                 perturb: AugmentConfig | None = None) -> None:
         self.data, self.views, self.batch_size, self.bucket = data, views, batch_size, bucket
+        self.perturb, self._augmenters = perturb, {}
 
     def train_batches(self, index: np.ndarray, rng: np.random.Generator, ranks: tuple[int, int] = (0, 1)):
+        augmenter = self.augmenter(index) if self.perturb is not None else None
         for idx in shard(bucket_batches(self.data.lengths, index, self.batch_size, rng, self.bucket), *ranks):
-            yield collate(self.data, idx, self.views, rng)
+            yield collate(self.data, idx, self.views, rng, augmenter)
+
+    def augmenter(self, index: np.ndarray, pool_size: int = 256):
+        """The ``TrainAugment`` of the training utterances ``index`` (its babble pool: up to ``pool_size`` of them)."""
+        from .augment import TrainAugment
+
+        key = hash(np.asarray(index).tobytes())
+        if key not in self._augmenters:
+            pick = np.random.default_rng(0).permutation(np.asarray(index))[:pool_size]
+            self._augmenters[key] = TrainAugment(self.perturb, [self.data.wave(int(i)) for i in pick])
+        return self._augmenters[key]
 
     def eval_batches(self, index: np.ndarray, batch_size: int, views: bool = False, seed: int = 0):
         rng = np.random.default_rng(seed)
