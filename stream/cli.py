@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tls-cert", metavar="PEM", help="certificate: serve https/wss (needs --tls-key)")
     ap.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     ap.add_argument("--jsonl", metavar="PATH", help="write every event as JSON lines (- for stdout)")
+    ap.add_argument("--report", metavar="PATH", help="at the end, write the segments and their labels over "
+                                                     "time as a self-contained page (.html) or a picture (.png)")
     ap.add_argument("--no-tui", action="store_true", help="run headless")
     ap.add_argument("--connect", metavar="URL", help="show a running engine's WebSocket feed in the TUI")
     return ap
@@ -272,6 +274,7 @@ def build_engine(args: argparse.Namespace):
     """The :class:`Engine` the arguments describe (sources opened, model loaded, ``--jsonl`` attached);
     raises :class:`CliError` with one sentence on bad input."""
     config = engine_config(args)  # before importing the engine (torch): bad arguments fail in a blink
+    report = _report_path(args)
     sources = build_sources(args)
     from .engine import Engine
     from .sinks import JsonlSink
@@ -285,7 +288,21 @@ def build_engine(args: argparse.Namespace):
             raise CliError(f"cannot write --jsonl {args.jsonl}: {exc.strerror}") from exc
         sink.put(engine.hello())  # a JSON lines file reads like a connection: hello first
         engine.add_sink(sink)
+    if report is not None:
+        from .report import ReportSink
+
+        args.report_sink = ReportSink(report, predictor.labels, engine.model_name)
+        engine.add_sink(args.report_sink)
     return engine
+
+
+def _report_path(args: argparse.Namespace):
+    from .report import ReportError, check_report_path
+
+    try:
+        return check_report_path(args.report) if getattr(args, "report", None) else None
+    except ReportError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def setup_logging(level: str) -> None:
@@ -310,17 +327,31 @@ def run(args: argparse.Namespace) -> int:
         from .sinks import TextSink
 
         engine.add_sink(TextSink())
-    return asyncio.run(_serve(engine))
+    code = asyncio.run(_serve(engine))
+    if getattr(args, "report_sink", None) is not None and args.report_sink.written:
+        print(f"ser-live: report written to {args.report_sink.path}", file=sys.stderr)
+    return code
 
 
 async def _serve(engine) -> int:
     loop = asyncio.get_running_loop()
+    announce = asyncio.create_task(_announce_dashboard(engine))  # noqa: F841 - ends by itself
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, engine.stop)
         except (NotImplementedError, RuntimeError):
             pass  # not the main thread, or Windows: Ctrl-C still raises KeyboardInterrupt
     return await engine.run()
+
+
+async def _announce_dashboard(engine) -> None:
+    """One line on stderr with the dashboard's address, once the server listens."""
+    from .dashboard import dashboard_url
+
+    await engine.ready.wait()
+    url = dashboard_url(engine.ws)
+    if url:
+        print(f"ser-live: dashboard at {url}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
