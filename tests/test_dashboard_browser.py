@@ -116,6 +116,7 @@ def test_microphone_end_to_end_one_final_per_island(page, models, audio_files):
         page.locator("#conn.conn-up").wait_for()
         page.locator("#circumplex").wait_for()
         page.locator("#no-dims").wait_for(state="hidden")
+        assert page.locator("#no-streams").is_visible()  # an open page sends nothing by itself
         page.click("#mic")
         page.locator("#track .seg.final").nth(len(UTTERANCES) - 1).wait_for()
         page.screenshot(path=ARTIFACTS / "dashboard-microphone.png")
@@ -168,12 +169,14 @@ def test_dropped_file_is_analysed_with_a_token_and_survives_a_restart(page, mode
         assert [e["start_s"] for e in reference] == pytest.approx([a for a, _, _ in shown], abs=ISLAND_TOLERANCE_S)
     page.locator("#conn", has_text="disconnected — reconnecting").wait_for()
     page.screenshot(path=ARTIFACTS / "dashboard-disconnected.png")
-    with EngineProcess(models[1], "--input", "none", "--ws-token", "s3cret", port=port):
+    with EngineProcess(models[1], "--input", "none", port=port, accept_audio=False):  # no token, no audio now
         page.locator("#conn.conn-up").wait_for()
         assert page.locator("#track .seg.final").count() == len(reference)  # history kept across the restart
-        drop_file(page, dropped)  # and the page works again
-        page.locator("#send-status", has_text="talk.wav: analysed").wait_for()
+        page.click("#mic")  # the new engine's hello says accepts_audio: false
+        page.locator("#send-error", has_text="start it with --accept-audio").wait_for()
         page.screenshot(path=ARTIFACTS / "dashboard-after-restart.png")
+        assert page.locator("#mic").inner_text() == "Use my microphone"
+        assert page.locator("#streams li").count() == 1  # nothing was sent: no new stream
     assert not page.errors
 
 
@@ -212,4 +215,13 @@ def test_other_origin_and_missing_token_are_refused(page, models):
             server.shutdown()
         assert page.goto(bare + "?token=s3cret").status == 200
         page.locator("#conn.conn-up").wait_for()
+        # protocol fields the lead adds later (issue 11): rendered when present
+        page.evaluate("""serliveApp.handle({type: 'prediction', stream: 'probe', segment: 0, final: true, start_s: 0.5,
+            end_s: 1.5, label: 'happy', probs: {angry: 0.2, happy: 0.3, neutral: 0.25, sad: 0.25}, confidence: 0.3,
+            valence: null, arousal: null, uncertain: true, ood: 0.9})""")
+        page.locator("#label.uncertain", has_text="uncertain").wait_for()
+        assert "leaning happy" in page.inner_text("#confidence") and "0.90" in page.inner_text("#confidence")
+        assert page.locator("#log tbody tr").inner_text().endswith("uncertain, OOD 0.90")
+        assert page.locator("#track .seg.final.uncertain").count() == 1
+        page.screenshot(path=ARTIFACTS / "dashboard-uncertain.png")
     assert engine.stderr_lines and not any("Traceback" in line for line in engine.stderr_lines)

@@ -36,6 +36,7 @@ class App {
       this.backoffMs = Math.min(this.backoffMs * 2, RECONNECT_MAX_MS);
       this.status(false, `disconnected — reconnecting in ${(wait / 1000).toFixed(1)} s`);
       for (const s of this.streams.values()) s.active = false;
+      this.view.health(null);
       this.touch();
       setTimeout(() => this.connect(), wait);
     };

@@ -59,6 +59,10 @@ class View {
   }
 
   health(stats) {
+    if (!stats) {  // disconnected: no stale figures
+      for (const id of ['h-device', 'h-rtf', 'h-latency', 'h-clients', 'h-dropped']) $(id).textContent = '–';
+      return;
+    }
     $('h-device').textContent = stats.device;
     $('h-rtf').textContent = stats.rtf.toFixed(3);
     const ms = (v) => (v === null || v === undefined ? '–' : `${Math.round(v)}`);
