@@ -8,19 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
+import re
 import signal
 import sys
 from pathlib import Path
 
+from .argcheck import EXIT_USAGE, CliError, Parser, check_bindable, number, ws_url
+
 log = logging.getLogger(__name__)
-
-EXIT_USAGE = 2
-"""Exit code for bad arguments, bad input files, unavailable devices."""
-
-
-class CliError(Exception):
-    """A problem with the command line or its inputs; the message is one sentence for stderr."""
 
 
 def bundled_model_dir() -> Path:
@@ -35,41 +30,21 @@ def demo_file() -> Path:
     return Path(__file__).parent / "demo" / "demo.flac"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors as one line (no usage block): ``ser-live: error: argument --x: ...``."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _number(kind, low=None, high=None, what: str = ""):
-    """An argparse ``type`` for finite ints/floats in [low, high], with a one-line reason when not."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}")
-        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
-        return value
-    return parse
-
-
 def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", metavar="DIR", help="model directory (default: the bundled model)")
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                     help="autocast dtype on CUDA (auto: bfloat16 where supported); the CPU runs float32")
-    ap.add_argument("--threads", type=_number(int, 1, 1024, "from 1 to 1024"), help="torch CPU threads")
-    ap.add_argument("--max-batch", type=_number(int, 1, 1024, "from 1 to 1024"), default=16,
+    ap.add_argument("--threads", type=number(int, 1, 1024, "from 1 to 1024"), help="torch CPU threads")
+    ap.add_argument("--max-batch", type=number(int, 1, 1024, "from 1 to 1024"), default=16,
                     help="most requests in one forward pass")
-    ap.add_argument("--max-wait-ms", type=_number(float, 0, 10_000, "from 0 to 10000 ms"), default=10.0,
+    ap.add_argument("--max-wait-ms", type=number(float, 0, 10_000, "from 0 to 10000 ms"), default=10.0,
                     help="longest wait to fill a batch")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = Parser(
         prog="ser-live", description="Real-time speech emotion monitor (run `ser-live bench -h` for the benchmark).")
     ap.add_argument("--input", action="append", metavar="SRC",
                     help="mic (default; the bundled demo file when there is no microphone), an audio FILE, "
@@ -81,19 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-knn", action="store_true", help="do not apply the model's kNN datastore")
     ap.add_argument("--vad-mode", type=int, default=2, choices=[0, 1, 2, 3], help="WebRTC VAD aggressiveness")
     ap.add_argument("--vad-frame-ms", type=int, default=30, choices=[10, 20, 30])
-    ap.add_argument("--end-silence-ms", type=_number(int, 10, 60_000, "from 10 to 60000 ms"), default=300,
+    ap.add_argument("--end-silence-ms", type=number(int, 10, 60_000, "from 10 to 60000 ms"), default=300,
                     help="non-speech that closes a segment")
-    ap.add_argument("--min-speech-ms", type=_number(int, 0, 60_000, "from 0 to 60000 ms"), default=250,
+    ap.add_argument("--min-speech-ms", type=number(int, 0, 60_000, "from 0 to 60000 ms"), default=250,
                     help="shorter segments are dropped")
-    ap.add_argument("--max-segment-s", type=_number(float, 0.1, 600, "from 0.1 to 600 s"), default=19.0,
+    ap.add_argument("--max-segment-s", type=number(float, 0.1, 600, "from 0.1 to 600 s"), default=19.0,
                     help="longer speech is force-closed")
-    ap.add_argument("--interim-ms", type=_number(int, 0, 60_000, "from 0 to 60000 ms"), default=500,
+    ap.add_argument("--interim-ms", type=number(int, 0, 60_000, "from 0 to 60000 ms"), default=500,
                     help="interim prediction period (0: none)")
     ap.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT|off",
                     help="WebSocket server (a host beyond loopback needs --ws-token)")
     ap.add_argument("--ws-token", help="token clients must send (?token= or Authorization: Bearer); clients "
                                        "with it may also send audio")
-    ap.add_argument("--ws-max-clients", type=_number(int, 1, 10_000, "from 1 to 10000"), default=32)
+    ap.add_argument("--ws-max-clients", type=number(int, 1, 10_000, "from 1 to 10000"), default=32)
     ap.add_argument("--ws-allow-origin", action="append", default=[], metavar="ORIGIN",
                     help="a web page origin (https://host[:port]) allowed besides the server's own; repeatable")
     ap.add_argument("--accept-audio", action="store_true",
@@ -104,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--report", metavar="PATH", help="at the end, write the segments and their labels over "
                                                      "time as a self-contained page (.html) or a picture (.png)")
     ap.add_argument("--no-tui", action="store_true", help="run headless")
-    ap.add_argument("--connect", metavar="URL", help="show a running engine's WebSocket feed in the TUI")
+    ap.add_argument("--connect", metavar="URL", type=ws_url, help="show a running engine's WebSocket feed in the TUI")
     return ap
 
 
@@ -178,7 +153,14 @@ def parse_ws(args: argparse.Namespace):
     from .config import WsConfig
 
     if args.ws.strip().lower() == "off":
+        if args.tls_cert or args.tls_key:
+            raise CliError("--tls-cert and --tls-key need the WebSocket server, not --ws off")
         return None
+    if args.ws_token is not None and not args.ws_token.strip():
+        raise CliError("--ws-token must not be empty")
+    for origin in args.ws_allow_origin:
+        if not re.fullmatch(r"https?://[^/?#\s]+/?", origin.strip()):
+            raise CliError(f"--ws-allow-origin takes a page origin such as https://host:port, not {origin!r}")
     host, sep, port = args.ws.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise CliError(f"--ws must be HOST:PORT or off, not {args.ws!r}")
@@ -197,27 +179,8 @@ def parse_ws(args: argparse.Namespace):
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise CliError(f"cannot use --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: "
                        f"{getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}") from exc
-    _check_bindable(host, port)
+    check_bindable(host, port)
     return config
-
-
-def _check_bindable(host: str, port: int) -> None:
-    """Bind and release ``host:port`` as the server will (SO_REUSEADDR), so a taken port or an unknown
-    host is one sentence now rather than a traceback after the model has loaded."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise CliError(f"--ws host {host} cannot be resolved: {exc.strerror}") from exc
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(address)
-            except OSError as exc:
-                raise CliError(f"cannot listen on {host}:{port}: {exc.strerror} (pick another port with "
-                               "--ws HOST:PORT, or --ws off)") from exc
 
 
 def build_sources(args: argparse.Namespace) -> list:
@@ -257,6 +220,8 @@ def _mic_or_demo(args: argparse.Namespace):
 def engine_config(args: argparse.Namespace):
     from .config import EngineConfig, InferenceConfig, SegmenterConfig, StreamConfigError
 
+    if args.input.count("-") > 1:
+        raise CliError("--input - (stdin) can be given only once: one stdin cannot feed two streams")
     try:
         return EngineConfig(
             segmenter=SegmenterConfig(vad_mode=args.vad_mode, frame_ms=args.vad_frame_ms,

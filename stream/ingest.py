@@ -78,7 +78,7 @@ class Ingest:
             self.client.feeding = False
 
     async def _control(self, text: str) -> None:
-        if len(text) > MAX_TEXT_BYTES:
+        if len(text) > MAX_TEXT_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
             self._error("bad_message", f"text messages are JSON control messages of at most {MAX_TEXT_BYTES} "
                                        "bytes; audio goes in binary messages")
             return

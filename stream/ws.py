@@ -75,8 +75,13 @@ class _Client:
             while self._queue and not self.dropped:
                 try:
                     await asyncio.wait_for(self.conn.send(self._queue.popleft()), self.stall_timeout_s)
-                except TimeoutError:
+                except asyncio.TimeoutError:
                     self.drop(f"did not read for {self.stall_timeout_s:g} s")
+                except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
+                    return
+
+    async def _ping(self) -> None:
+        await (await self.conn.ping())
 
     async def keepalive(self, interval_s: float, timeout_s: float) -> None:
         """Ping every ``interval_s``; no pong within ``timeout_s`` means the client stopped reading."""
@@ -85,11 +90,12 @@ class _Client:
             if self.feeding:
                 continue  # we are not reading its socket, so its pong could not be seen
             try:
-                async with asyncio.timeout(timeout_s):
-                    await (await self.conn.ping())
-            except TimeoutError:
+                await asyncio.wait_for(self._ping(), timeout_s)
+            except asyncio.TimeoutError:
                 if not self.feeding:
                     self.drop(f"left a ping unanswered for {timeout_s:g} s")
+                return
+            except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
                 return
 
 
@@ -125,7 +131,9 @@ class WsServer:
             process_request=lambda conn, req: check_request(conn, req, self.config, self.http_handler),
             max_size=MAX_MESSAGE_BYTES, compression=None, ping_interval=None, close_timeout=CLOSE_TIMEOUT_S)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("WebSocket server on %s://%s:%d", self.scheme, self.config.host, self.port)
+        # With port 0 the port is news to the user (and to scripts waiting for it): say it at warning level.
+        log.log(logging.WARNING if self.config.port == 0 else logging.INFO, "WebSocket server on %s://%s:%d",
+                self.scheme, self.config.host, self.port)
 
     def put(self, event: Event) -> None:
         if not self._clients:

@@ -46,6 +46,12 @@ def assert_one_sentence(proc: subprocess.CompletedProcess, *fragments: str) -> N
     (["--ws", "no-such-host.invalid:0", "--ws-token", "t"], "--ws host no-such-host.invalid cannot be resolved"),
     (["--tls-cert", "/nonexistent/cert.pem"], "--tls-cert and --tls-key go together"),
     (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "cannot use --tls-cert"),
+    (["--ws", "off", "--tls-cert", "c.pem", "--tls-key", "k.pem"], "need the WebSocket server"),
+    (["--ws-token", " "], "--ws-token must not be empty"),
+    (["--ws-allow-origin", "evil.example"], "--ws-allow-origin takes a page origin"),
+    (["--input", "-", "--input", "-"], "--input - (stdin) can be given only once"),
+    (["--connect", "127.0.0.1:8765"], "argument --connect: must be a ws:// or wss:// URL"),
+    (["--vad-mode", "7"], "argument --vad-mode: invalid choice"),
 ])
 def test_out_of_range_arguments_are_one_sentence_and_exit_2(argv, fragment):
     assert_one_sentence(ser_live("--input", "none", "--model", "/nonexistent/model", *argv), fragment)
