@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 from .argcheck import EXIT_USAGE, CliError, Parser, check_bindable, number, ws_url
+from .dashboard import dashboard_url
+from .report import ReportSink, check_report_path
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +241,7 @@ def build_engine(args: argparse.Namespace):
     """The :class:`Engine` the arguments describe (sources opened, model loaded, ``--jsonl`` attached);
     raises :class:`CliError` with one sentence on bad input."""
     config = engine_config(args)  # before importing the engine (torch): bad arguments fail in a blink
-    report = _report_path(args)
+    report = check_report_path(args.report) if args.report else None
     sources = build_sources(args)
     from .engine import Engine
     from .sinks import JsonlSink
@@ -254,20 +256,9 @@ def build_engine(args: argparse.Namespace):
         sink.put(engine.hello())  # a JSON lines file reads like a connection: hello first
         engine.add_sink(sink)
     if report is not None:
-        from .report import ReportSink
-
         args.report_sink = ReportSink(report, predictor.labels, engine.model_name)
         engine.add_sink(args.report_sink)
     return engine
-
-
-def _report_path(args: argparse.Namespace):
-    from .report import ReportError, check_report_path
-
-    try:
-        return check_report_path(args.report) if getattr(args, "report", None) else None
-    except ReportError as exc:
-        raise CliError(str(exc)) from exc
 
 
 def setup_logging(level: str) -> None:
@@ -310,12 +301,8 @@ async def _serve(engine) -> int:
 
 
 async def _announce_dashboard(engine) -> None:
-    """One line on stderr with the dashboard's address, once the server listens."""
-    from .dashboard import dashboard_url
-
-    await engine.ready.wait()
-    url = dashboard_url(engine.ws)
-    if url:
+    await engine.ready.wait()  # the server listens: one line with the page's address
+    if url := dashboard_url(engine.ws):
         print(f"ser-live: dashboard at {url}", file=sys.stderr, flush=True)
 
 

@@ -16,8 +16,10 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from websockets.http11 import Request, Response
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,9 @@ def content_security_policy(host: str | None) -> str:
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str, host: str | None) -> Response:
+    from websockets.datastructures import Headers
+    from websockets.http11 import Response
+
     headers = Headers()
     headers["Date"] = email.utils.formatdate(usegmt=True)
     headers["Content-Type"] = content_type

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .argcheck import CliError
 from .events import Event, PredictionEvent, StreamStatus
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ SVG_WIDTH_PX, LANE_PX, PROB_PX = 1000, 26, 90
 """Timeline drawing: total width, label lane height, probability band height."""
 
 
-class ReportError(ValueError):
+class ReportError(CliError):
     """``--report`` names a file that cannot be written; the message is one sentence."""
 
 
