@@ -91,6 +91,14 @@ def browser(audio_files):
         browser.close()
 
 
+@pytest.fixture(scope="module")
+def dims_engine(models):
+    """A ser-live with a valence/arousal model, no local input, remote audio accepted (shared: starting one
+    costs seconds)."""
+    with EngineProcess(models[0], "--input", "none") as engine:
+        yield engine
+
+
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1280, "height": 800})
@@ -107,31 +115,30 @@ def seg_bounds(page) -> list[tuple[float, float, str]]:
         "#track .seg.final", "els => els.map(e => [e.dataset.startS, e.dataset.endS, e.dataset.label])")]
 
 
-def test_microphone_end_to_end_one_final_per_island(page, models, audio_files):
+def test_microphone_end_to_end_one_final_per_island(page, models, audio_files, dims_engine):
     mic_wav = audio_files[0]
     reference = reference_finals(models[0], mic_wav)
     assert len(reference) == len(UTTERANCES)
-    with EngineProcess(models[0], "--input", "none") as engine:
-        page.goto(engine.url)
-        page.locator("#conn.conn-up").wait_for()
-        page.locator("#circumplex").wait_for()
-        page.locator("#no-dims").wait_for(state="hidden")
-        assert page.locator("#no-streams").is_visible()  # an open page sends nothing by itself
-        page.click("#mic")
-        page.locator("#track .seg.final").nth(len(UTTERANCES) - 1).wait_for()
-        page.screenshot(path=ARTIFACTS / "dashboard-microphone.png")
-        page.click("#mic")  # stop: end_stream, the stream ends on the page
-        page.locator("#streams li.ended").wait_for()
-        shown = seg_bounds(page)
-        page.screenshot(path=ARTIFACTS / "dashboard-microphone-stopped.png")
-        assert page.locator("#streams li.selected .own").inner_text() == "this page"
-        assert page.locator("#log tbody tr").count() == len(UTTERANCES)
-        bars = page.locator("#bars .bar")
-        assert bars.count() == 4
-        assert page.locator("#label").inner_text().lower() == shown[-1][2]
-        page.set_viewport_size({"width": 420, "height": 900})  # a narrow window: one column, no sideways scroll
-        assert page.evaluate("document.documentElement.scrollWidth") <= 420
-        page.screenshot(path=ARTIFACTS / "dashboard-narrow.png", full_page=True)
+    page.goto(dims_engine.url)
+    page.locator("#conn.conn-up").wait_for()
+    page.locator("#circumplex").wait_for()
+    page.locator("#no-dims").wait_for(state="hidden")
+    assert page.locator("#no-streams").is_visible()  # an open page sends nothing by itself
+    page.click("#mic")
+    page.locator("#track .seg.final").nth(len(UTTERANCES) - 1).wait_for()
+    page.screenshot(path=ARTIFACTS / "dashboard-microphone.png")
+    page.click("#mic")  # stop: end_stream, the stream ends on the page
+    page.locator("#streams li.ended").wait_for()
+    shown = seg_bounds(page)
+    page.screenshot(path=ARTIFACTS / "dashboard-microphone-stopped.png")
+    assert page.locator("#streams li.selected .own").inner_text() == "this page"
+    assert page.locator("#log tbody tr").count() == len(UTTERANCES)
+    bars = page.locator("#bars .bar")
+    assert bars.count() == 4
+    assert page.locator("#label").inner_text().lower() == shown[-1][2]
+    page.set_viewport_size({"width": 420, "height": 900})  # a narrow window: one column, no sideways scroll
+    assert page.evaluate("document.documentElement.scrollWidth") <= 420
+    page.screenshot(path=ARTIFACTS / "dashboard-narrow.png", full_page=True)
     assert len(shown) == len(reference), (shown, reference)
     offset = shown[0][0] - reference[0]["start_s"]
     assert START_OFFSET_RANGE_S[0] <= offset <= START_OFFSET_RANGE_S[1], offset
@@ -225,3 +232,45 @@ def test_other_origin_and_missing_token_are_refused(page, models):
         assert page.locator("#track .seg.final.uncertain").count() == 1
         page.screenshot(path=ARTIFACTS / "dashboard-uncertain.png")
     assert engine.stderr_lines and not any("Traceback" in line for line in engine.stderr_lines)
+
+
+RESAMPLE_JS = """async ([rate, tones]) => {
+  const ctx = new OfflineAudioContext(1, rate, rate);  // one second
+  await ctx.audioWorklet.addModule(window.SerAudio.withToken('worklet.js'));
+  const node = new AudioWorkletNode(ctx, 'pcm16k', {numberOfInputs: 1, numberOfOutputs: 1});
+  const chunks = [];
+  node.port.onmessage = (e) => chunks.push(Array.from(new Int16Array(e.data.pcm)));
+  for (const [hz, gain] of tones) {
+    const osc = ctx.createOscillator(), amp = ctx.createGain();
+    osc.frequency.value = hz; amp.gain.value = gain;
+    osc.connect(amp).connect(node); osc.start();
+  }
+  node.connect(ctx.destination);
+  await ctx.startRendering();
+  await new Promise((r) => setTimeout(r, 300));
+  return chunks.flat();
+}"""
+
+
+def _tone_db(samples: np.ndarray, hz: float) -> float:
+    """Level in dB (re full scale) of the strongest bin within 20 Hz of ``hz``, Hann-windowed (``hz`` on a bin)."""
+    x = samples / 32768.0
+    window = np.hanning(len(x))
+    spectrum = np.abs(np.fft.rfft(x * window)) * 2 / window.sum()
+    freqs = np.fft.rfftfreq(len(x), 1 / 16_000)
+    return 20 * np.log10(spectrum[np.abs(freqs - hz) <= 20].max())
+
+
+def test_worklet_resamples_to_16k_without_aliasing(page, dims_engine):
+    """The page's own AudioWorklet at 44.1 and 48 kHz on a 1 kHz tone plus a 12 kHz tone (above 16 kHz's
+    Nyquist): the 1 kHz tone keeps its frequency (the rate ratio is right) and its level; the 12 kHz one does
+    not fold back to 4 kHz."""
+    page.goto(dims_engine.url)
+    page.locator("#conn.conn-up").wait_for()
+    outputs = {rate: np.array(page.evaluate(RESAMPLE_JS, [rate, [[1000, 0.4], [12_000, 0.4]]]), dtype=np.float64)
+               for rate in (44_100, 48_000)}
+    for rate, out in outputs.items():
+        assert 14_400 <= len(out) <= 16_000, rate  # 1 s at 16 kHz, less the look-ahead and the unfinished chunk
+        steady = out[800:800 + (len(out) - 800) // 16 * 16]  # whole periods of 1 kHz: both tones fall on bins
+        assert abs(_tone_db(steady, 1000) - 20 * np.log10(0.4)) < 0.5, rate
+        assert _tone_db(steady, 4000) < 20 * np.log10(0.4) - 50, rate  # the alias of 12 kHz, >= 50 dB down
