@@ -21,8 +21,9 @@ from .knn import KnnDatastore
 from .ser import SERModel
 
 FORMAT = "ser-live-model"
-FORMAT_VERSION = 1
-"""Bumped when a directory written by this code could not be read by older code."""
+FORMAT_VERSION = 2
+"""Bumped when a directory written by this code could not be read by older code (2: the ``calibration``
+table; version-1 directories load with its defaults)."""
 
 CONFIG_FILE, WEIGHTS_FILE, KNN_FILE, METRICS_FILE = "config.json", "model.safetensors", "knn.safetensors", "metrics.json"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ POOLINGS = ("gap", "sap", "sr")
 FREEZE_MODES = ("none", "cnn", "all")
 ENCODER_KINDS = ("hf", "builtin")
 INPUT_NORMS = ("frame", "global", "utterance")
+OOD_STATISTICS = ("spectral_z", "knn_distance")
 
 
 class ConfigError(ValueError):
@@ -94,6 +96,40 @@ class KnnConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CalibrationConfig:
+    """How a model reports confidence. The defaults (T = 1, no OOD reference) change nothing, so model
+    directories written before calibration existed behave as they did.
+
+    ``ood_reference``: the atypicality at percentiles 0, 5, ..., 100 of unseen in-domain speakers (21 values;
+    empty: no OOD score). ``ood_mix``: the largest share of uniform mixed into the probabilities far out of
+    distribution. ``adapt_prior``: pseudo-utterances of the reference mean in a speaker's running mean (the
+    per-speaker adaptation's shrinkage); ``embedding_mean``: that reference, the training speakers' mean
+    embedding (empty: the model cannot adapt)."""
+
+    temperature: float = 1.0
+    ood_statistic: str = "spectral_z"
+    ood_reference: tuple[float, ...] = ()
+    ood_threshold: float = 0.99
+    ood_mix: float = 0.5
+    min_confidence: float = 0.0
+    adapt_prior: float = 4.0
+    embedding_mean: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        choice("calibration.ood_statistic", self.ood_statistic, OOD_STATISTICS)
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ConfigError("calibration.temperature must be a positive number")
+        if self.ood_reference and (len(self.ood_reference) < 2 or any(
+                not math.isfinite(x) for x in self.ood_reference) or list(self.ood_reference) != sorted(self.ood_reference)):
+            raise ConfigError("calibration.ood_reference must be finite, sorted percentiles (or empty)")
+        for name in ("ood_threshold", "ood_mix", "min_confidence"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"calibration.{name} must lie in [0, 1]")
+        if not math.isfinite(self.adapt_prior) or self.adapt_prior < 0:
+            raise ConfigError("calibration.adapt_prior must be at least 0")
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Everything that rebuilds a SER model: encoder, pooling, heads, labels, VAD and input limits.
 
@@ -109,6 +145,7 @@ class ModelConfig:
     dimensional: bool = True
     vad: VadConfig = field(default_factory=VadConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     max_duration_s: float = 19.0
     speech_pad_s: float | None = None
     gap_std: bool = False
@@ -126,6 +163,8 @@ class ModelConfig:
             raise ConfigError("max_duration_s must be positive")
         if self.speech_pad_s is not None and self.speech_pad_s < 0:
             raise ConfigError("speech_pad_s must be None (off) or at least 0")
+        if self.calibration.embedding_mean and len(self.calibration.embedding_mean) != self.embed_dim:
+            raise ConfigError(f"calibration.embedding_mean must have embed_dim ({self.embed_dim}) values")
 
     def replace(self, **changes: Any) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
@@ -137,7 +176,7 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> "ModelConfig":
         """Build from a plain dict (as in config.json or a TOML table); unknown keys are an error."""
         data = dict(data)
-        sub = {"encoder": EncoderConfig, "vad": VadConfig, "knn": KnnConfig}
+        sub = {"encoder": EncoderConfig, "vad": VadConfig, "knn": KnnConfig, "calibration": CalibrationConfig}
         for key, klass in sub.items():
             if key in data:
                 data[key] = build_dataclass(klass, data[key], key)

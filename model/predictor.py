@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .adapt import SpeakerAdapter
 from .audio import to_mono_16k
+from .calibration import OOD_K, apply_temperature, ood_score, temper_for_ood
 from .checkpoint import load_model_dir
 from .config import ModelConfig
 from .frames import SAMPLE_RATE_HZ, num_frames, speech_mask, trim_to_speech
@@ -25,7 +28,11 @@ class Prediction:
 
     ``probs`` are per-class probabilities in the order of ``labels`` (after kNN interpolation when
     ``knn`` is True); ``valence`` / ``arousal`` are None for a model trained without them;
-    ``speech_frames`` is 0 when the VAD heard no speech (SAP then pooled every frame).
+    ``speech_frames`` is 0 when the VAD heard no speech (SAP then pooled every frame). ``ood`` is the
+    out-of-distribution score in [0, 1] (None: the model has no OOD reference), ``uncertain`` says the
+    label should not be trusted (far out of distribution, low confidence or no speech; see
+    :mod:`serlive.model.calibration`), ``atypicality`` is the statistic behind ``ood``, ``adapted`` that the
+    speaker's running mean shifted the embedding (``embedding`` itself is always the raw one).
     """
 
     label: str
@@ -38,6 +45,10 @@ class Prediction:
     knn: bool
     speech_frames: int
     frames: int
+    ood: float | None = None
+    uncertain: bool = False
+    atypicality: float | None = None
+    adapted: bool = False
 
     @property
     def prob_dict(self) -> dict[str, float]:
@@ -123,22 +134,78 @@ class Predictor:
         autocast = self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
             out = self.model(x, lengths, torch.from_numpy(speech).to(self.device))
-        p_model = torch.softmax(out.logits.float(), dim=-1).cpu().numpy()
         emb = out.embedding.float().cpu().numpy()
-        probs = p_model
-        if self.use_knn:
-            k, alpha, temp = self.config.knn.k, self.config.knn.alpha, self.config.knn.temperature
-            probs = interpolate(p_model, self.datastore.probs(emb, k, temp), alpha)
-        dims = out.dims.float().cpu().numpy() if out.dims is not None else None
-        n_speech = out.speech_frames.cpu().numpy()
-        return [self._prediction(probs[i], emb[i], None if dims is None else dims[i], int(n_speech[i]),
-                                 len(masks[i])) for i in range(len(waves))]
+        atyp = None
+        if out.spectral is not None:  # RMS of the standardised spectral statistics (see calibration.py)
+            atyp = out.spectral.float().pow(2).mean(-1).sqrt().cpu().numpy()
+        return self.finish(emb, atyp, out.speech_frames.cpu().numpy(), [len(m) for m in masks])
 
-    def _prediction(self, probs, emb, dims, speech_frames: int, frames: int) -> Prediction:
+    def adapt(self, prediction: Prediction, adapter: SpeakerAdapter) -> Prediction:
+        """``prediction`` again, from its embedding shifted by ``adapter`` (the speaker's running mean so far);
+        the model is not run again. Unchanged when the adapter has seen nothing or the model cannot adapt."""
+        if adapter.count == 0 or not self.can_adapt:
+            return prediction
+        atyp = None if prediction.atypicality is None else np.array([prediction.atypicality])
+        return self.finish(prediction.embedding[None], atyp, np.array([prediction.speech_frames]),
+                           [prediction.frames], shift=adapter.shift())[0]
+
+    @property
+    def can_adapt(self) -> bool:
+        """The model has the training speakers' mean embedding that per-speaker adaptation centres on."""
+        return len(self.config.calibration.embedding_mean) == self.config.embed_dim
+
+    def new_adapter(self, window: int = 64) -> SpeakerAdapter | None:
+        """A :class:`SpeakerAdapter` for one stream or speaker, or None when the model cannot adapt."""
+        cal = self.config.calibration
+        return SpeakerAdapter(np.array(cal.embedding_mean), cal.adapt_prior, window) if self.can_adapt else None
+
+    def finish(self, emb: np.ndarray, atypicality: np.ndarray | None, speech_frames: np.ndarray, frames: list[int],
+               shift: np.ndarray | None = None) -> list[Prediction]:
+        """Heads, kNN, temperature and OOD on raw embeddings ``emb`` (B, D) (less ``shift`` (D,) when adapting)."""
+        cal = self.config.calibration
+        query = emb if shift is None else emb - shift
+        logits = query @ self._heads[0].T + self._heads[1]
+        p_model = np.exp(logits - logits.max(-1, keepdims=True))
+        probs = p_model / p_model.sum(-1, keepdims=True)
+        dims = None if self._heads[2] is None else query @ self._heads[2].T + self._heads[3]
+        dist = idx = None
+        if self.datastore is not None and (self.use_knn or cal.ood_statistic == "knn_distance"):
+            dist, idx = self.datastore.search(query, max(self.config.knn.k, OOD_K))
+        if self.use_knn:
+            knn = self.config.knn
+            probs = interpolate(probs, self.datastore.vote(dist[:, :knn.k], idx[:, :knn.k], knn.temperature), knn.alpha)
+        probs = apply_temperature(probs, cal.temperature)
+        if cal.ood_statistic == "knn_distance":
+            atypicality = None if dist is None else dist[:, :OOD_K].mean(-1)
+        ood = None
+        if cal.ood_reference and atypicality is not None:
+            ood = ood_score(atypicality, cal.ood_reference)
+            probs = temper_for_ood(probs, ood, cal.ood_threshold, cal.ood_mix)
+        return [self._prediction(probs[i], emb[i], None if dims is None else dims[i], int(speech_frames[i]), frames[i],
+                                 None if ood is None else float(ood[i]),
+                                 None if atypicality is None else float(atypicality[i]), shift is not None)
+                for i in range(len(emb))]
+
+    @cached_property
+    def _heads(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Classifier and regressor weights as float64 numpy: the heads are linear in the embedding."""
+        def arr(t):
+            return t.detach().float().cpu().numpy().astype(np.float64)
+        reg = self.model.regressor
+        return (arr(self.model.classifier.weight), arr(self.model.classifier.bias),
+                None if reg is None else arr(reg.weight), None if reg is None else arr(reg.bias))
+
+    def _prediction(self, probs, emb, dims, speech_frames: int, frames: int, ood: float | None,
+                    atypicality: float | None, adapted: bool) -> Prediction:
         best = int(np.argmax(probs))
+        cal = self.config.calibration
+        confidence = float(probs[best])
+        uncertain = (speech_frames == 0 or confidence < cal.min_confidence
+                     or (ood is not None and ood >= cal.ood_threshold))
         return Prediction(
             label=self.labels[best], labels=self.labels, probs=tuple(float(p) for p in probs),
-            confidence=float(probs[best]),
+            confidence=confidence,
             valence=None if dims is None else float(dims[0]), arousal=None if dims is None else float(dims[1]),
             embedding=emb, knn=self.use_knn, speech_frames=speech_frames, frames=frames,
+            ood=ood, uncertain=bool(uncertain), atypicality=atypicality, adapted=adapted,
         )

@@ -15,12 +15,14 @@ from .spectral import SpectralStats
 
 @dataclass(frozen=True, slots=True)
 class SEROutput:
-    """One forward pass. ``logits`` (B, C); ``embedding`` (B, D); ``dims`` (B, 2) valence, arousal or None."""
+    """One forward pass. ``logits`` (B, C); ``embedding`` (B, D); ``dims`` (B, 2) valence, arousal or None;
+    ``spectral`` (B, 192) the standardised spectral statistics when the model has that branch."""
 
     logits: torch.Tensor
     embedding: torch.Tensor
     dims: torch.Tensor | None
     speech_frames: torch.Tensor
+    spectral: torch.Tensor | None = None
 
 
 class SERModel(nn.Module):
@@ -58,5 +60,5 @@ class SERModel(nn.Module):
             pooled = torch.cat([pooled, extra.to(pooled.dtype)], dim=-1)
         emb = self.project(pooled)  # (B, D)
         dims = self.regressor(emb) if self.regressor is not None else None
-        return SEROutput(self.classifier(emb), emb, dims, speech.sum(1))
+        return SEROutput(self.classifier(emb), emb, dims, speech.sum(1), extra)
 

@@ -48,6 +48,21 @@ def test_cv_then_final_then_bundle(tmp_path, capsys):
     assert set(base) >= {"as_is", "gain_free", "as_is_test_gain_10db", "gain_free_test_gain_10db"}
     assert len(base["as_is"]["per_fold"]) == 2 and metrics["train_config"]["protocol"]["kind"] == "all"
     assert not (tmp_path / "model.staging").exists()
+    # Calibration measured on the CV's folds and written into the bundled directory.
+    capsys.readouterr()
+    assert cli.main(["calibrate", "--cv", str(tmp_path / "cv"), "--orders", "2", "--apply", str(tmp_path / "model")]) == 0
+    assert "online per-speaker protocol (2 orders)" in capsys.readouterr().out
+    cal = json.loads((tmp_path / "cv" / "calibration.json").read_text())
+    assert [f["fold"] for f in cal["per_fold"]] == [0, 1] and all(0 <= f["ua_online"] <= 1 for f in cal["per_fold"])
+    ref = cal["final"]["ood_reference"]
+    assert len(ref) == 21 and ref == sorted(ref) and cal["final"]["temperature"] > 0
+    calibrated = Predictor.from_dir(tmp_path / "model")
+    assert calibrated.config.calibration.temperature == cal["final"]["temperature"] and calibrated.can_adapt
+    assert (calibrated.config.knn.k, calibrated.config.knn.alpha) == (chosen["k"], chosen["alpha"])
+    wave = torch.randn(16000).numpy() * 0.05
+    p = calibrated.predict(wave)
+    assert p.ood is not None and 0 <= p.ood <= 1
+    assert "calibration" in json.loads((tmp_path / "model" / "metrics.json").read_text())
 
 
 def test_bundle_and_knn_from_refuse_what_is_not_a_run(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""``ser-train``: fit, evaluate, ablate, baseline, prepare. Parses arguments and calls a ``run``; bad input is one
+"""``ser-train``: fit, evaluate, ablate, baseline, bundle, calibrate, prepare. Parses arguments and calls a ``run``; bad input is one
 sentence on stderr and exit status 2 (1 for a failure while running)."""
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-knn", action="store_true", help="ignore the kNN datastore")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--orders", type=int, default=10,
+                    help="random orders per speaker for the online per-speaker protocol (0: skip it)")
     bl = sub.add_parser("baseline", help="classic baseline (logistic regression on log-mel statistics) on the same folds")
     bl.add_argument("--config", default=None, help="TOML file (data, protocol and model.labels are used)")
     bl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -52,6 +54,11 @@ def parser() -> argparse.ArgumentParser:
     bu.add_argument("--cv", required=True, help="the cross-validation run directory")
     bu.add_argument("--final", required=True, help="the final run (protocol.kind = \"all\") of the same recipe")
     bu.add_argument("--out", required=True, help="model directory to write (replaced)")
+    ca = sub.add_parser("calibrate", help="temperature, OOD reference and per-speaker adaptation measured on a CV run's folds")
+    ca.add_argument("--cv", required=True, help="a finished cross-validation run directory (ser-train fit)")
+    ca.add_argument("--orders", type=int, default=10, help="random utterance orders per speaker (online protocol)")
+    ca.add_argument("--apply", default=None, metavar="MODEL_DIR",
+                    help="write the final settings into this model directory (e.g. the bundled model)")
     pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
     pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
     pr.add_argument("root", help="the corpus folder")
@@ -104,6 +111,13 @@ def _dispatch(args) -> int:
         print(f"wrote {args.out}: {cv['folds']}-fold UA {100 * cv['test']['ua']['mean']:.1f}, "
               f"baseline {100 * metrics['baseline_same_folds']['as_is']['ua']['mean']:.1f}")
         return 0
+    if args.command == "calibrate":
+        from .calibrate import markdown, run as run_calibrate
+
+        if args.orders < 1:
+            raise ConfigError("--orders must be at least 1")
+        print(markdown(run_calibrate(args.cv, args.orders, args.apply)), end="")
+        return 0
     if args.command == "baseline":
         from . import config
         from .baseline import cross_validate
@@ -116,7 +130,8 @@ def _dispatch(args) -> int:
         from .evaluate import run as run_evaluate
 
         result = run_evaluate(args.model, args.data, args.label_map, args.predictions, resolve_device(args.device),
-                              use_knn=not args.no_knn, label_column=args.label_column, batch_size=args.batch_size)
+                              use_knn=not args.no_knn, label_column=args.label_column, batch_size=args.batch_size,
+                              orders=args.orders)
         print(json.dumps(result, indent=2))
         return 0
     cfg = _train_config(args)

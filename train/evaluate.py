@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 def run(model_dir: str | Path | None, manifest: str | Path, label_map: str = "", predictions: str | Path | None = None,
         device: torch.device = torch.device("cpu"), use_knn: bool = True, label_column: str = "emotion",
-        batch_size: int = 16) -> dict:
-    """Metrics of ``model_dir`` on ``manifest``: UA, WA, per-class recall, confusion, n (+ MAE/CCC)."""
+        batch_size: int = 16, orders: int = 10, seed: int = 0) -> dict:
+    """Metrics of ``model_dir`` on ``manifest``: UA, WA, per-class recall, confusion, n (+ MAE/CCC), the share
+    flagged uncertain, and (``orders`` > 0, a model that can adapt) ``online``: the same metrics under the
+    online per-speaker protocol, averaged over ``orders`` random orders of each speaker's utterances."""
     model_dir = Path(model_dir) if model_dir else bundled_model_dir()
     if not model_dir.is_dir():
         raise CheckpointError(f"model directory {model_dir} does not exist (train one with ser-train fit, or pass --model)")
@@ -40,10 +42,31 @@ def run(model_dir: str | Path | None, manifest: str | Path, label_map: str = "",
     if predictor.config.dimensional:
         pred_dims = np.array([[p.valence, p.arousal] for p in preds], np.float32)
         result |= dimensional(pred_dims, np.array([[u.valence, u.arousal] for u in utts], np.float32))
-    result |= {"model": str(model_dir), "knn": predictor.use_knn}
+    result |= {"model": str(model_dir), "knn": predictor.use_knn, "uncertain": float(np.mean([p.uncertain for p in preds]))}
+    if orders > 0 and predictor.can_adapt:
+        result["online"] = online(predictor, utts, preds, y_true, orders, seed)
     if predictions:
         write_predictions(Path(predictions), utts, preds)
     return result
+
+
+def online(predictor: Predictor, utts, preds, y_true: np.ndarray, orders: int, seed: int) -> dict:
+    """UA / WA with each speaker's utterances in ``orders`` random orders, each predicted knowing only that
+    speaker's earlier ones (:func:`calibrate.online_labels`); mean over the orders."""
+    from .calibrate import online_labels
+
+    rng, prior = np.random.default_rng(seed), predictor.config.calibration.adapt_prior
+    by_speaker: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        by_speaker.setdefault(u.speaker, []).append(i)
+    runs = []
+    for _ in range(orders):
+        y_pred = np.zeros(len(utts), np.int64)
+        for rows in by_speaker.values():
+            y_pred[rows] = online_labels(predictor, [preds[i] for i in rows], rng, prior)
+        runs.append(classification(y_true, y_pred, predictor.labels))
+    return {"orders": orders, "speakers": len(by_speaker), "ua": float(np.mean([r["ua"] for r in runs])),
+            "wa": float(np.mean([r["wa"] for r in runs]))}
 
 
 def _optional(manifest) -> dict:
@@ -60,8 +83,9 @@ def write_predictions(path: Path, utts, preds) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "speaker", "true", "predicted", "confidence", *[f"p_{c}" for c in labels],
-                    "valence", "arousal", "speech_frames", "frames"])
+                    "valence", "arousal", "speech_frames", "frames", "ood", "uncertain"])
         for u, p in zip(utts, preds):
             w.writerow([str(u.path), u.speaker, labels[u.label], p.label, f"{p.confidence:.4f}",
                         *[f"{x:.4f}" for x in p.probs], "" if p.valence is None else f"{p.valence:.4f}",
-                        "" if p.arousal is None else f"{p.arousal:.4f}", p.speech_frames, p.frames])
+                        "" if p.arousal is None else f"{p.arousal:.4f}", p.speech_frames, p.frames,
+                        "" if p.ood is None else f"{p.ood:.4f}", int(p.uncertain)])

@@ -1,0 +1,104 @@
+"""Saying how sure the model is: temperature calibration, an out-of-distribution score, ``uncertain``.
+
+* **Temperature** (Guo et al., 2017): the final probabilities (after kNN interpolation) are sharpened or
+  flattened as ``p_i ∝ p_i^(1/T)``; for a model without kNN that is exactly ``softmax(logits / T)``. T is
+  fitted by negative log-likelihood on validation speakers the model never trained on (``ser-train
+  calibrate``, across the folds of a cross-validation run).
+* **OOD score** in [0, 1]: where an utterance's *atypicality* falls among those of in-domain speakers the
+  model never heard (the cross-validation's test speakers). Atypicality is the RMS of the standardised
+  spectral statistics when the model has that branch (speaker- and space-independent: noise, music, tones,
+  silence and synthetic speech lie 3-5 standard deviations out, speech within about 1), else the mean
+  distance to the 10 nearest kNN keys. 0.99 means "more atypical than 99 % of unseen in-domain speech".
+* **Far out of distribution the probabilities are pulled towards uniform** (at most half way, so the label
+  survives), so noise or a synthetic voice never comes out at 0.99 of anything, and ``uncertain`` is set
+  when the OOD score passes ``ood_threshold``, the calibrated confidence is under ``min_confidence``, or
+  the VAD heard no speech.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import CalibrationConfig
+
+__all__ = ["CalibrationConfig", "apply_temperature", "fit_temperature", "expected_calibration_error",
+           "reference_percentiles", "ood_score", "temper_for_ood"]
+
+OOD_K = 10
+"""Neighbours whose mean distance is the ``knn_distance`` atypicality."""
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``p ∝ p^(1/T)`` row-wise, (N, C) -> (N, C); exact softmax temperature for softmax outputs."""
+    probs = np.asarray(probs, np.float64)
+    if temperature == 1.0:
+        return probs
+    logp = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logp -= logp.max(axis=-1, keepdims=True)
+    out = np.exp(logp)
+    return out / out.sum(axis=-1, keepdims=True)
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
+    """The T minimising the mean negative log-likelihood of ``labels`` under ``apply_temperature(probs, T)``
+    (a golden-section search over log T; the NLL is convex in 1/T for softmax outputs)."""
+    labels = np.asarray(labels, np.int64)
+
+    def nll(log_t: float) -> float:
+        p = apply_temperature(probs, math.exp(log_t))
+        return float(-np.log(np.clip(p[np.arange(len(labels)), labels], 1e-12, 1.0)).mean())
+
+    a, b = math.log(lo), math.log(hi)
+    g = (math.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    for _ in range(60):
+        if nll(c) < nll(d):
+            b, d = d, c
+            c = b - g * (b - a)
+        else:
+            a, c = c, d
+            d = a + g * (b - a)
+    return round(math.exp((a + b) / 2), 4)
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """ECE of the top-class confidence over ``bins`` equal-width bins (Guo et al., 2017)."""
+    probs, labels = np.asarray(probs), np.asarray(labels)
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            total += sel.sum() * abs(float((pred[sel] == labels[sel]).mean()) - float(conf[sel].mean()))
+    return total / max(len(labels), 1)
+
+
+def reference_percentiles(values: np.ndarray) -> tuple[float, ...]:
+    """Atypicality values of in-domain utterances -> the 21 percentiles (0, 5, ..., 100) kept in config.json."""
+    return tuple(round(float(x), 5) for x in np.percentile(np.asarray(values, np.float64), np.arange(0, 101, 5)))
+
+
+def ood_score(atypicality: np.ndarray, reference: tuple[float, ...]) -> np.ndarray:
+    """Percentile rank in [0, 1] of each atypicality among the reference's; past the largest reference value
+    the rank rises on towards 1 over one interquartile range of the reference more, so "a little past" and
+    "far past" differ."""
+    x = np.asarray(atypicality, np.float64)
+    ref = np.asarray(reference, np.float64)
+    levels = np.linspace(0.0, 1.0, len(ref))
+    inside = np.interp(x, ref, levels)
+    spread = max(float(np.interp(0.75, levels, ref) - np.interp(0.25, levels, ref)), 1e-6)
+    beyond = 1.0 - 0.01 * np.exp(-np.maximum(x - ref[-1], 0.0) / spread)
+    return np.where(x > ref[-1], np.maximum(beyond, 0.99), np.minimum(inside, 0.99))
+
+
+def temper_for_ood(probs: np.ndarray, ood: np.ndarray, threshold: float, mix: float) -> np.ndarray:
+    """Mix up to ``mix`` of uniform into rows whose OOD score passes ``threshold``, linearly in how far
+    past it they are (all of ``mix`` at an OOD score of 1)."""
+    probs = np.asarray(probs, np.float64)
+    if threshold >= 1.0:
+        return probs
+    w = mix * np.clip((np.asarray(ood) - threshold) / (1.0 - threshold), 0.0, 1.0)[:, None]
+    return (1.0 - w) * probs + w / probs.shape[-1]

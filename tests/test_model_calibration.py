@@ -1,0 +1,133 @@
+"""Temperature calibration, ECE, the OOD score and per-speaker adaptation, against references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from serlive.model import ConfigError, ModelConfig, Predictor, bundled_model_dir
+from serlive.model.adapt import SpeakerAdapter
+from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_temperature, ood_score,
+                                       reference_percentiles, temper_for_ood)
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_temperature_on_softmax_outputs_is_logit_temperature():
+    z = np.random.default_rng(0).normal(size=(50, 4)) * 3
+    for t in (0.5, 1.0, 2.5):
+        np.testing.assert_allclose(apply_temperature(softmax(z), t), softmax(z / t), atol=1e-9)
+
+
+def test_fit_temperature_recovers_the_temperature_labels_were_drawn_with():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(20000, 4)) * 4
+    true_t = 2.0  # the model's logits are twice as sharp as the truth
+    labels = np.array([rng.choice(4, p=p) for p in softmax(z / true_t)])
+    assert fit_temperature(softmax(z), labels) == pytest.approx(true_t, rel=0.05)
+
+
+def test_ece_by_hand():
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    labels = np.array([0, 1, 0, 1])
+    # bins: 0.9 -> two items, accuracy 0.5, |0.5 - 0.9| = 0.4; 0.6 -> acc 1, 0.4; 0.7 -> acc 1, 0.3
+    assert expected_calibration_error(probs, labels) == pytest.approx((2 * 0.4 + 0.4 + 0.3) / 4)
+
+
+def test_calibration_lowers_ece_of_an_overconfident_model_on_held_out_items():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(4000, 4)) * 2
+    labels = np.array([rng.choice(4, p=p) for p in softmax(z)])
+    overconfident = softmax(3 * z)
+    t = fit_temperature(overconfident[:2000], labels[:2000])
+    before = expected_calibration_error(overconfident[2000:], labels[2000:])
+    after = expected_calibration_error(apply_temperature(overconfident[2000:], t), labels[2000:])
+    assert before > 0.1 and after < 0.03 and after < before / 4
+
+
+def test_ood_score_ranks_against_the_reference_and_saturates_past_it():
+    ref = reference_percentiles(np.arange(101.0))  # 0, 5, ..., 100
+    scores = ood_score(np.array([0.0, 50.0, 90.0, 100.0, 120.0, 1000.0]), ref)
+    np.testing.assert_allclose(scores[:3], [0.0, 0.5, 0.9])
+    assert scores[3] == pytest.approx(0.99) and 0.99 < scores[4] < scores[5] <= 1.0
+    assert np.all(np.diff(scores) >= 0)
+
+
+def test_far_out_of_distribution_is_pulled_half_way_to_uniform():
+    probs = np.array([[0.99, 0.01 / 3, 0.01 / 3, 0.01 / 3]] * 3)
+    out = temper_for_ood(probs, np.array([0.5, 0.995, 1.0]), threshold=0.99, mix=0.5)
+    np.testing.assert_allclose(out[0], probs[0])
+    assert out[2, 0] == pytest.approx(0.5 * 0.99 + 0.5 * 0.25) and out[1, 0] > out[2, 0]
+    np.testing.assert_allclose(out.sum(1), 1.0)
+
+
+def test_calibration_config_is_validated():
+    with pytest.raises(ConfigError, match="temperature"):
+        ModelConfig.from_dict({"calibration": {"temperature": 0}})
+    with pytest.raises(ConfigError, match="ood_reference"):
+        ModelConfig.from_dict({"calibration": {"ood_reference": [3.0, 1.0]}})
+    with pytest.raises(ConfigError, match="embedding_mean"):
+        ModelConfig.from_dict({"embed_dim": 32, "calibration": {"embedding_mean": [0.0, 1.0]}})
+
+
+def test_adapter_never_looks_ahead():
+    """Utterance i's shift depends only on utterances before it: reordering the later ones changes nothing,
+    and it would if the adapter saw the current or a future embedding."""
+    rng = np.random.default_rng(3)
+    embs = rng.normal(size=(12, 32)).astype(np.float32)
+    ref = np.zeros(32, np.float32)
+
+    def shifts(order):
+        a, out = SpeakerAdapter(ref, prior=2.0), {}
+        for i in order:
+            out[int(i)] = a.shift()
+            a.update(embs[i])
+        return out
+
+    first = shifts(np.arange(12))
+    order = np.r_[np.arange(6), rng.permutation(np.arange(6, 12))]
+    later_shuffled = shifts(order)
+    for i in range(6):  # the first six saw the same history in both orders
+        np.testing.assert_array_equal(first[i], later_shuffled[i])
+    np.testing.assert_array_equal(first[6], later_shuffled[int(order[6])])  # whoever came seventh saw 0..5
+    np.testing.assert_allclose(first[5], embs[:5].sum(0) / (5 + 2.0), rtol=1e-6)
+    np.testing.assert_array_equal(first[0], np.zeros(32))
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return Predictor.from_dir(bundled_model_dir())
+
+
+def test_adapted_prediction_is_the_heads_on_the_shifted_embedding(bundled):
+    audio, sr = sf.read(DATA_DIR / "ravdess" / "03-01-05-01-01-01-01.flac", dtype="float32")
+    raw = bundled.predict(audio, sr)
+    adapter = SpeakerAdapter(np.zeros(bundled.config.embed_dim, np.float32), prior=0.0)
+    adapter.update(raw.embedding + 0.5)
+    shift = adapter.shift()
+    plain = Predictor(bundled.model, None)  # no kNN: the probabilities are the classifier's softmax
+    expected = torch.softmax(bundled.model.classifier(torch.from_numpy(raw.embedding - shift)), -1).detach().numpy()
+    got = plain.finish(raw.embedding[None], None, np.array([raw.speech_frames]), [raw.frames], shift=shift)[0]
+    np.testing.assert_allclose(got.probs, expected, atol=1e-5)
+    assert got.adapted and not raw.adapted
+
+
+def test_noise_and_silence_are_more_atypical_than_any_speech(bundled, tmp_path):
+    """The OOD statistic separates noise-only input (and silence) from real speech of unseen recordings."""
+    rng = np.random.default_rng(4)
+    white = 0.1 * rng.standard_normal(16000 * 3).astype(np.float32)
+    pink = np.cumsum(rng.standard_normal(16000 * 3)).astype(np.float32)
+    pink = 0.1 * (pink - np.convolve(pink, np.ones(400) / 400, "same")) / np.abs(pink).max()
+    noise = [bundled.predict(x).atypicality for x in (white, pink, np.zeros(16000 * 2, np.float32))]
+    speech = [bundled.predict(*sf.read(p, dtype="float32")).atypicality
+              for p in sorted((DATA_DIR / "ravdess").glob("*.flac"))]
+    assert min(noise) > 2 * max(speech), (noise, max(speech))
