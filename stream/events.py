@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -23,6 +24,16 @@ def _s(samples: int) -> float:
     return round(samples / SAMPLE_RATE_HZ, 3)
 
 
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     type: ClassVar[str] = "event"
@@ -31,7 +42,13 @@ class Event:
         return {"type": self.type, **dataclasses.asdict(self)}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        """Strict JSON: a non-finite float (which ``json.dumps`` would write as ``NaN``, which JavaScript's
+        ``JSON.parse`` rejects) goes out as null."""
+        data = self.to_dict()
+        try:
+            return json.dumps(data, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            return json.dumps(_finite(data), separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ class Ingest:
         self._told_nonfinite = False
 
     def _error(self, code: str, message: str, stream: str | None = None) -> None:
-        self.client.offer(Error(code, message, stream).to_json())
+        self.client.offer(Error(code, message, stream).to_json(), reply=True)
 
     async def receive(self, message) -> None:
         if isinstance(message, (bytes, bytearray, memoryview)):
@@ -119,7 +119,7 @@ class Ingest:
         self.converter = PcmConverter(fmt)
         self._told_nonfinite = False
         stream_id = self.server.engine.add_source(self.remote, remote=True)
-        self.client.offer(Accepted(stream_id, fmt.to_dict()).to_json())
+        self.client.offer(Accepted(stream_id, fmt.to_dict()).to_json(), reply=True)
 
     async def _end(self) -> None:
         if self.remote is None:

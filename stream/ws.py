@@ -27,6 +27,10 @@ CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TOO_MANY, CLOSE_TOO_SLOW = 
 CLOSE_TIMEOUT_S = 1.0
 """How long a closing handshake may take at shutdown before the connection is cut."""
 
+INCOMING_QUEUE_MESSAGES = 4
+"""Received messages websockets holds per connection while the server is not reading it (back-pressure):
+at most this many times ``MAX_MESSAGE_BYTES`` of memory per client, then the socket is not read."""
+
 STALLED_CLOSE_GRACE_S = 10.0
 """How long a client closed with 4001 has to read what was sent, close frame included, before the TCP
 connection is cut (a client that paused and resumes still learns why it was closed)."""
@@ -44,10 +48,12 @@ class _Client:
         self._on_drop = on_drop
         self.dropped = False
 
-    def offer(self, message: str) -> None:
+    def offer(self, message: str, reply: bool = False) -> None:
+        """Queue ``message``; when the queue is full, broadcast events are skipped (counted) but a
+        ``reply`` to this client's own message (``accepted``, an ``error``) has room up to twice the bound."""
         if self.dropped:
             return
-        if len(self._queue) < self.max_queue:
+        if len(self._queue) < self.max_queue * (2 if reply else 1):
             self._queue.append(message)
             self._wake.set()
         else:
@@ -129,7 +135,8 @@ class WsServer:
         self._server = await serve(
             self._handler, self.config.host, self.config.port, ssl=tls_context(self.config),
             process_request=lambda conn, req: check_request(conn, req, self.config, self.http_handler),
-            max_size=MAX_MESSAGE_BYTES, compression=None, ping_interval=None, close_timeout=CLOSE_TIMEOUT_S)
+            max_size=MAX_MESSAGE_BYTES, max_queue=INCOMING_QUEUE_MESSAGES, compression=None, ping_interval=None,
+            close_timeout=CLOSE_TIMEOUT_S)
         self.port = self._server.sockets[0].getsockname()[1]
         # With port 0 the port is news to the user (and to scripts waiting for it): say it at warning level.
         log.log(logging.WARNING if self.config.port == 0 else logging.INFO, "WebSocket server on %s://%s:%d",

@@ -233,3 +233,34 @@ def test_non_finite_float_audio_is_reported_once(predictor):
     asyncio.run(main())
     errors = [m for m in got if m["type"] == "error"]
     assert [(m["code"], m["stream"]) for m in errors] == [("bad_audio", "remote-1")]
+
+
+def test_a_reader_whose_sends_block_is_closed_with_4001_after_what_was_sent(predictor):
+    """The other way to stall: no ping is due, but the events pile up until a send stays blocked."""
+    from serlive.stream.events import Error
+
+    engine = Engine(predictor, ws_config(ping_interval_s=3600, stall_timeout_s=0.5), [])
+    big = Error("bad_message", "x" * 60_000)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        async with running(engine):
+            sock, proto = await raw_client(url(engine))
+            sent = 0
+            while engine.ws.slow_closed == 0:  # emit until the server gives up on this reader
+                engine.emit(big)
+                sent += 1
+                await asyncio.sleep(0.005)
+            received = 0
+            while proto.close_rcvd is None:
+                data = await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10)
+                if not data:
+                    break
+                proto.receive_data(data)
+                received += sum(1 for e in proto.events_received() if isinstance(e, Frame) and e.opcode is Opcode.TEXT)
+            sock.close()
+            return proto.close_rcvd, sent, received
+
+    close, sent, received = asyncio.run(main())
+    assert close is not None and close.code == CLOSE_TOO_SLOW
+    assert 0 < received <= sent + 1  # hello plus the events that made it before the close frame
