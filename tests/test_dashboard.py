@@ -181,7 +181,7 @@ def test_report_keeps_what_was_predicted_when_interrupted(model_dir, tmp_path):
         event = json.loads(line)
         if event["type"] == "prediction" and event["final"]:
             finals.append(event)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGTERM)  # a service stopped: drains, keeps the run's own exit code
             break
     finals += [e for e in map(json.loads, proc.stdout) if e["type"] == "prediction" and e["final"]]
     assert proc.wait(timeout=60) == 0
