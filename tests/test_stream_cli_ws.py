@@ -69,6 +69,8 @@ def test_a_real_process_takes_audio_only_when_told_and_checks_origins():
     assert [m["stream"] for m in got if m["type"] == "accepted"] == ["phone"]
     assert len([m for m in got if m["type"] == "prediction" and m["final"]]) == 1
     lines = [json.loads(line) for line in out.splitlines()]
+    for line in lines:
+        VALIDATOR.validate(line)
     assert lines[0]["type"] == "hello" and lines[0]["accepts_audio"] is False
     assert [(m["state"], m["reason"]) for m in lines if m["type"] == "stream"] == [("started", None),
                                                                                    ("ended", "client_ended")]

@@ -166,9 +166,11 @@ def test_stalled_client_skips_then_is_dropped():
         sender = asyncio.create_task(client.send_loop())
         for i in range(10):
             client.offer(str(i))  # never blocks
-        async with asyncio.timeout(10):
+        async def closed() -> None:
             while conn.closed_with is None:  # the blocked send times out and the client is closed
                 await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(closed(), 10)
         client.offer("late")  # ignored once dropped
         sender.cancel()
         return conn, client

@@ -46,6 +46,20 @@ class DroppingServer:
         await ws.wait_closed()
 
 
+async def eventually(check, pilot=None, app=None, timeout_s: float = 15.0) -> None:
+    """Wait (redrawing the app, if any) until ``check()`` holds, instead of a blind sleep."""
+    async def poll() -> None:
+        while True:
+            if app is not None:
+                await app.redraw()
+                await pilot.pause()
+            if check():
+                return
+            await asyncio.sleep(0.02)
+
+    await asyncio.wait_for(poll(), timeout_s)
+
+
 @sync
 async def test_feed_drop_is_reported_and_reconnected():
     server = DroppingServer()
@@ -55,7 +69,7 @@ async def test_feed_drop_is_reported_and_reconnected():
         client = WebSocketSource(f"ws://127.0.0.1:{port}", token="s3cret")
         task = asyncio.create_task(client.run(seen.append))
         await asyncio.wait_for(server.second_done.wait(), 10)
-        await asyncio.sleep(0.1)
+        await eventually(lambda: len([e for e in seen if not isinstance(e, FeedStatus)]) >= len(server.events) + 1)
         client.stop()
         assert await asyncio.wait_for(task, 5) == 0
     notes = [e for e in seen if isinstance(e, FeedStatus)]
@@ -74,16 +88,11 @@ async def test_monitor_on_a_remote_feed_shows_it_and_says_when_it_is_lost():
         app = MonitorApp(WebSocketSource(f"ws://127.0.0.1:{port}"))
         async with app.run_test(size=SIZE) as pilot:
             await asyncio.wait_for(server.second_done.wait(), 10)
-            await pilot.pause(0.2)
-            await app.redraw()
-            await pilot.pause()
+            await eventually(lambda: len(log_labels(app)) == 4, pilot, app)
             assert log_labels(app) == ["angry", "happy", "neutral", "sad"]
             assert f"connected to ws://127.0.0.1:{port}" in shown(app, HealthPanel)
             ws_server.close()
-            await pilot.pause(0.3)
-            await app.redraw()
-            await pilot.pause()
-            assert "feed lost — reconnecting" in shown(app, HealthPanel)
+            await eventually(lambda: "feed lost — reconnecting" in shown(app, HealthPanel), pilot, app)
             await pilot.press("q")
 
 
