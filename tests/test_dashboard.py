@@ -30,8 +30,6 @@ from serlive.stream.events import from_dict
 from serlive.stream.report import ReportSink
 
 START_TIMEOUT_S = 90.0
-ACCEPT_AUDIO = ["--accept-audio"] if "--accept-audio" in cli.build_parser().format_help() else []
-"""Remote audio is opt-in from protocol 2 (`feed`); a version-1 engine accepts it without the flag."""
 
 
 class EngineProcess:
@@ -40,7 +38,7 @@ class EngineProcess:
 
     def __init__(self, model_dir: Path, *args: str, port: int = 0, accept_audio: bool = True) -> None:
         self.argv = [sys.executable, "-m", "serlive.stream", "--no-tui", "--model", str(model_dir), "--threads", "1",
-                     "--ws", f"127.0.0.1:{port}", *(ACCEPT_AUDIO if accept_audio else []), *args]
+                     "--ws", f"127.0.0.1:{port}", *(["--accept-audio"] if accept_audio else []), *args]
         self.stderr_lines: list[str] = []
         self._lines: queue.Queue = queue.Queue()
 
