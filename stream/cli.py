@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 
 from .argcheck import EXIT_USAGE, CliError, Parser, check_bindable, number, ws_url
+from .dashboard import dashboard_url
+from .report import ReportSink, check_report_path
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tls-cert", metavar="PEM", help="certificate: serve https/wss (needs --tls-key)")
     ap.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     ap.add_argument("--jsonl", metavar="PATH", help="write every event as JSON lines (- for stdout)")
+    ap.add_argument("--report", metavar="PATH", help="at the end, write the segments and their labels over "
+                                                     "time as a self-contained page (.html) or a picture (.png)")
     ap.add_argument("--no-tui", action="store_true", help="run headless")
     ap.add_argument("--drain-s", type=number(float, 0, 600, "from 0 to 600 s"), default=5.0, metavar="S",
                     help="on Ctrl-C/SIGTERM/SIGHUP, time allowed to predict what is owed before exiting")
@@ -250,6 +254,7 @@ def build_engine(args: argparse.Namespace):
     """The :class:`Engine` the arguments describe (sources opened, model loaded, ``--jsonl`` attached);
     raises :class:`CliError` with one sentence on bad input."""
     config = engine_config(args)  # before importing the engine (torch): bad arguments fail in a blink
+    report = check_report_path(args.report) if args.report else None
     sources = build_sources(args)
     from .engine import Engine
     from .sinks import JsonlSink
@@ -263,6 +268,9 @@ def build_engine(args: argparse.Namespace):
             raise CliError(f"cannot write --jsonl {args.jsonl}: {exc.strerror}") from exc
         sink.put(engine.hello())  # a JSON lines file reads like a connection: hello first
         engine.add_sink(sink)
+    if report is not None:
+        args.report_sink = ReportSink(report, predictor.labels, engine.model_name)
+        engine.add_sink(args.report_sink)
     return engine
 
 
@@ -294,6 +302,8 @@ def run(args: argparse.Namespace) -> int:
         code = asyncio.run(_serve(engine))
     except KeyboardInterrupt:  # before the handlers were installed
         return interrupted("while starting")
+    if getattr(args, "report_sink", None) is not None and args.report_sink.written:
+        print(f"ser-live: report written to {args.report_sink.path}", file=sys.stderr)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # everything is flushed: a late signal
         signal.signal(sig, lambda *_: os._exit(code))  # during interpreter teardown just exits
     return code
@@ -326,6 +336,7 @@ class _Signals:
 
 async def _serve(engine) -> int:
     loop = asyncio.get_running_loop()
+    announce = asyncio.create_task(_announce_dashboard(engine))  # noqa: F841 - ends by itself
     handler = _Signals(engine)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         try:
@@ -334,6 +345,12 @@ async def _serve(engine) -> int:
             pass  # not the main thread, or Windows: Ctrl-C still raises KeyboardInterrupt
     code = await engine.run()
     return EXIT_INTERRUPTED if handler.first == signal.SIGINT else code
+
+
+async def _announce_dashboard(engine) -> None:
+    await engine.ready.wait()  # the server listens: one line with the page's address
+    if url := dashboard_url(engine.ws):
+        print(f"ser-live: dashboard at {url}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

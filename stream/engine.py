@@ -107,9 +107,10 @@ class Engine:
             self._stop.set()
         await self.worker.start(self.config.inference.warm_up)
         if self.config.ws is not None:
+            from .dashboard import http_handler
             from .ws import WsServer
 
-            self.ws = WsServer(self, self.config.ws)
+            self.ws = WsServer(self, self.config.ws, http_handler=http_handler)
             await self.ws.start()
             self.add_sink(self.ws)
         self._stats_task = asyncio.create_task(self._stats_loop())

@@ -153,4 +153,4 @@ def test_tls_serves_wss_and_https(predictor, tmp_path):
             return hello, page
 
     hello, page = asyncio.run(main())
-    assert hello["type"] == "hello" and page[0] == 404
+    assert hello["type"] == "hello" and page[0] == 200  # the dashboard page, over https
