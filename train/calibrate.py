@@ -3,16 +3,17 @@ cross-validated recipe, measured on its folds and optionally written into a mode
 
 For every fold of a finished ``ser-train fit`` run, the fold's model (through :class:`Predictor`, the live
 path, with the cross-fold kNN setting the bundled model ships with) predicts its validation and test
-speakers. Then, each fold scored with settings chosen without its test speakers:
+speakers. Then, each fold scored with settings chosen on the OTHER folds' test speakers (cross-fitting:
+unseen by their own models and datastores, as a user is; validation speakers are not, see :func:`_others`):
 
-* **temperature**: fitted by NLL on the other folds' validation speakers; ECE on the test speakers before
-  and after (10 bins);
+* **temperature**: fitted by NLL; ECE on the fold's test speakers before and after (10 bins), and pooled;
+  the final model takes it only if it lowers the pooled ECE;
 * **OOD reference**: the atypicality (see :mod:`serlive.model.calibration`) of every fold's test speakers,
   unseen by the model that scored them; how much in-domain speech it flags;
 * (a run still training is measured on its finished folds; the result says how many)
 * **online per-speaker protocol**: each test speaker's utterances in ``orders`` random orders, each
   predicted knowing only the ones before it (:class:`SpeakerAdapter`), UA averaged over the orders, beside
-  the utterance-alone UA; the adapter's shrinkage prior chosen on the other folds' validation speakers.
+  the utterance-alone UA; the adapter's shrinkage prior chosen on the other folds.
 
 ``--apply MODEL_DIR`` writes the final settings (temperature and prior chosen on every fold, the OOD
 reference, and that model's own mean training embedding) into MODEL_DIR's config.json and the figures
@@ -112,9 +113,9 @@ def run(run_dir: str | Path, orders: int = 10, apply_to: str | Path | None = Non
     for fold in folds:
         model_dir = run_dir / f"fold_{fold.index}" / "model"
         predictor = fold_predictor(model_dir, xknn.get(fold.index), mean_embedding(model_dir, [data.wave(i) for i in fold.train]))
-        val, test = (predict_split(predictor, [data.wave(i) for i in ix], data.labels[ix]) for ix in (fold.val, fold.test))
-        rows.append({"fold": fold, "predictor": predictor, "val": val, "test": test,
-                     "val_online": {prior: online_ua(predictor, val, prior, orders, cfg.protocol.seed) for prior in PRIORS}})
+        test = predict_split(predictor, [data.wave(i) for i in fold.test], data.labels[fold.test])
+        rows.append({"fold": fold, "predictor": predictor, "test": test,
+                     "test_online": {prior: online_ua(predictor, test, prior, orders, cfg.protocol.seed) for prior in PRIORS}})
         log.info("fold %d: predictions done", fold.index)
     result = score(rows, cfg.model.labels, orders, cfg.protocol.seed)
     write_json(run_dir / "calibration.json", result)
@@ -125,29 +126,32 @@ def run(run_dir: str | Path, orders: int = 10, apply_to: str | Path | None = Non
 
 
 def _others(rows: list[dict], row: dict) -> list[dict]:
-    """The folds whose validation speakers exclude ``row``'s test speakers."""
+    """The other folds whose test speakers exclude ``row``'s. Their test speakers are unseen by their own
+    model and datastore, as a user is; a fold's validation speakers are not (their keys are in its kNN
+    datastore, so their predictions are too easy: a temperature fitted on them sharpened the test
+    predictions and doubled the ECE)."""
     test = set(row["fold"].test_groups)
-    return [r for r in rows if not set(r["fold"].val_groups) & test]
+    return [r for r in rows if r is not row and not set(r["fold"].test_groups) & test]
 
 
 def score(rows: list[dict], labels: tuple[str, ...], orders: int, seed: int) -> dict:
     per_fold, atyp = [], []
     for row in rows:
         others = _others(rows, row)
-        t = fit_temperature(np.concatenate([r["val"].probs for r in others]), np.concatenate([r["val"].labels for r in others]))
-        prior = max(PRIORS, key=lambda p: (np.mean([r["val_online"][p] for r in others]), -p))
+        t = fit_temperature(np.concatenate([r["test"].probs for r in others]), np.concatenate([r["test"].labels for r in others]))
+        prior = max(PRIORS, key=lambda p: (np.mean([r["test_online"][p] for r in others]), -p))
         test, predictor = row["test"], row["predictor"]
+        others = others or [row]  # a lone fold (protocols with one) can only be fitted on itself
         atyp += [p.atypicality for p in test.preds if p.atypicality is not None]
         per_fold.append({
             "fold": row["fold"].index, "temperature": t, "prior": prior,
             "ua": classification(test.labels, test.probs.argmax(1), labels)["ua"],
-            "ua_online": online_ua(predictor, test, prior, orders, seed),
+            "ua_online": row["test_online"][prior],
             "ece": expected_calibration_error(test.probs, test.labels),
             "ece_calibrated": expected_calibration_error(apply_temperature(test.probs, t), test.labels),
         })
-    all_val = [r["val"] for r in rows]
-    final_t = fit_temperature(np.concatenate([v.probs for v in all_val]), np.concatenate([v.labels for v in all_val]))
-    final_prior = max(PRIORS, key=lambda p: (np.mean([r["val_online"][p] for r in rows]), -p))
+    final_t = fit_temperature(np.concatenate([r["test"].probs for r in rows]), np.concatenate([r["test"].labels for r in rows]))
+    final_prior = max(PRIORS, key=lambda p: (np.mean([r["test_online"][p] for r in rows]), -p))
     reference = reference_percentiles(atyp) if atyp else ()
     out = {key: mean_ci([f[key] for f in per_fold]) for key in ("ua", "ua_online", "ece", "ece_calibrated")}
     # ECE over one actor's 36 utterances is mostly sampling noise: the pooled figure is the one to quote.
@@ -155,6 +159,8 @@ def score(rows: list[dict], labels: tuple[str, ...], orders: int, seed: int) -> 
     scaled = np.concatenate([apply_temperature(r["test"].probs, f["temperature"]) for r, f in zip(rows, per_fold)])
     y = np.concatenate([r["test"].labels for r in rows])
     out |= {"ece_pooled": expected_calibration_error(probs, y), "ece_pooled_calibrated": expected_calibration_error(scaled, y)}
+    if out["ece_pooled_calibrated"] >= out["ece_pooled"]:
+        final_t = 1.0  # the temperature does not earn its place: the probabilities stay as they are
     if reference:
         flagged = ood_score(np.array(atyp), reference) >= 0.99
         out["ood_flagged_in_domain"] = float(flagged.mean())
@@ -171,7 +177,7 @@ def markdown(result: dict) -> str:
              f"| UA, online per-speaker protocol ({result['orders']} orders) | {fmt_ci(result['ua_online'])} |",
              f"| ECE before calibration, all test utterances pooled (per fold) | {result['ece_pooled']:.3f} "
              f"({fmt_ci(result['ece'], 1.0)}) |",
-             f"| ECE after (temperature from the other folds' validation speakers) | {result['ece_pooled_calibrated']:.3f} "
+             f"| ECE after (temperature from the other folds' test speakers) | {result['ece_pooled_calibrated']:.3f} "
              f"({fmt_ci(result['ece_calibrated'], 1.0)}) |"]
     if "ood_flagged_in_domain" in result:
         lines.append(f"| unseen in-domain utterances flagged out of distribution | {100 * result['ood_flagged_in_domain']:.1f} % |")
