@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fast", action="store_true", help="read files as fast as possible, not in real time")
     _common(ap)
     ap.add_argument("--no-knn", action="store_true", help="do not apply the model's kNN datastore")
+    ap.add_argument("--no-adapt", action="store_true",
+                    help="judge every utterance alone (default: relative to how this stream's voice usually sounds)")
     ap.add_argument("--vad-mode", type=int, default=2, choices=[0, 1, 2, 3], help="WebRTC VAD aggressiveness")
     ap.add_argument("--vad-frame-ms", type=int, default=30, choices=[10, 20, 30])
     ap.add_argument("--end-silence-ms", type=number(int, 10, 60_000, "from 10 to 60000 ms"), default=300,
@@ -244,7 +246,7 @@ def engine_config(args: argparse.Namespace):
             inference=InferenceConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                       interim_ms=args.interim_ms),
             ws=parse_ws(args),
-            drain_s=getattr(args, "drain_s", 5.0),
+            drain_s=getattr(args, "drain_s", 5.0), adapt=not getattr(args, "no_adapt", False),
         )
     except StreamConfigError as exc:
         raise CliError(str(exc)) from exc

@@ -103,6 +103,8 @@ class WsConfig:
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
+    """``adapt``: per-speaker adaptation of each stream (see :mod:`serlive.model.adapt`), when the model can."""
+
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     state: StateConfig = field(default_factory=StateConfig)
@@ -111,6 +113,7 @@ class EngineConfig:
     stats_interval_s: float = 1.0
     drain_s: float = 5.0
     """On stop, how long the engine may take to predict what it owes before it reports the rest."""
+    adapt: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.drain_s < float("inf"):

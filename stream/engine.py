@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from serlive.model import Predictor
+from serlive.model.adapt import SpeakerAdapter
 
 from .chunks import SAMPLE_RATE_HZ
 from .config import EngineConfig
@@ -41,6 +42,8 @@ class _Stream:
     room: asyncio.Event = field(default_factory=asyncio.Event)
     stopping: bool = False  # the engine is stopping: the stream ends with reason "shutdown"
     ended: bool = False
+    adapter: SpeakerAdapter | None = None  # per-speaker adaptation (None: off or the model cannot)
+    adapted_until: int = 0  # end sample of the last final the adapter learnt from
 
 
 class Engine:
@@ -126,6 +129,7 @@ class Engine:
         source.name = name
         pipeline = StreamPipeline(name, self.predictor.labels, self.config)
         stream = _Stream(source, pipeline, remote)
+        stream.adapter = self.predictor.new_adapter() if self.config.adapt else None
         self._streams[name] = stream
         self.worker.concurrent = len(self._streams) > 1 or self.ws is not None
         self.emit(StreamStatus(name, "started", getattr(source, "device_name", ""), None))
@@ -218,10 +222,12 @@ class Engine:
     def _predicted(self, stream: _Stream, req: InferenceRequest, pred) -> None:
         now = asyncio.get_running_loop().time()
         latency_ms = round((now - req.ref_time_s) * 1000, 1)
+        raw, pred = pred, self._adapt(stream, req, pred)
         event = PredictionEvent(
             req.stream, req.segment, req.start_sample, req.end_sample, final=req.final, label=pred.label,
             probs=pred.prob_dict, confidence=pred.confidence, valence=pred.valence, arousal=pred.arousal,
             knn=pred.knn, latency_ms=latency_ms, speech_frames=pred.speech_frames,
+            uncertain=pred.uncertain, ood=pred.ood, adapted=pred.adapted,
         )
         self.emit(event)
         if req.final:
@@ -230,6 +236,19 @@ class Engine:
             self.close_latency.add((now - req.decided_s) * 1000)
             for state in stream.pipeline.apply_final(event, req.segment):
                 self.emit(state)
+            if stream.adapter is not None and raw.speech_frames > 0 and not raw.uncertain:
+                stream.adapter.update(raw.embedding)  # later segments only: never its own prediction
+                stream.adapted_until = req.end_sample
+
+    def _adapt(self, stream: _Stream, req: InferenceRequest, pred):
+        """``pred`` shifted by the stream's earlier finals (per-speaker adaptation), forgotten when the
+        stream's state resets (``reset_after_s`` of silence: likely another speaker)."""
+        if stream.adapter is None:
+            return pred
+        reset_samples = self.config.state.reset_after_s * SAMPLE_RATE_HZ
+        if stream.adapter.count and req.start_sample - stream.adapted_until > reset_samples:
+            stream.adapter.reset()
+        return self.predictor.adapt(pred, stream.adapter)
 
     def _failed(self, req: InferenceRequest, exc: Exception) -> None:
         if isinstance(exc, BadAudio):  # that segment alone; interims of it fail quietly, its final says why

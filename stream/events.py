@@ -132,7 +132,10 @@ class SegmentEnd(_Span):
 
 @dataclass(frozen=True, slots=True)
 class PredictionEvent(_Span):
-    """A prediction for ``[start_sample, end_sample)``: interim while the segment is open, final after."""
+    """A prediction for ``[start_sample, end_sample)``: interim while the segment is open, final after.
+    ``uncertain``: do not trust the label (far out of distribution, low confidence or no speech);
+    ``ood``: out-of-distribution score in [0, 1] (null: the model has no reference); ``adapted``: the
+    stream's earlier finals shifted it (per-speaker adaptation)."""
 
     type: ClassVar[str] = "prediction"
     final: bool = False
@@ -144,6 +147,9 @@ class PredictionEvent(_Span):
     knn: bool = False
     latency_ms: float = 0.0
     speech_frames: int = 0
+    uncertain: bool = False
+    ood: float | None = None
+    adapted: bool = False
 
 
 @dataclass(frozen=True, slots=True)

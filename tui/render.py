@@ -76,7 +76,7 @@ def _bar(fraction: float, width: int) -> tuple[str, str]:
 def label_panel(current: Current | None, labels: tuple[str, ...], width: int, rolling_label: str | None) -> Text:
     if current is None:
         return Text("listening…", style="dim italic")
-    colour = colour_for(current.label, labels)
+    colour = "grey50" if current.uncertain else colour_for(current.label, labels)  # never a confident colour
     style = f"bold {colour}" if current.final else f"{colour} dim"
     rows = big_text(current.label)
     out = Text()
@@ -86,6 +86,9 @@ def label_panel(current: Current | None, labels: tuple[str, ...], width: int, ro
     else:
         out.append(printable(current.label.upper()) + "\n", style=style)
     kind = "final" if current.final else "interim…"
+    if current.uncertain:
+        out.append("UNCERTAIN ", style="bold reverse")
+        out.append("leaning ", style="dim")
     out.append(f"{current.confidence:.0%} ", style="bold" if current.final else "dim")
     out.append(f"{kind} · segment {current.segment}", style="" if current.final else "italic dim")
     if rolling_label:

@@ -40,6 +40,7 @@ class Current:
     segment: int
     valence: float | None = None
     arousal: float | None = None
+    uncertain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,8 @@ class StreamView:
 
     def on_prediction(self, e: ev.PredictionEvent) -> None:
         self._advance(e.end_s)
-        self.current = Current(e.label, e.confidence, dict(e.probs), e.final, e.segment, e.valence, e.arousal)
+        self.current = Current(e.label, e.confidence, dict(e.probs), e.final, e.segment, e.valence, e.arousal,
+                               e.uncertain)
         block = self._block(e.segment)
         if block is not None:
             block.end_s = max(block.end_s, e.end_s)
