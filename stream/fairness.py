@@ -33,7 +33,7 @@ async def fairness_run(predictor, config: EngineConfig, audio: np.ndarray, flood
     from .engine import Engine
     from .sources import ArraySource
 
-    config = replace(config, ws=WsConfig(host="127.0.0.1", port=0))
+    config = replace(config, ws=WsConfig(host="127.0.0.1", port=0, accept_audio=True))
     engine = Engine(predictor, config, [ArraySource("rt", audio, realtime=True)])
     rt, flood_finals = FinalLatencies("rt"), _Count("flood")
     engine.add_sink(rt)

@@ -74,7 +74,7 @@ async def soak(args: argparse.Namespace) -> None:
     audio, sr = soundfile.read(demo_file(), dtype="float32")
     loops = int(args.minutes * 60 / (len(audio) / sr)) + 2
     local = ArraySource("local", np.tile(audio, loops), sr, realtime=True)
-    engine = Engine(predictor, EngineConfig(ws=WsConfig(host="127.0.0.1", port=0, max_clients=args.clients + 4)),
+    engine = Engine(predictor, EngineConfig(ws=WsConfig(host="127.0.0.1", port=0, max_clients=args.clients + 4, accept_audio=True)),
                     [local])
     task = asyncio.create_task(engine.run())
     await engine.ready.wait()

@@ -78,19 +78,20 @@ def run_beside(predictor, rt_audio: np.ndarray, flood_pcm: bytes | None, config:
 
     engine.add_source = keep
 
+    async def ended(name: str) -> None:
+        while not any(isinstance(e, StreamStatus) and e.stream == name and e.state == "ended" for e in sink.events):
+            await asyncio.sleep(0.02)
+
     async def main():
         task = asyncio.create_task(engine.run())
-        await engine.ready.wait()
+        await asyncio.wait_for(engine.ready.wait(), 60)
         stop = asyncio.Event()
         sender = asyncio.create_task(flood(engine.ws.port, flood_pcm, stop)) if flood_pcm else None
-        while not any(isinstance(e, StreamStatus) and e.stream == "rt" and e.state == "ended" for e in sink.events):
-            await asyncio.sleep(0.02)
+        await asyncio.wait_for(ended("rt"), 120)  # a generous deadline, so a regression fails instead of hanging
         stop.set()
         sent = await asyncio.wait_for(sender, 20) if sender else 0
         if sender:
-            while not any(isinstance(e, StreamStatus) and e.stream == "flood" and e.state == "ended"
-                          for e in sink.events):
-                await asyncio.sleep(0.02)
+            await asyncio.wait_for(ended("flood"), 120)
         engine.stop()
         await asyncio.wait_for(task, 20)
         return sent
@@ -103,7 +104,7 @@ def test_a_flooding_sender_is_throttled_and_real_time_finals_do_not_wait_behind_
     rt_audio, truth = islands([0.3, 0.8, 0.7, 0.6, 0.7, 0.7, 0.4], seed=31)
     flood_audio, _ = islands([0.2, 1.5, 0.3, 2.0, 0.4, 0.9, 0.3] * 3, seed=32)
     pcm = (flood_audio * 32767).astype("<i2").tobytes()
-    config = EngineConfig(inference=InferenceConfig(max_pending_s=2.0), ws=WsConfig(port=0))
+    config = EngineConfig(inference=InferenceConfig(max_pending_s=2.0), ws=WsConfig(port=0, accept_audio=True))
     _, alone, _, _ = run_beside(predictor, rt_audio, None, config)
     engine, sink, ((remote, flood_stream),), sent = run_beside(predictor, rt_audio, pcm, config)
 
