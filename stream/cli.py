@@ -201,8 +201,6 @@ def build_sources(args: argparse.Namespace) -> list:
     from .sources import FileSource, SourceError, StdinSource
 
     sources = []
-    if args.input.count("-") > 1:
-        raise CliError("--input - can be given only once: one stdin cannot feed two streams")
     try:
         for spec in args.input:
             if spec == "none":

@@ -73,7 +73,8 @@ class TextSink:
             probs = " ".join(f"{printable(k)}={v:.2f}" for k, v in event.probs.items())
             dims = "" if event.valence is None else f"  valence={event.valence:+.2f} arousal={event.arousal:+.2f}"
             line = (f"{printable(event.stream)} #{event.segment} {event.start_s:7.2f}-{event.end_s:7.2f} s  "
-                    f"{printable(event.label):<8} {event.confidence:.2f}  [{probs}]{dims}  ({event.latency_ms:.0f} ms)")
+                    f"{printable(event.label):<8} {event.confidence:.2f}  [{probs}]{dims}  ({event.latency_ms:.0f} ms)"
+                    + ("  uncertain" if event.uncertain else ""))
         elif isinstance(event, StreamStatus):
             line = f"{printable(event.stream)}: {event.state}" + (f" ({printable(event.detail)})" if event.detail else "")
         else:

@@ -131,4 +131,4 @@ def test_stdin_closed_is_one_sentence(model_dir):
 def test_stdin_twice_is_refused(model_dir):
     proc = ser_live(model_dir, "--input", "-", "--input", "-", stdin=subprocess.DEVNULL)
     assert proc.returncode == 2
-    assert proc.stderr == "ser-live: error: --input - can be given only once: one stdin cannot feed two streams\n"
+    assert proc.stderr == "ser-live: error: --input - (stdin) can be given only once: one stdin cannot feed two streams\n"
