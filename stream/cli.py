@@ -9,23 +9,16 @@ import argparse
 import asyncio
 import gc
 import logging
-import os
 import re
-import signal
 import sys
 from pathlib import Path
 
 from .argcheck import EXIT_USAGE, CliError, Parser, check_bindable, number, ws_url
 from .dashboard import dashboard_url
 from .report import ReportSink, check_report_path
+from .signals import EXIT_INTERRUPTED, Drain, exit_on_late_signals, interrupted  # noqa: F401 - EXIT_INTERRUPTED re-exported
 
 log = logging.getLogger(__name__)
-
-EXIT_INTERRUPTED = 130
-"""Exit code after Ctrl-C (SIGINT), during start-up or after the drain: 128 + 2, as shells report it.
-SIGTERM and SIGHUP drain the same way and keep the run's own code (0, or 1 when a source failed or the
-drain ran out of time); a second signal exits at once with 128 + its number."""
-
 
 def bundled_model_dir() -> Path:
     """The default ``--model`` (imported lazily: ``ser-live --help`` should not load torch)."""
@@ -304,47 +297,15 @@ def run(args: argparse.Namespace) -> int:
         return interrupted("while starting")
     if getattr(args, "report_sink", None) is not None and args.report_sink.written:
         print(f"ser-live: report written to {args.report_sink.path}", file=sys.stderr)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # everything is flushed: a late signal
-        signal.signal(sig, lambda *_: os._exit(code))  # during interpreter teardown just exits
+    exit_on_late_signals(code)
     return code
-
-
-def interrupted(when: str) -> int:
-    """One line on stderr for a Ctrl-C that came before the engine ran (nothing to drain)."""
-    sys.stderr.write(f"ser-live: interrupted {when}\n")
-    return EXIT_INTERRUPTED
-
-
-class _Signals:
-    """SIGINT, SIGTERM and SIGHUP (terminal closed) all drain: the first stops the engine, which
-    predicts what it owes within ``--drain-s``; a second exits at once, with one line."""
-
-    def __init__(self, engine) -> None:
-        self.engine, self.first = engine, None
-
-    def __call__(self, signum: int) -> None:
-        if self.first is None:
-            self.first = signum
-            log.info("%s: stopping", signal.Signals(signum).name)
-            self.engine.stop()
-            return
-        sys.stderr.write(f"ser-live: {signal.Signals(signum).name} again: exiting now, without the "
-                         f"{'drain' if self.engine.ready.is_set() else 'start-up'} finishing\n")
-        sys.stderr.flush()
-        os._exit(128 + signum)
 
 
 async def _serve(engine) -> int:
     loop = asyncio.get_running_loop()
     announce = asyncio.create_task(_announce_dashboard(engine))  # noqa: F841 - ends by itself
-    handler = _Signals(engine)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        try:
-            loop.add_signal_handler(sig, handler, sig)
-        except (NotImplementedError, RuntimeError, AttributeError):
-            pass  # not the main thread, or Windows: Ctrl-C still raises KeyboardInterrupt
-    code = await engine.run()
-    return EXIT_INTERRUPTED if handler.first == signal.SIGINT else code
+    handler = Drain.install(loop, engine)
+    return handler.exit_code(await engine.run())
 
 
 async def _announce_dashboard(engine) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gc
 import sys
 
+from serlive.stream.signals import interrupted
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
@@ -17,8 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_tui(args)
     except KeyboardInterrupt:  # Ctrl-C while importing or loading the model: one line, no traceback
-        sys.stderr.write("ser-live: interrupted while starting\n")
-        return 130
+        return interrupted("while starting")
     code = stream_cli.run(args)
     gc.freeze()  # exiting: the interpreter's last collection of a long run's objects took seconds after a drain
     return code
