@@ -217,20 +217,27 @@ def test_training_batches_are_perturbed_and_validation_stays_clean(tiny_data):
                       volume_db=(-6.0, -6.0))
     source = WaveSource(data, cfg, 4, 20, perturb=cfg)
     batches = list(source.train_batches(index, np.random.default_rng(0)))
-    rows = 0
+    from serlive.model.frames import speech_mask
+
+    rows = moved = 0
     for batch in batches:
         half = len(batch.index) // 2
         for r in range(len(batch.index)):
-            n, clean = int(batch.lengths[r]), data.wave(int(batch.index[r]))
-            x = batch.waves[r, :n].numpy()
-            assert n == len(clean) and batch.speech[r, : len(data.masks[int(batch.index[r])])].numpy().tolist() \
-                == data.masks[int(batch.index[r])].tolist()
-            if r < half:  # what the classifier learns from: white noise at 10 dB SNR (p = 0.8), else clean
-                rows += not np.array_equal(x, clean)
-                assert np.array_equal(x, clean) or snr_of(clean, x) == pytest.approx(10.0, abs=0.1)
-            else:  # the SCL view: from the clean audio (6 dB down), not from the noisy row
-                assert np.allclose(x, clean * 10 ** (-6 / 20), atol=1e-6)
+            n, clean, cached = int(batch.lengths[r]), data.wave(int(batch.index[r])), data.masks[int(batch.index[r])]
+            x, mask = batch.waves[r, :n].numpy(), batch.speech[r, : len(cached)].numpy()
+            assert n == len(clean)
+            if r < half and not np.array_equal(x, clean):  # learnt from: white noise at 10 dB SNR (p = 0.8)
+                rows += 1
+                assert snr_of(clean, x) == pytest.approx(10.0, abs=0.1)
+                # its mask is the VAD's on the noisy audio, as the engine would compute it, not the clean one
+                assert mask.tolist() == speech_mask(x, data.vad.mode, data.vad.frame_ms).tolist()
+                moved += mask.tolist() != cached.tolist()
+            else:  # clean rows, and the SCL view (from the clean audio, 6 dB down), keep the cached mask
+                assert mask.tolist() == cached.tolist()
+                if r >= half:
+                    assert np.allclose(x, clean * 10 ** (-6 / 20), atol=1e-6)
     assert rows >= 6  # about 80 % of 12
+    assert moved >= 1  # noise changes what the VAD hears on at least one of them
     for batch in source.eval_batches(index, 4):
         for r in range(len(batch.index)):
             clean = data.wave(int(batch.index[r]))

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from serlive.model import num_frames, trim_to_speech
-from serlive.model.frames import FRAME_STRIDE_SAMPLES, speech_span
+from serlive.model.frames import FRAME_STRIDE_SAMPLES, speech_mask, speech_span
 
 from .augment import augment
 from .cache import MaskCache
@@ -29,6 +29,7 @@ class AudioSet:
     def __init__(self, utts: list[Utterance], max_samples: int, cache: MaskCache, preload: bool = True,
                  progress: bool = True, speech_pad_s: float | None = None) -> None:
         self.utts, self.max_samples, self.preload, self.speech_pad_s = utts, max_samples, preload, speech_pad_s
+        self.vad = cache.vad  # how perturbed rows' masks are recomputed (collate)
         self.waves: list[np.ndarray | None] = []
         self.spans: list[tuple[int, int]] = []
         self.masks: list[np.ndarray] = []
@@ -89,14 +90,19 @@ def collate(data: AudioSet, index: list[int], views: AugmentConfig | None = None
             rng: np.random.Generator | None = None, augmenter=None) -> Batch:
     """Pad ``index`` into a batch; with ``views``, append one augmented view of each item (2B rows,
     originals first), as the SCL batch of 2N instances. With ``augmenter`` (a ``TrainAugment``) the
-    original rows are perturbed by it (lengths and speech masks kept); the SCL views start from the clean audio."""
+    original rows are perturbed by it (lengths kept) and their speech masks recomputed from the perturbed
+    audio, as the live engine and ``Predictor.mask`` see it (noise makes the VAD hear more speech); the SCL
+    views start from the clean audio."""
     rng = rng or np.random.default_rng()
-    clean = [data.wave(i) for i in index]
-    waves = augmenter.batch(clean, rng) if augmenter is not None else list(clean)
+    clean = waves = [data.wave(i) for i in index]
     masks = [data.masks[i] for i in index]
-    idx = list(index)
+    if augmenter is not None:
+        waves = augmenter.batch(clean, rng)
+        masks = [m if w is c or np.array_equal(w, c) else speech_mask(w, data.vad.mode, data.vad.frame_ms)
+                 for w, c, m in zip(waves, clean, masks)]
+    waves, idx = list(waves), list(index)
     if views is not None:
-        aug = [augment(w, m, views, rng) for w, m in zip(clean, masks)]
+        aug = [augment(w, data.masks[i], views, rng) for w, i in zip(clean, index)]
         waves += [a[0] for a in aug]
         masks += [a[1] for a in aug]
         idx += list(index)
