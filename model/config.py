@@ -161,6 +161,7 @@ class ModelConfig:
     speech_pad_s: float | None = None
     gap_std: bool = False
     spectral_stats: bool = False
+    pitch_stats: bool = False
     description: str = ""
     license: str = ""
 
@@ -175,6 +176,8 @@ class ModelConfig:
         pad = self.speech_pad_s
         if pad is not None and (isinstance(pad, bool) or not isinstance(pad, (int, float)) or not 0 <= pad < high):
             raise ConfigError(f"speech_pad_s must be None (off) or a number of seconds of at least 0, not {pad!r}")
+        if self.pitch_stats and not self.spectral_stats:
+            raise ConfigError("pitch_stats adds to the spectral-statistics branch: set spectral_stats = true too")
         if self.calibration.embedding_mean and len(self.calibration.embedding_mean) != self.embed_dim:
             raise ConfigError(f"calibration.embedding_mean must have embed_dim ({self.embed_dim}) values")
 

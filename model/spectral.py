@@ -8,6 +8,10 @@ deviation, computed once before training (:meth:`SpectralStats.standardise_with`
 checkpoint, as the classic baseline standardises its features; the pooled vector carries them into the
 32-d projection, so SCL and the kNN datastore see them too. It works beside any encoder, WavLM included.
 
+With ``pitch`` (``model.pitch_stats``), 8 pitch statistics follow (:mod:`.pitch`: voiced share,
+periodicity, F0 level, spread, range, movement and slope over the speech frames). An item with no F0 to
+describe (fewer than 3 voiced frames) gets the training mean for the F0 ones: 0 once standardised.
+
 Not a BatchNorm: its training-time statistics are those of one length-bucketed batch (and length goes
 with emotion on acted speech), its running averages lag, and a model trained that way predicted one class
 in eval mode on a RAVDESS fold while its embeddings (which kNN uses) stayed sound.
@@ -20,6 +24,7 @@ from torch import nn
 
 from .builtin import LogMel, UtteranceGain
 from .encoders import fit_mask, frame_lengths, length_mask
+from .pitch import FEATURES as PITCH_FEATURES, pitch_stats
 from .pooling import masked_mean, masked_std
 
 N_MELS = 64
@@ -27,28 +32,32 @@ N_MELS = 64
 
 
 class SpectralStats(nn.Module):
-    """Waveforms (B, N), lengths (B,), speech mask (B, T) -> standardised statistics (B, 3 * 64)."""
+    """Waveforms (B, N), lengths (B,), speech mask (B, T) -> standardised statistics (B, out_dim):
+    3 * 64 band statistics, then with ``pitch`` the 8 of :data:`.pitch.FEATURES`."""
 
-    out_dim = 3 * N_MELS
-
-    def __init__(self) -> None:
+    def __init__(self, pitch: bool = False) -> None:
         super().__init__()
+        self.pitch = pitch
+        self.out_dim = 3 * N_MELS + (len(PITCH_FEATURES) if pitch else 0)
         self.frontend = LogMel(N_MELS)
         self.gain = UtteranceGain()
         self.register_buffer("shift", torch.zeros(self.out_dim))
         self.register_buffer("scale", torch.ones(self.out_dim))
 
     def forward(self, waveforms: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
-        return (self.raw(waveforms, lengths, speech) - self.shift) / self.scale
+        return torch.nan_to_num((self.raw(waveforms, lengths, speech) - self.shift) / self.scale, nan=0.0)
 
     @torch.no_grad()
     def standardise_with(self, stats: torch.Tensor) -> None:
-        """Set the standardisation from raw statistics ``(N, 192)`` of the training utterances."""
-        self.shift.copy_(stats.mean(0))
-        self.scale.copy_(stats.std(0).clamp(min=1e-3))
+        """Set the standardisation from raw statistics ``(N, out_dim)`` of the training utterances (NaN,
+        an item's missing F0 statistics, left out)."""
+        mean = stats.nanmean(0)
+        std = ((stats - mean).pow(2).nanmean(0) * (len(stats) / max(len(stats) - 1, 1))).sqrt()
+        self.shift.copy_(torch.nan_to_num(mean, nan=0.0))
+        self.scale.copy_(torch.nan_to_num(std, nan=1.0).clamp(min=1e-3))
 
     def raw(self, waveforms: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
-        """The statistics before standardisation, (B, 192)."""
+        """The statistics before standardisation, (B, out_dim)."""
         mel = self.frontend(waveforms)  # (B, T, 64)
         valid = length_mask(frame_lengths(lengths), mel.shape[1])
         mel = self.gain(mel, valid)
@@ -57,5 +66,8 @@ class SpectralStats(nn.Module):
         mean = masked_mean(mel, keep)
         delta = mel[:, 1:] - mel[:, :-1]  # (B, T - 1, 64)
         both = keep[:, 1:] & keep[:, :-1]
-        return torch.cat([mean, masked_std(mel, keep, mean), masked_std(delta, both)], dim=-1).float()
+        parts = [mean, masked_std(mel, keep, mean), masked_std(delta, both)]
+        if self.pitch:
+            parts.append(pitch_stats(waveforms, keep))
+        return torch.cat(parts, dim=-1).float()
 
