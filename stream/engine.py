@@ -146,6 +146,7 @@ class Engine:
                 while stream.owed_samples >= self._max_owed and not stream.stopping:
                     stream.room.clear()  # back-pressure: the source is not read until the model catches up
                     await stream.room.wait()
+                await asyncio.sleep(0)  # a source with audio ready never suspends: let the other streams in
         except Exception as exc:  # noqa: BLE001 - a failing source ends its stream, not the engine
             log.debug("source %s failed", source.name, exc_info=True)
             source.failed, source.detail = True, f"{source.name} failed: {exc}"

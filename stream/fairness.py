@@ -1,17 +1,21 @@
 """The benchmark's fairness run: a real-time stream's final latencies, alone or beside a WebSocket client
-flooding remote audio, with the server's RSS over the flood (client and server share this process)."""
+flooding remote audio from a process of its own, with the server's RSS over the flood."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from .config import EngineConfig, WsConfig
 from .chunks import SAMPLE_RATE_HZ
 from .events import Level, PredictionEvent
-from .loadgen import FinalLatencies, rss_mb, send_audio, to_pcm
+from .loadgen import FinalLatencies, rss_mb, to_pcm
 
 
 class _Count:
@@ -42,17 +46,22 @@ async def fairness_run(predictor, config: EngineConfig, audio: np.ndarray, flood
     task = asyncio.create_task(engine.run())
     await engine.ready.wait()
     rss_before = rss_peak = rss_mb()
-    stop, t0 = asyncio.Event(), loop.time()
+    t0 = loop.time()
     sender = None
-    if flood:
-        pcm = to_pcm(np.concatenate([audio, audio[::-1]]))
-        sender = asyncio.create_task(send_audio(f"ws://127.0.0.1:{engine.ws.port}/?stream=flood", pcm, stop))
-    while not task.done() and not engine_stream_ended(engine, "rt"):
-        await asyncio.sleep(0.25)
-        rss_peak = max(rss_peak, rss_mb())
-    stop.set()
-    if sender is not None:
-        await sender
+    with tempfile.TemporaryDirectory() as tmp:
+        if flood:  # the flooding client runs in a process of its own, as a real one would
+            pcm_file = Path(tmp) / "flood.s16le"
+            pcm_file.write_bytes(to_pcm(np.concatenate([audio, audio[::-1]])))
+            sender = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "serlive.stream.loadgen", f"ws://127.0.0.1:{engine.ws.port}/?stream=flood",
+                str(pcm_file), stdout=asyncio.subprocess.PIPE)
+        while not task.done() and not engine_stream_ended(engine, "rt"):
+            await asyncio.sleep(0.25)
+            rss_peak = max(rss_peak, rss_mb())
+        if sender is not None:
+            if sender.returncode is None:
+                sender.send_signal(signal.SIGTERM)
+            await sender.communicate()
     wall_s = loop.time() - t0
     engine.stop()
     await task

@@ -97,3 +97,31 @@ def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return -1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m serlive.stream.loadgen URL PCM_FILE``: a flooding client in a process of its own (as a
+    real one would be, on another machine): sends the s16le file over and over, as fast as the server
+    reads it, until SIGTERM or SIGINT; then ``end_stream``, and prints the bytes sent."""
+    import signal
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m serlive.stream.loadgen URL PCM_FILE", file=sys.stderr)
+        return 2
+    with open(args[1], "rb") as fh:
+        pcm = fh.read()
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        return await send_audio(args[0], pcm, stop)
+
+    print(asyncio.run(run()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,9 +2,10 @@
 
 The event loop calls :meth:`InferenceWorker.submit` and awaits the returned future; it never waits on a
 forward pass. Requests wait in per-stream queues; the thread waits at most ``max_wait_ms`` for a batch to
-fill (up to ``max_batch``), takes requests round-robin over streams (each stream's finals before its
-interims, see :class:`FairQueue`), computes each waveform's SAP mask with :meth:`Predictor.mask` (the function training
-uses), groups requests of similar length so padding stays small, and runs the groups oldest first.
+fill (up to ``max_batch``), takes requests in fair order over streams (equal shares of audio; each stream's
+finals before its interims, see :class:`FairQueue`), computes each waveform's SAP mask with
+:meth:`Predictor.mask` (the function training uses), groups requests of similar length so padding stays
+small, and runs the groups in the fair queue's order.
 """
 
 from __future__ import annotations
@@ -45,13 +46,20 @@ class BadAudio(ValueError):
 
 
 class FairQueue:
-    """Per-stream queues served round-robin: a batch takes one request from each waiting stream in
-    turn (that stream's oldest final, else its oldest interim) before any stream gets a second, so a
-    stream with a backlog never holds another's final behind it. Not thread-safe on its own."""
+    """Per-stream queues, served by weighted fair queuing on audio length (each stream's finals before
+    its interims). A stream's next request gets the start tag ``max(V, the stream's last finish)`` when it
+    comes to the head of its queue, and the finish tag ``start + its length in samples``; the smallest
+    finish tag is served next and ``V`` becomes its start tag. So every waiting stream gets the model's time in equal shares of audio, a stream that was
+    idle re-enters at the present (no credit saved up), and a real-time stream's short final comes before a
+    backlog's next item instead of behind it. Ties go round-robin, in the order streams began waiting.
+    Not thread-safe on its own."""
 
     def __init__(self) -> None:
         self._queues: dict[str, tuple[deque, deque]] = {}  # stream -> (finals, interims)
-        self._ring: deque[str] = deque()  # streams with something waiting, next to serve first
+        self._ring: deque[str] = deque()  # streams with something waiting, in turn order
+        self._finish: dict[str, float] = {}  # stream -> finish tag of its last served request
+        self._start: dict[str, float] = {}  # waiting stream -> start tag of its next request
+        self._virtual = 0.0
         self._size = 0
         self.taken = 0  # requests taken so far
 
@@ -63,21 +71,34 @@ class FairQueue:
         finals, interims = self._queues.setdefault(request.stream, (deque(), deque()))
         if not finals and not interims:
             self._ring.append(request.stream)
+            self._start[request.stream] = max(self._virtual, self._finish.get(request.stream, 0.0))
         (finals if request.final else interims).append(request)
         self._size += 1
 
     def take(self, n: int) -> list[_Request]:
-        """Up to ``n`` requests, round-robin over streams (one stream alone may fill the batch)."""
+        """Up to ``n`` requests in service order (one stream alone may fill the batch)."""
         out: list[_Request] = []
         while self._ring and len(out) < n:
-            stream = self._ring.popleft()
+            best = None
+            for stream in self._ring:
+                finals, interims = self._queues[stream]
+                start = self._start[stream]
+                finish = start + max(len((finals or interims)[0].audio), 1)
+                if best is None or finish < best[0]:
+                    best = (finish, start, stream)
+            finish, start, stream = best
             finals, interims = self._queues[stream]
             out.append((finals or interims).popleft())
+            self._finish[stream], self._virtual = finish, start
             self.taken += 1
+            self._ring.remove(stream)
             if finals or interims:
                 self._ring.append(stream)
+                self._start[stream] = finish
             else:
-                del self._queues[stream]
+                del self._queues[stream], self._start[stream]
+        # a finish tag at or below V is worth no more than none: forget it (streams come and go)
+        self._finish = {k: v for k, v in self._finish.items() if v > self._virtual}
         self._size -= len(out)
         return out
 
@@ -170,7 +191,8 @@ class InferenceWorker:
             if self.served is not None:
                 taken = self._queue.taken - len(batch)
                 self.served.extend((r.stream, r.final, taken + i - r.taken_before) for i, r in enumerate(batch))
-            for group in sorted(group_by_length(batch, self.max_batch), key=lambda g: min(r.seq for r in g)):
+            order = {id(r): i for i, r in enumerate(batch)}  # the fair queue's service order
+            for group in sorted(group_by_length(batch, self.max_batch), key=lambda g: min(order[id(r)] for r in g)):
                 self._run(group)
 
     def _run(self, batch: list[_Request]) -> None:

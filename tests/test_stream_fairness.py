@@ -49,6 +49,31 @@ def test_fair_queue_serves_streams_round_robin_finals_first():
     assert [r.seq for r in q.take(10)] == [3, 4, 5] and len(q) == 0
 
 
+def sized(stream: str, seconds: float, seq: int, final: bool = True) -> _Request:
+    return _Request(stream, final, seq, np.zeros(int(seconds * SR), np.float32), None, None)
+
+
+def test_fair_queue_serves_a_newcomers_short_final_before_a_backlogs_next_item():
+    q = FairQueue()
+    for i in range(6):
+        q.put(sized("flood", 2.0, i))
+    assert [r.seq for r in q.take(1)] == [0]  # the model is busy with the flood
+    q.put(sized("rt", 0.8, 10))  # a real-time final arrives behind five queued flood items
+    assert [(r.stream, r.seq) for r in q.take(2)] == [("rt", 10), ("flood", 1)]
+
+
+def test_fair_queue_shares_the_model_by_audio_not_by_requests():
+    q = FairQueue()
+    for i in range(300):
+        q.put(sized("short", 0.5, i))
+        q.put(sized("long", 3.0, 1000 + i))
+    served = {"short": 0.0, "long": 0.0}
+    for _ in range(120):
+        for r in q.take(1):
+            served[r.stream] += len(r.audio) / SR
+    assert served["short"] == pytest.approx(served["long"], rel=0.1)  # round-robin would give 1 : 6
+
+
 async def flood(port: int, pcm: bytes, stop: asyncio.Event) -> int:
     """Send ``pcm`` over and over, as fast as the server takes it, until ``stop``; returns bytes sent."""
     sent = 0
