@@ -4,15 +4,19 @@ For ``--minutes``, one local real-time stream plays the demo file on a loop whil
 and go: readers that connect, read for a few seconds and leave, and senders that open a remote stream,
 send audio (one in three as fast as the server takes it, the rest in real time) for a few seconds and
 then end it or just close the socket. Every ``--sample-s`` it prints RSS, open file descriptors, asyncio
-tasks, threads, streams and clients as a markdown table row; healthy is flat after warm-up.
+tasks, threads, streams and clients as a markdown table row; healthy is flat after warm-up. The Python
+objects (tracked by the garbage collector) and allocated blocks (pymalloc) tell a leak of Python objects
+from RSS that the C allocator keeps after a burst (numpy buffers, torch, sockets) without giving it back.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import random
+import sys
 import threading
 import time
 
@@ -55,7 +59,9 @@ async def _churn(url: str, pcm: bytes, rng: random.Random, until: float, counts:
 
 
 def _row(t0: float, engine, counts: dict) -> str:
-    return (f"| {(time.monotonic() - t0) / 60:5.1f} | {rss_mb():6.0f} | {open_fds():4d} | "
+    gc.collect()
+    return (f"| {(time.monotonic() - t0) / 60:5.1f} | {rss_mb():6.0f} | {len(gc.get_objects()) / 1000:6.1f} | "
+            f"{sys.getallocatedblocks() / 1000:6.1f} | {open_fds():4d} | "
             f"{len(asyncio.all_tasks()):5d} | {threading.active_count():3d} | {len(engine._streams):3d} | "
             f"{engine.ws.client_count:3d} | {counts['readers']} | {counts['senders']} | {counts['errors']} |")
 
@@ -83,8 +89,9 @@ async def soak(args: argparse.Namespace) -> None:
     counts = {"readers": 0, "senders": 0, "errors": 0}
     until, t0 = loop.time() + args.minutes * 60, time.monotonic()
     print(f"soak: {args.minutes:g} min, up to {args.clients} clients at once, model {predictor.config.description}")
-    print("| min | RSS MB | fds | tasks | threads | streams | clients | readers done | senders done | client errors |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| min | RSS MB | Python objects (k) | Python blocks (k) | fds | tasks | threads | streams | clients "
+          "| readers done | senders done | client errors |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print(_row(t0, engine, counts), flush=True)
     slots = [asyncio.create_task(_churn(url, pcm, random.Random(rng.random()), until, counts))
              for _ in range(args.clients)]
