@@ -27,12 +27,18 @@ ENERGY_OFFSET, ENERGY_SCALE = 5.0, 5.0
 """Bring a frame's mean log-mel (about -14 in digital silence, 0..5 in speech) near unit range."""
 
 
-def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate_hz: int = SAMPLE_RATE_HZ) -> torch.Tensor:
-    """Triangular HTK-mel filters, shape ``(n_fft // 2 + 1, n_mels)``."""
+FULL_BAND_HZ = (20.0, SAMPLE_RATE_HZ / 2)
+
+
+def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate_hz: int = SAMPLE_RATE_HZ,
+                   band_hz: tuple = ()) -> torch.Tensor:
+    """Triangular HTK-mel filters spread over ``band_hz`` (low, high; default 20 Hz to Nyquist), shape
+    ``(n_fft // 2 + 1, n_mels)``."""
     def hz_to_mel(f):
         return 2595.0 * math.log10(1.0 + f / 700.0)
 
-    mel_points = torch.linspace(hz_to_mel(20.0), hz_to_mel(sample_rate_hz / 2), n_mels + 2)
+    low, high = band_hz or FULL_BAND_HZ
+    mel_points = torch.linspace(hz_to_mel(low), hz_to_mel(high), n_mels + 2)
     hz_points = 700.0 * (10 ** (mel_points / 2595.0) - 1.0)
     bins = torch.linspace(0, sample_rate_hz / 2, n_fft // 2 + 1)
     lower, centre, upper = hz_points[:-2], hz_points[1:-1], hz_points[2:]
@@ -42,12 +48,13 @@ def mel_filterbank(n_mels: int, n_fft: int = N_FFT, sample_rate_hz: int = SAMPLE
 
 
 class LogMel(nn.Module):
-    """Waveform (B, N) -> log-mel (B, T, n_mels) with T = floor((N - 400) / 320) + 1, no centring."""
+    """Waveform (B, N) -> log-mel (B, T, n_mels) with T = floor((N - 400) / 320) + 1, no centring; the
+    filters cover ``band_hz`` (low, high), by default 20 Hz to 8 kHz."""
 
-    def __init__(self, n_mels: int) -> None:
+    def __init__(self, n_mels: int, band_hz: tuple = ()) -> None:
         super().__init__()
         self.register_buffer("window", torch.hann_window(RECEPTIVE_FIELD_SAMPLES), persistent=False)
-        self.register_buffer("fbank", mel_filterbank(n_mels), persistent=False)
+        self.register_buffer("fbank", mel_filterbank(n_mels, band_hz=tuple(band_hz)), persistent=False)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         frames = waveforms.float().unfold(1, RECEPTIVE_FIELD_SAMPLES, FRAME_STRIDE_SAMPLES)  # (B, T, 400)
@@ -124,7 +131,7 @@ class BuiltinEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.dim = cfg.dim
-        self.frontend = LogMel(cfg.n_mels)
+        self.frontend = LogMel(cfg.n_mels, cfg.band_hz)
         self.in_norm = INPUT_NORMS[cfg.input_norm](cfg.n_mels)
         self.frame_energy, self.spec_augment = cfg.frame_energy, cfg.spec_augment
         self.in_proj = nn.Linear(cfg.n_mels + int(cfg.frame_energy), cfg.dim)

@@ -43,7 +43,10 @@ class EncoderConfig:
     ``input_norm`` is how the built-in encoder scales its log-mel input: ``"frame"`` (LayerNorm over each
     frame's mel bins: level and spectral contrast removed) or ``"global"`` (one fixed shift and scale for
     every bin: a frame's level and shape kept, as in the classic baseline's statistics) or ``"utterance"``
-    (the item's mean log-mel subtracted: gain-invariant, the frames' relative level and shape kept).
+    (the item's mean log-mel subtracted: gain-invariant, the frames' relative level and shape kept);
+    ``band_hz`` (low, high) narrows the built-in log-mel filters (and the spectral statistics' bands) to
+    that band, e.g. ``[300, 3400]``: a narrow-band front end that a telephone line barely changes; empty:
+    20 Hz to 8 kHz.
     """
 
     kind: str = "builtin"
@@ -59,6 +62,7 @@ class EncoderConfig:
     frame_energy: bool = False
     spec_augment: bool = False
     input_norm: str = "frame"
+    band_hz: tuple = ()
 
     def __post_init__(self) -> None:
         choice("encoder.kind", self.kind, ENCODER_KINDS)
@@ -70,6 +74,13 @@ class EncoderConfig:
             raise ConfigError("encoder.dropout must lie in [0, 1)")
         if self.kind == "hf" and not self.name and self.hf_config is None:
             raise ConfigError("encoder.name must be a hub id or a local folder when encoder.kind is 'hf'")
+        if self.band_hz:
+            band = self.band_hz
+            if (len(band) != 2 or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f)
+                                          for f in band) or not 0 <= band[0] < band[1] <= 8000):
+                raise ConfigError(f"encoder.band_hz must be [low, high] in Hz with 0 <= low < high <= 8000, not {band!r}")
+            if self.kind != "builtin":
+                raise ConfigError("encoder.band_hz narrows the built-in encoder's log-mel filters: it needs encoder.kind = 'builtin'")
         for name in ("dim", "n_mels", "heads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"encoder.{name} must be positive")

@@ -11,6 +11,7 @@ checkpoint, as the classic baseline standardises its features; the pooled vector
 With ``pitch`` (``model.pitch_stats``), 8 pitch statistics follow (:mod:`.pitch`: voiced share,
 periodicity, F0 level, spread, range, movement and slope over the speech frames). An item with no F0 to
 describe (fewer than 3 voiced frames) gets the training mean for the F0 ones: 0 once standardised.
+The bands cover the encoder's ``band_hz`` when it has one (a narrow-band front end), else 20 Hz to 8 kHz.
 
 Not a BatchNorm: its training-time statistics are those of one length-bucketed batch (and length goes
 with emotion on acted speech), its running averages lag, and a model trained that way predicted one class
@@ -35,11 +36,11 @@ class SpectralStats(nn.Module):
     """Waveforms (B, N), lengths (B,), speech mask (B, T) -> standardised statistics (B, out_dim):
     3 * 64 band statistics, then with ``pitch`` the 8 of :data:`.pitch.FEATURES`."""
 
-    def __init__(self, pitch: bool = False) -> None:
+    def __init__(self, pitch: bool = False, band_hz: tuple = ()) -> None:
         super().__init__()
         self.pitch = pitch
         self.out_dim = 3 * N_MELS + (len(PITCH_FEATURES) if pitch else 0)
-        self.frontend = LogMel(N_MELS)
+        self.frontend = LogMel(N_MELS, band_hz)
         self.gain = UtteranceGain()
         self.register_buffer("shift", torch.zeros(self.out_dim))
         self.register_buffer("scale", torch.ones(self.out_dim))
