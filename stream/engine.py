@@ -18,7 +18,6 @@ from serlive.model.adapt import SpeakerAdapter
 from .chunks import SAMPLE_RATE_HZ
 from .config import EngineConfig
 from .events import PROTOCOL_VERSION, Error, Event, Hello, PredictionEvent, Stats, StreamStatus
-from .memory import TRIM_EVERY_S, trim_heap
 from .pipeline import InferenceRequest, StreamPipeline
 from .sources import Source
 from .state import LatencyWindow
@@ -345,13 +344,9 @@ class Engine:
     async def _stats_loop(self) -> None:
         interval = self.config.stats_interval_s
         busy, t_last = self.worker.compute_s, time.perf_counter()
-        trimmed = t_last
         while True:
             await asyncio.sleep(interval)
             now = time.perf_counter()
-            if now - trimmed >= TRIM_EVERY_S:
-                trimmed = now
-                trim_heap()
             load = (self.worker.compute_s - busy) / max(now - t_last, 1e-9)
             busy, t_last = self.worker.compute_s, now
             self.emit(self.stats(min(load, 1.0)))
