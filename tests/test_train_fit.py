@@ -150,6 +150,7 @@ def test_example_config_loads():
     cfg = config.load(Path(__file__).parents[1] / "train" / "configs" / "ravdess-builtin.toml")
     assert cfg.model.dimensional is False and cfg.model.pooling == "sr" and cfg.loss.scl_lambda == 0.1
     assert cfg.data.label_map["calm"] == "neutral"
+    assert cfg.augment.classifier and cfg.model.pitch_stats and cfg.model.spectral_stats  # the robust recipe
 
 
 def test_evaluate_without_the_bundled_model_says_so(monkeypatch, tmp_path, capsys):
