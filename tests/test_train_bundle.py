@@ -19,6 +19,9 @@ def test_cv_then_final_then_bundle(tmp_path, capsys):
             for a in ("--set", s)]
     assert cli.main(["fit", *sets, "--set", "protocol.max_folds=2", "--out", str(tmp_path / "cv")]) == 0
     chosen = json.loads((tmp_path / "cv" / "metrics.json").read_text())["knn_final"]
+    table = [line for line in (tmp_path / "cv" / "metrics.md").read_text().splitlines() if line.startswith("|")]
+    assert "| model + kNN (cross-fold k, α) |" in table[0]
+    assert len({line.count("|") for line in table}) == 1  # every row, the header too, has the same columns
     assert cli.main(["fit", *sets, "--set", "protocol.kind='all'", "--knn-from", str(tmp_path / "cv"),
                      "--out", str(tmp_path / "final")]) == 0
     final = json.loads((tmp_path / "final" / "fold_0" / "result.json").read_text())

@@ -133,7 +133,7 @@ def markdown_table(summary: dict) -> str:
     lines = [f"| metric ({n} fold{'s' if n != 1 else ''}, mean ± 95% CI, %) | model | model + kNN |", "|---|---|---|"]
     a, b, x = summary["test"], summary["test_knn"], summary.get("test_knn_xfold")
     if x is not None:
-        lines = [lines[0][:-1] + " model + kNN (cross-fold k, α) |", "|---|---|---|---|"]
+        lines = [lines[0] + " model + kNN (cross-fold k, α) |", "|---|---|---|---|"]
     for m in ("ua", "wa"):
         lines.append(f"| {m.upper()} | {fmt_ci(a[m])} | {fmt_ci(b[m])} |" + (f" {fmt_ci(x[m])} |" if x else ""))
     for c in summary["labels"]:
