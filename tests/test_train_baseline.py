@@ -56,3 +56,14 @@ def test_cli_baseline_train_only_fits_on_the_training_speakers(capsys):
     assert cli.main(args + ["--train-only"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["refit_on_val"] is False and result["ua"]["n"] == 3
+
+
+def test_baseline_on_some_folds_only_matches_those_folds_of_the_full_run():
+    from serlive.train import config
+    from serlive.train.baseline import cross_validate
+
+    cfg = config.load(None, [f"data.manifest='{MANIFEST}'", "data.label_map='ravdess'", "protocol.folds=3"])
+    full = cross_validate(cfg)
+    some = cross_validate(cfg, folds_only={0, 2})
+    assert [f["fold"] for f in some["folds"]] == [0, 2] and some["ua"]["n"] == 2
+    assert [f["ua"] for f in some["folds"]] == [f["ua"] for f in full["folds"] if f["fold"] in (0, 2)]

@@ -100,13 +100,14 @@ def fit_fold(feats: np.ndarray, y: np.ndarray, fold, labels: tuple[str, ...], l2
 
 
 def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True, gain_free: bool = False,
-                   test_gain_db: float = 0.0, data=None) -> dict:
+                   test_gain_db: float = 0.0, data=None, folds_only=None) -> dict:
     """The baseline on the folds of ``cfg`` (same protocol, seed and label map as ``ser-train fit``).
     The L2 strength is chosen per fold on its validation speakers; test speakers are never seen. With
     ``refit`` the chosen model is refit on train + validation speakers (a third more data than the
     network, which keeps validation for early stopping and kNN tuning); without, on train alone.
     ``gain_free`` and ``test_gain_db``: see the module docstring (the gains are drawn with the protocol seed).
-    ``data``: the AudioSet of ``cfg`` when the caller has it loaded already."""
+    ``data``: the AudioSet of ``cfg`` when the caller has it loaded already. ``folds_only``: fold indices to
+    run (a cross-validation that ran some folds only is compared on those)."""
     from .fit import load_data
     from .metrics import classification, mean_ci
     from .protocols import make_folds
@@ -122,6 +123,8 @@ def cross_validate(cfg, l2_grid=(1e-3, 1e-2, 1e-1), refit: bool = True, gain_fre
     y = data.labels
     folds = []
     for fold in make_folds(utts, cfg.protocol):
+        if folds_only is not None and fold.index not in folds_only:
+            continue
         model, best = fit_fold(feats, y, fold, labels, l2_grid, refit)
         m = classification(y[fold.test], model.predict_proba(test_feats[fold.test]).argmax(1), labels)
         folds.append({"fold": fold.index, "test_speakers": list(fold.test_groups), "l2": best, **m})

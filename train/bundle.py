@@ -72,7 +72,8 @@ def run(cv_dir: str | Path, final_dir: str | Path, out: str | Path) -> dict:
     baseline = {}
     for name, gain_free in (("as_is", False), ("gain_free", True)):
         for suffix, gain in (("", 0.0), (f"_test_gain_{TEST_GAIN_DB:g}db", TEST_GAIN_DB)):
-            r = cross_validate(cv_cfg, gain_free=gain_free, test_gain_db=gain, data=data)
+            r = cross_validate(cv_cfg, gain_free=gain_free, test_gain_db=gain, data=data,
+                               folds_only={int(f["fold"]) for f in cv["per_fold"]})
             baseline[name + suffix] = {k: r[k] for k in ("ua", "wa")} | {"per_fold": [f["ua"] for f in r["folds"]]}
     protocol = cv_cfg.protocol
     metrics = {
