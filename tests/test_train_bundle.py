@@ -39,6 +39,13 @@ def test_cv_then_final_then_bundle(tmp_path, capsys):
                      "--out", str(tmp_path / "model2")]) == 0
     again = Predictor.from_dir(tmp_path / "model2").config.knn
     assert (again.k, again.alpha) == (chosen["k"], chosen["alpha"])
+    # Bundling over a model directory replaces it, but keeps its hand-written card.
+    (tmp_path / "model2" / "README.md").write_text("# card\n")
+    (tmp_path / "model2" / "robustness.md").write_text("stale figures\n")
+    assert cli.main(["bundle", "--cv", str(tmp_path / "cv"), "--final", str(tmp_path / "final2"),
+                     "--out", str(tmp_path / "model2")]) == 0
+    assert (tmp_path / "model2" / "README.md").read_text() == "# card\n"
+    assert not (tmp_path / "model2" / "robustness.md").exists()
     # The level check: with no gain the "gain" column is the clean one, fold by fold.
     from serlive.train import gain_check
 

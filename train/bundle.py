@@ -5,7 +5,8 @@ recipe on every speaker (``protocol.kind = "all"``), copies the final model dire
 alpha to the CV run's cross-fold choice (``knn_final``; the weights do not depend on them, so the final run
 may train before the CV run ends) and writes its ``metrics.json``: the cross-validated figures, the classic baseline
 on the same folds (as it is, without the absolute level, and each with the test audio at an unknown gain),
-the final model's kNN setting and training fit, and the resolved training configuration.
+the final model's kNN setting and training fit, and the resolved training configuration. A model card
+(``README.md``) already in the output directory is kept; everything else there is replaced.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 TEST_GAIN_DB = 10.0
 """The baseline is also measured with each test utterance at a random gain within this many dB."""
+
+MODEL_CARD = "README.md"
+"""A model directory's hand-written card, which ``bundle`` keeps when it replaces the directory."""
 
 FINAL_FOLD = "fold_0"
 """A ``protocol.kind = "all"`` run has this one fold."""
@@ -96,6 +100,10 @@ def run(cv_dir: str | Path, final_dir: str | Path, out: str | Path) -> dict:
     config["model"]["knn"] = {"k": knn["k"], "alpha": knn["alpha"], "temperature": cv_cfg.knn.temperature}
     write_json(staging / "config.json", config)
     write_json(staging / "metrics.json", metrics)
+    card = out / MODEL_CARD
+    if card.is_file():  # hand-written: carried over (the figures beside it are the run's to write anew)
+        shutil.copy2(card, staging / MODEL_CARD)
+        log.warning("kept the model card %s: bring its figures up to date with metrics.json", card)
     for path in staging.iterdir():
         path.chmod(0o644)
     shutil.rmtree(out, ignore_errors=True)
