@@ -122,9 +122,9 @@ def test_speech_pad_cuts_inputs_as_the_segmenter_would():
 
 def test_bundled_model_gain_robustness_as_documented():
     """Through the Predictor on real RAVDESS utterances: the levelled VAD mask does not move even at
-    -12 dB, and at +3 dB (no clipping) the model alone changes no label. Larger cuts, and the kNN vote at
-    any gain, do move some predictions (the log-mel floor; README, "The bundled model"), so this test
-    claims no more than that."""
+    -12 dB, and at +3 dB (no clipping) the model alone moves no probability by more than 0.05, so a label
+    changes only where its top two classes were within 0.1 of each other. Larger cuts, and the kNN vote at
+    any gain, move more (the log-mel floor; the model card), so this test claims no more than that."""
     from pathlib import Path
 
     import soundfile as sf
@@ -138,5 +138,6 @@ def test_bundled_model_gain_robustness_as_documented():
         assert predictor.predict(audio * 0.25, rate).speech_frames == base.speech_frames, path.name
         if np.abs(audio).max() * 1.41 < 0.99:
             louder = predictor.predict(audio * 1.41, rate)
-            assert louder.label == base.label, path.name
-            np.testing.assert_allclose(louder.probs, base.probs, atol=0.08, err_msg=path.name)
+            np.testing.assert_allclose(louder.probs, base.probs, atol=0.05, err_msg=path.name)
+            top2 = np.sort(base.probs)[-2:]
+            assert louder.label == base.label or top2[1] - top2[0] < 0.1, path.name

@@ -80,7 +80,8 @@ def test_protocol_doc_example_matches_the_bundled_model():
         assert [list(m) for m in same if list(m) == list(shown)], f"{kind}: fields differ from {list(same[0])}"
         loose = DETERMINISTIC[kind]
         if kind == "prediction" and not shown["final"]:
-            loose = [*loose, "final"]  # an interim looks like a final where the run had none
+            loose = [*loose, "final", "ood", "uncertain"]  # an interim looks like a final where the run had
+            # none; what it says of its audio depends on how much of it had arrived, which timing decides
         if loose is not None:
             strip = lambda m: {k: v for k, v in m.items() if k not in loose}  # noqa: E731
             assert strip(shown) in [strip(m) for m in same], f"{kind} example differs from what is sent"
