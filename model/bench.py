@@ -1,9 +1,13 @@
 """Encoder cost: parameters and CPU (or GPU) time per second of audio, one forward of a 5 s clip.
 
     python -m serlive.model.bench [--device cpu|cuda] [--seconds 5] [--repeats 3]
+    python -m serlive.model.bench --models DIR [DIR ...] [--audio FILE]
 
 Compares the built-in encoder with a random-init WavLM Large (the real architecture, no download) in
-the same run, and prints a markdown table with the ratio between them.
+the same run, and prints a markdown table with the ratio between them. With ``--models``: the whole
+Predictor of each model directory (VAD mask, statistics branches, forward, kNN, calibration) on 3 s
+pieces of a recording (the bundled demo file by default), one piece at a time, as the live engine calls it
+for one stream; ratios against the first directory.
 """
 
 from __future__ import annotations
@@ -51,14 +55,53 @@ def time_forward(model: SERModel, seconds: float, repeats: int, device: torch.de
     return statistics.median(times)
 
 
+def time_model_dirs(dirs: list[str], audio_file: str, repeats: int, device: torch.device) -> None:
+    """Print the real-time factor of each model directory's whole Predictor, in one run."""
+    import numpy as np
+    import soundfile
+
+    from .predictor import Predictor
+
+    audio, rate = soundfile.read(audio_file, dtype="float32", always_2d=True)
+    piece = 3 * rate
+    pieces = [audio[i:i + piece].mean(1) for i in range(0, len(audio) - piece + 1, piece)]
+    seconds = len(pieces) * 3.0
+    predictors = [Predictor.from_dir(d, device) for d in dirs]
+    times: list[list[float]] = [[] for _ in dirs]
+    for p in predictors:
+        p.predict(pieces[0], rate)  # warm-up
+    for _ in range(repeats):  # interleaved, so load on the machine hits every model alike
+        for p, t in zip(predictors, times):
+            t0 = time.perf_counter()
+            for x in pieces:
+                p.predict(x, rate)
+            t.append(time.perf_counter() - t0)
+    print(f"device={device} threads={torch.get_num_threads()} audio={audio_file} ({len(pieces)} pieces of 3 s), "
+          f"median of {repeats} passes")
+    print("| model directory | s compute per s audio (RTF) | vs first |")
+    print("|---|---|---|")
+    base = None
+    for d, t in zip(dirs, times):
+        rtf = float(np.median(t)) / seconds
+        base = base or rtf
+        print(f"| {d} | {rtf:.4f} | {rtf / base:.2f}x |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", metavar="DIR", help="time these model directories' whole Predictor")
+    ap.add_argument("--audio", help="recording for --models (default: the bundled demo file)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args.models:
+        from serlive.stream.cli import demo_file
+
+        time_model_dirs(args.models, args.audio or str(demo_file()), max(args.repeats, 1), device)
+        return 0
     print(f"device={device} dtype={'float32' if device.type == 'cpu' else args.dtype} threads={torch.get_num_threads()} "
           f"clip={args.seconds:g} s, median of {args.repeats} after a warm-up")
     print("| encoder | parameters (encoder) | parameters (model) | s per forward | s compute per s audio | vs built-in |")
