@@ -49,7 +49,7 @@ def test_table_has_every_condition_and_system(benchmark, cv_run):
             assert entry[system]["drop_ua"] == pytest.approx(
                 100 * (summary["conditions"][0][system]["ua"]["mean"] - entry[system]["ua"]["mean"]))
         assert 0 <= entry["model"]["ece"]["mean"] <= 1 and "ece" not in entry["baseline"]
-        assert 0 <= entry["model_knn"]["uncertain"]["mean"] <= 1
+        assert entry["model_knn"]["uncertain"]["mean"] is None  # fold models have no OOD reference: no figure, not 0
     assert summary["conditions"][0]["model"]["drop_ua"] == 0
     saved = json.loads((cv_run / "cv" / "robustness.json").read_text())
     assert saved["conditions"] == json.loads(json.dumps(summary["conditions"]))

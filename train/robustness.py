@@ -103,7 +103,7 @@ def run(run_dir: str | Path, out: str | Path | None = None, conditions: list[per
 def _key(cfg, conditions, fold_dir: Path) -> dict:
     weights = fold_dir / "model" / "model.safetensors"
     stat = weights.stat() if weights.is_file() else None
-    return {"conditions": [c.name for c in conditions], "seed": cfg.protocol.seed, "version": 2,
+    return {"conditions": [c.name for c in conditions], "seed": cfg.protocol.seed, "version": 3,
             "weights": [stat.st_size, stat.st_mtime_ns] if stat else None}
 
 
@@ -178,7 +178,8 @@ def _scores(preds, y: np.ndarray, labels) -> dict:
     if isinstance(preds, np.ndarray):
         return out
     ood = [p.ood for p in preds if p.ood is not None]
-    uncertain = float(np.mean([p.uncertain for p in preds]))
+    # without an OOD reference (a fold model before ``ser-train calibrate``) nothing can be flagged: no figure
+    uncertain = float(np.mean([p.uncertain for p in preds])) if ood else None
     return out | {"ece": expected_calibration_error(probs, y), "uncertain": uncertain,
                   "ood": float(np.mean(ood)) if ood else None}
 
@@ -216,7 +217,8 @@ def markdown_table(summary: dict) -> str:
         + [f"{NAMES[s]} WA" for s in systems] + [f"{NAMES[s]} ECE" for s in models] + ["uncertain"]
     lines_ = [f"Robustness benchmark of {summary['run']}: {summary['folds']} folds, mean ± 95% CI over folds, %; "
               "Δ = points below clean. ECE: 10-bin expected calibration error of the top probability. uncertain: "
-              f"share of {NAMES[models[-1]]} predictions flagged uncertain.", "",
+              f"share of {NAMES[models[-1]]} predictions flagged uncertain (— where the fold models carry no OOD "
+              "reference).", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary["conditions"]:
         cells = [e["name"]] + [fmt_ci(e[s]["ua"]) for s in systems] + [f"{e[s]['drop_ua']:+.1f}" for s in systems] \
