@@ -22,4 +22,5 @@ def test_models_mode_times_each_directory_on_the_demo_file(tmp_path, capsys):
     assert [r[0].strip() for r in rows] == [str(plain), str(pitch)]
     rtf = [float(r[1]) for r in rows]
     assert all(0 < x < 1 for x in rtf) and rows[0][2].strip() == "1.00x"
-    assert rows[1][2].strip() == f"{rtf[1] / rtf[0]:.2f}x" or abs(float(rows[1][2].strip()[:-1]) - rtf[1] / rtf[0]) < 0.02
+    ratio = float(rows[1][2].strip()[:-1])  # from unrounded times: near, not equal to, the rounded RTFs' ratio
+    assert ratio > 0 and abs(ratio - rtf[1] / rtf[0]) <= 0.1 * ratio + 0.01
