@@ -49,16 +49,15 @@ class FairQueue:
     """Per-stream queues, served by weighted fair queuing on audio length (each stream's finals before
     its interims). A stream's next request gets the start tag ``max(V, the stream's last finish)`` when it
     comes to the head of its queue, and the finish tag ``start + its length in samples``; the smallest
-    finish tag is served next and ``V`` becomes its start tag. So every waiting stream gets the model's time in equal shares of audio, a stream that was
-    idle re-enters at the present (no credit saved up), and a real-time stream's short final comes before a
-    backlog's next item instead of behind it. Ties go round-robin, in the order streams began waiting.
-    Not thread-safe on its own."""
+    finish tag is served next and ``V`` becomes its start tag. So every waiting stream gets the model's
+    time in equal shares of audio, a stream that was idle re-enters at the present (no credit saved up),
+    and a real-time stream's short final comes before a backlog's next item instead of behind it. Ties go
+    round-robin, in the order streams began waiting. Not thread-safe on its own."""
 
     def __init__(self) -> None:
         self._queues: dict[str, tuple[deque, deque]] = {}  # stream -> (finals, interims)
-        self._ring: deque[str] = deque()  # streams with something waiting, in turn order
+        self._start: dict[str, float] = {}  # waiting stream -> start tag of its next request, in turn order
         self._finish: dict[str, float] = {}  # stream -> finish tag of its last served request
-        self._start: dict[str, float] = {}  # waiting stream -> start tag of its next request
         self._virtual = 0.0
         self._size = 0
         self.taken = 0  # requests taken so far
@@ -70,33 +69,31 @@ class FairQueue:
         request.taken_before = self.taken
         finals, interims = self._queues.setdefault(request.stream, (deque(), deque()))
         if not finals and not interims:
-            self._ring.append(request.stream)
             self._start[request.stream] = max(self._virtual, self._finish.get(request.stream, 0.0))
         (finals if request.final else interims).append(request)
         self._size += 1
 
+    def _head(self, stream: str) -> deque:
+        finals, interims = self._queues[stream]
+        return finals or interims
+
     def take(self, n: int) -> list[_Request]:
         """Up to ``n`` requests in service order (one stream alone may fill the batch)."""
         out: list[_Request] = []
-        while self._ring and len(out) < n:
-            best = None
-            for stream in self._ring:
-                finals, interims = self._queues[stream]
-                start = self._start[stream]
-                finish = start + max(len((finals or interims)[0].audio), 1)
-                if best is None or finish < best[0]:
-                    best = (finish, start, stream)
-            finish, start, stream = best
-            finals, interims = self._queues[stream]
-            out.append((finals or interims).popleft())
-            self._finish[stream], self._virtual = finish, start
+        while self._start and len(out) < n:
+            finish, stream = None, ""
+            for name, start in self._start.items():  # in turn order: the first of equal finish tags wins
+                tag = start + max(len(self._head(name)[0].audio), 1)
+                if finish is None or tag < finish:
+                    finish, stream = tag, name
+            out.append(self._head(stream).popleft())
+            self._virtual = self._start.pop(stream)
+            self._finish[stream] = finish
             self.taken += 1
-            self._ring.remove(stream)
-            if finals or interims:
-                self._ring.append(stream)
-                self._start[stream] = finish
+            if self._head(stream):
+                self._start[stream] = finish  # back at the end of the turn order
             else:
-                del self._queues[stream], self._start[stream]
+                del self._queues[stream]
         # a finish tag at or below V is worth no more than none: forget it (streams come and go)
         self._finish = {k: v for k, v in self._finish.items() if v > self._virtual}
         self._size -= len(out)
