@@ -8,7 +8,6 @@ it had to drop in ``dropped_samples``, and says why it ended in ``detail``. The 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
@@ -20,6 +19,7 @@ import numpy as np
 
 from .chunks import SAMPLE_RATE_HZ, AudioChunk, StreamResampler, pcm16_to_float
 from .events import END_REASONS
+from .quiet import quiet_stderr
 
 log = logging.getLogger(__name__)
 
@@ -28,27 +28,6 @@ FILE_BLOCK_MS = 20
 
 PCM_READ_BYTES = 3200
 """Bytes per read from stdin: 100 ms of s16le at 16 kHz."""
-
-
-@contextlib.contextmanager
-def quiet_stderr(enabled: bool = True):
-    """Send file descriptor 2 to /dev/null for the duration: libsndfile's MP3 decoder (mpg123) writes
-    hundreds of diagnostic lines straight to it, which no Python setting silences."""
-    if not enabled:
-        yield
-        return
-    with _STDERR_LOCK:
-        saved = os.dup(2)
-        try:
-            with open(os.devnull, "wb") as null:
-                os.dup2(null.fileno(), 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-
-
-_STDERR_LOCK = threading.Lock()
 
 
 class SourceError(Exception):
