@@ -124,7 +124,12 @@ class CalibrationConfig:
 
     ``ood_reference``: the atypicality at percentiles 0, 5, ..., 100 of unseen in-domain speakers (21 values;
     empty: no OOD score). ``ood_mix``: the largest share of uniform mixed into the probabilities far out of
-    distribution. ``adapt_prior``: pseudo-utterances of the reference mean in a speaker's running mean (the
+    distribution. ``shift_beta``: the temperature grows as ``T * exp(shift_beta * (a - shift_from))`` with an
+    utterance's atypicality ``a`` past ``shift_from`` (degraded speech gets flatter probabilities; 0: one T).
+    ``speech_limit``: the 99th percentile of the atypicality of the speech, clean and degraded, the
+    calibration was checked on; past it an utterance is ``uncertain`` and tempered by ``ood_mix`` (0: the older rule, uncertain past
+    ``ood_threshold`` of the OOD score). ``min_voiced``: the pitch tracker's voiced share under which an
+    utterance is ``uncertain`` and tempered the same way (noise alone is never voiced). ``adapt_prior``: pseudo-utterances of the reference mean in a speaker's running mean (the
     per-speaker adaptation's shrinkage); ``embedding_mean``: that reference, the training speakers' mean
     embedding (empty: the model cannot adapt)."""
 
@@ -134,6 +139,10 @@ class CalibrationConfig:
     ood_threshold: float = 0.99
     ood_mix: float = 0.5
     min_confidence: float = 0.0
+    shift_beta: float = 0.0
+    shift_from: float = 0.0
+    speech_limit: float = 0.0
+    min_voiced: float = 0.0
     adapt_prior: float = 4.0
     embedding_mean: tuple[float, ...] = ()
 
@@ -144,7 +153,10 @@ class CalibrationConfig:
         if self.ood_reference and (len(self.ood_reference) < 2 or any(
                 not math.isfinite(x) for x in self.ood_reference) or list(self.ood_reference) != sorted(self.ood_reference)):
             raise ConfigError("calibration.ood_reference must be finite, sorted percentiles (or empty)")
-        for name in ("ood_threshold", "ood_mix", "min_confidence"):
+        for name in ("shift_beta", "shift_from", "speech_limit"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"calibration.{name} must be a number at least 0")
+        for name in ("ood_threshold", "ood_mix", "min_confidence", "min_voiced"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"calibration.{name} must lie in [0, 1]")
         if not math.isfinite(self.adapt_prior) or self.adapt_prior < 0:

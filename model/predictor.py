@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -12,11 +13,12 @@ import torch
 
 from .adapt import SpeakerAdapter
 from .audio import to_mono_16k
-from .calibration import OOD_K, apply_temperature, ood_score, temper_for_ood
+from .calibration import OOD_K, apply_temperature, ood_score, shift_temperatures, temper_for_ood
 from .checkpoint import load_model_dir
 from .config import ModelConfig
 from .frames import SAMPLE_RATE_HZ, num_frames, speech_mask, trim_to_speech
 from .knn import KnnDatastore, interpolate
+from .pitch import FEATURES as PITCH_FEATURES
 from .ser import SERModel
 
 log = logging.getLogger(__name__)
@@ -30,9 +32,10 @@ class Prediction:
     ``knn`` is True); ``valence`` / ``arousal`` are None for a model trained without them;
     ``speech_frames`` is 0 when the VAD heard no speech (SAP then pooled every frame). ``ood`` is the
     out-of-distribution score in [0, 1] (None: the model has no OOD reference), ``uncertain`` says the
-    label should not be trusted (far out of distribution, low confidence or no speech; see
-    :mod:`serlive.model.calibration`), ``atypicality`` is the statistic behind ``ood``, ``adapted`` that the
-    speaker's running mean shifted the embedding (``embedding`` itself is always the raw one).
+    label should not be trusted (far out of distribution, no voice, low confidence or no speech; see
+    :mod:`serlive.model.calibration`), ``atypicality`` is the statistic behind ``ood``, ``voiced`` the pitch
+    tracker's voiced share of the speech frames (None: the model has no pitch statistics), ``adapted`` that
+    the speaker's running mean shifted the embedding (``embedding`` itself is always the raw one).
     """
 
     label: str
@@ -49,6 +52,7 @@ class Prediction:
     uncertain: bool = False
     atypicality: float | None = None
     adapted: bool = False
+    voiced: float | None = None
 
     @property
     def prob_dict(self) -> dict[str, float]:
@@ -135,10 +139,13 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
             out = self.model(x, lengths, torch.from_numpy(speech).to(self.device))
         emb = out.embedding.float().cpu().numpy()
-        atyp = None
+        atyp = voiced = None
         if out.spectral is not None:  # RMS of the standardised spectral statistics (see calibration.py)
             atyp = out.spectral.float().pow(2).mean(-1).sqrt().cpu().numpy()
-        return self.finish(emb, atyp, out.speech_frames.cpu().numpy(), [len(m) for m in masks])
+            if self.config.pitch_stats:  # the first pitch statistic, un-standardised
+                stats, i = self.model.spectral, self.model.spectral.out_dim - len(PITCH_FEATURES)
+                voiced = (out.spectral[:, i].float() * stats.scale[i] + stats.shift[i]).cpu().numpy()
+        return self.finish(emb, atyp, out.speech_frames.cpu().numpy(), [len(m) for m in masks], voiced=voiced)
 
     def adapt(self, prediction: Prediction, adapter: SpeakerAdapter) -> Prediction:
         """``prediction`` again, from its embedding shifted by ``adapter`` (the speaker's running mean so far);
@@ -146,8 +153,25 @@ class Predictor:
         if adapter.count == 0 or not self.can_adapt:
             return prediction
         atyp = None if prediction.atypicality is None else np.array([prediction.atypicality])
+        voiced = None if prediction.voiced is None else np.array([prediction.voiced])
         return self.finish(prediction.embedding[None], atyp, np.array([prediction.speech_frames]),
-                           [prediction.frames], shift=adapter.shift())[0]
+                           [prediction.frames], shift=adapter.shift(), voiced=voiced)[0]
+
+    def refinish(self, predictions: list[Prediction]) -> list[Prediction]:
+        """``predictions`` (raw, not adapted) again through this Predictor's heads, kNN and calibration, from
+        their embeddings (the model is not run again)."""
+        def column(name):
+            values = [getattr(p, name) for p in predictions]
+            return None if values[0] is None else np.array(values)
+
+        return self.finish(np.stack([p.embedding for p in predictions]), column("atypicality"),
+                           column("speech_frames"), [p.frames for p in predictions], voiced=column("voiced"))
+
+    def with_calibration(self, **settings) -> "Predictor":
+        """The same model and datastore with ``settings`` in its calibration (the model is not changed)."""
+        out = Predictor(self.model, self.datastore, self.device, self.dtype, self.use_knn)
+        out.config = self.config.replace(calibration=dataclasses.replace(self.config.calibration, **settings))
+        return out
 
     @property
     def can_adapt(self) -> bool:
@@ -160,8 +184,9 @@ class Predictor:
         return SpeakerAdapter(np.array(cal.embedding_mean), cal.adapt_prior, window) if self.can_adapt else None
 
     def finish(self, emb: np.ndarray, atypicality: np.ndarray | None, speech_frames: np.ndarray, frames: list[int],
-               shift: np.ndarray | None = None) -> list[Prediction]:
-        """Heads, kNN, temperature and OOD on raw embeddings ``emb`` (B, D) (less ``shift`` (D,) when adapting)."""
+               shift: np.ndarray | None = None, voiced: np.ndarray | None = None) -> list[Prediction]:
+        """Heads, kNN, temperature and OOD on raw embeddings ``emb`` (B, D) (less ``shift`` (D,) when adapting);
+        ``voiced`` (B,) the voiced shares when the model has pitch statistics."""
         cal = self.config.calibration
         query = emb if shift is None else emb - shift
         logits = query @ self._heads[0].T + self._heads[1]
@@ -174,16 +199,28 @@ class Predictor:
         if self.use_knn:
             knn = self.config.knn
             probs = interpolate(probs, self.datastore.vote(dist[:, :knn.k], idx[:, :knn.k], knn.temperature), knn.alpha)
-        probs = apply_temperature(probs, cal.temperature)
         if cal.ood_statistic == "knn_distance":
             atypicality = None if dist is None else dist[:, :OOD_K].mean(-1)
-        ood = None
-        if cal.ood_reference and atypicality is not None:
-            ood = ood_score(atypicality, cal.ood_reference)
+        temperature = cal.temperature
+        if cal.shift_beta > 0 and atypicality is not None:
+            temperature = shift_temperatures(atypicality, cal.temperature, cal.shift_beta, cal.shift_from)
+        probs = apply_temperature(probs, temperature)
+        ood = None if not cal.ood_reference or atypicality is None else ood_score(atypicality, cal.ood_reference)
+        far = np.zeros(len(emb), bool)  # past the checked speech, or no voice: half way to uniform, uncertain
+        if cal.speech_limit > 0 and atypicality is not None:
+            far |= atypicality > cal.speech_limit
+        if cal.min_voiced > 0 and voiced is not None:
+            far |= np.asarray(voiced) < cal.min_voiced
+        probs = np.where(far[:, None], (1.0 - cal.ood_mix) * probs + cal.ood_mix / probs.shape[-1], probs)
+        if cal.speech_limit == 0 and ood is not None:  # a model directory from before the speech limit
             probs = temper_for_ood(probs, ood, cal.ood_threshold, cal.ood_mix)
+            far |= ood >= cal.ood_threshold
+
+        def item(values, i):
+            return None if values is None else float(values[i])
+
         return [self._prediction(probs[i], emb[i], None if dims is None else dims[i], int(speech_frames[i]), frames[i],
-                                 None if ood is None else float(ood[i]),
-                                 None if atypicality is None else float(atypicality[i]), shift is not None)
+                                 item(ood, i), item(atypicality, i), shift is not None, bool(far[i]), item(voiced, i))
                 for i in range(len(emb))]
 
     @cached_property
@@ -196,16 +233,14 @@ class Predictor:
                 None if reg is None else arr(reg.weight), None if reg is None else arr(reg.bias))
 
     def _prediction(self, probs, emb, dims, speech_frames: int, frames: int, ood: float | None,
-                    atypicality: float | None, adapted: bool) -> Prediction:
+                    atypicality: float | None, adapted: bool, far: bool, voiced: float | None) -> Prediction:
         best = int(np.argmax(probs))
-        cal = self.config.calibration
         confidence = float(probs[best])
-        uncertain = (speech_frames == 0 or confidence < cal.min_confidence
-                     or (ood is not None and ood >= cal.ood_threshold))
+        uncertain = speech_frames == 0 or confidence < self.config.calibration.min_confidence or far
         return Prediction(
             label=self.labels[best], labels=self.labels, probs=tuple(float(p) for p in probs),
             confidence=confidence,
             valence=None if dims is None else float(dims[0]), arousal=None if dims is None else float(dims[1]),
             embedding=emb, knn=self.use_knn, speech_frames=speech_frames, frames=frames,
-            ood=ood, uncertain=bool(uncertain), atypicality=atypicality, adapted=adapted,
+            ood=ood, uncertain=bool(uncertain), atypicality=atypicality, adapted=adapted, voiced=voiced,
         )

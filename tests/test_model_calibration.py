@@ -11,8 +11,8 @@ import torch
 
 from serlive.model import ConfigError, ModelConfig, Predictor, bundled_model_dir
 from serlive.model.adapt import SpeakerAdapter
-from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_temperature, ood_score,
-                                       reference_percentiles, temper_for_ood)
+from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_shift, fit_temperature,
+                                       ood_score, reference_percentiles, shift_temperatures, temper_for_ood)
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -70,11 +70,46 @@ def test_far_out_of_distribution_is_pulled_half_way_to_uniform():
     np.testing.assert_allclose(out.sum(1), 1.0)
 
 
+def test_a_temperature_per_row_is_each_row_with_its_own():
+    probs = softmax(np.random.default_rng(0).normal(size=(5, 4)) * 3)
+    temps = np.array([0.5, 1.0, 1.5, 3.0, 10.0])
+    rows = np.stack([apply_temperature(probs[i:i + 1], float(t))[0] for i, t in enumerate(temps)])
+    np.testing.assert_allclose(apply_temperature(probs, temps), rows)
+    np.testing.assert_allclose(shift_temperatures(np.array([0.5, 1.0, 3.0]), 0.8, 0.5, 1.0),
+                               [0.8, 0.8, 0.8 * np.exp(1.0)])
+
+
+def test_fit_shift_recovers_how_fast_confidence_should_fall_with_atypicality():
+    """Labels drawn from softmax(z / T(a)) with T(a) = 0.8 * exp(0.6 * (a - 1)): the fitted beta is near 0.6,
+    and it lowers the ECE of the atypical rows against one temperature; with no such dependence it is ~0."""
+    rng = np.random.default_rng(1)
+    n = 6000
+    z = rng.normal(size=(n, 4)) * 2.5
+    atyp = rng.uniform(0.5, 4.0, n)
+
+    def draw(temps):
+        p = apply_temperature(softmax(z), temps)
+        return np.array([rng.choice(4, p=row) for row in p])
+
+    y = draw(shift_temperatures(atyp, 0.8, 0.6, 1.0))
+    beta = fit_shift(softmax(z), y, atyp, 0.8, 1.0)
+    assert beta == pytest.approx(0.6, abs=0.1)
+    far = atyp > 2.5
+    one_t = expected_calibration_error(apply_temperature(softmax(z[far]), 0.8), y[far])
+    shifted = expected_calibration_error(apply_temperature(softmax(z[far]), shift_temperatures(atyp[far], 0.8, beta, 1.0)), y[far])
+    assert shifted < one_t / 2, (shifted, one_t)
+    assert fit_shift(softmax(z), draw(np.full(n, 0.8)), atyp, 0.8, 1.0) < 0.05
+
+
 def test_calibration_config_is_validated():
     with pytest.raises(ConfigError, match="temperature"):
         ModelConfig.from_dict({"calibration": {"temperature": 0}})
     with pytest.raises(ConfigError, match="ood_reference"):
         ModelConfig.from_dict({"calibration": {"ood_reference": [3.0, 1.0]}})
+    with pytest.raises(ConfigError, match="shift_beta"):
+        ModelConfig.from_dict({"calibration": {"shift_beta": -1.0}})
+    with pytest.raises(ConfigError, match="min_voiced"):
+        ModelConfig.from_dict({"calibration": {"min_voiced": 2.0}})
     with pytest.raises(ConfigError, match="embedding_mean"):
         ModelConfig.from_dict({"embed_dim": 32, "calibration": {"embedding_mean": [0.0, 1.0]}})
 
@@ -133,3 +168,31 @@ def test_noise_and_silence_are_more_atypical_than_any_speech(bundled, tmp_path):
     speech = [bundled.predict(*sf.read(p, dtype="float32")).atypicality
               for p in sorted((DATA_DIR / "ravdess").glob("*.flac"))]
     assert min(noise) > 2 * max(speech), (noise, max(speech))
+
+
+def test_no_voice_or_past_the_checked_speech_is_uncertain_and_tempered_speech_is_graded(bundled):
+    """With a speech limit and a voicing floor (as ``ser-train calibrate`` writes them): noise alone is never
+    voiced, so it is flagged and pulled half way to uniform; unseen speech is neither; past the speech limit
+    everything is flagged; a growing temperature lowers the confidence of atypical speech without a flag."""
+    rng = np.random.default_rng(2)
+    noise = 0.05 * rng.standard_normal(16000 * 3).astype(np.float32)
+    speech = [sf.read(p, dtype="float32") for p in sorted((DATA_DIR / "ravdess").glob("*.flac"))]
+    plain = bundled.with_calibration(temperature=1.0, shift_beta=0.0, speech_limit=100.0, min_voiced=0.02,
+                                     min_confidence=0.0, ood_mix=0.5)
+    raw = bundled.with_calibration(temperature=1.0, shift_beta=0.0, speech_limit=100.0, min_voiced=0.0,
+                                   min_confidence=0.0)
+    got, base = plain.predict(noise), raw.predict(noise)
+    assert got.voiced == 0.0 and got.speech_frames > 0 and got.uncertain and not base.uncertain
+    np.testing.assert_allclose(got.probs, 0.5 * np.array(base.probs) + 0.125, atol=1e-9)
+    voices = [plain.predict(a, sr) for a, sr in speech]
+    assert all(v.voiced > 0.3 and not v.uncertain for v in voices), [v.voiced for v in voices]
+    limit = float(np.median([v.atypicality for v in voices]))
+    capped = bundled.with_calibration(temperature=1.0, shift_beta=0.0, speech_limit=limit, min_voiced=0.0,
+                                      min_confidence=0.0)
+    flags = [capped.predict(a, sr).uncertain for a, sr in speech]
+    assert flags == [v.atypicality > limit for v in voices]
+    shifted = bundled.with_calibration(temperature=1.0, shift_beta=1.0, shift_from=0.0, speech_limit=100.0,
+                                       min_voiced=0.0, min_confidence=0.0)
+    for v, (a, sr) in zip(voices, speech):
+        s = shifted.predict(a, sr)
+        assert s.label == v.label and s.confidence < v.confidence and not s.uncertain

@@ -66,8 +66,12 @@ def test_cv_then_final_then_bundle(tmp_path, capsys):
     assert [f["fold"] for f in cal["per_fold"]] == [0, 1] and all(0 <= f["ua_online"] <= 1 for f in cal["per_fold"])
     ref = cal["final"]["ood_reference"]
     assert len(ref) == 21 and ref == sorted(ref) and cal["final"]["temperature"] > 0
+    final = cal["final"]
+    assert final["speech_limit"] > ref[10] and final["shift_beta"] >= 0 and final["min_confidence"] == 0.4
+    assert set(cal["shipped_path"]) == {"test", "degraded"} and cal["shipped_path"]["degraded"]["n"] == 2 * cal["shipped_path"]["test"]["n"] > 0
     calibrated = Predictor.from_dir(tmp_path / "model")
     assert calibrated.config.calibration.temperature == cal["final"]["temperature"] and calibrated.can_adapt
+    assert calibrated.config.calibration.speech_limit == final["speech_limit"]
     assert (calibrated.config.knn.k, calibrated.config.knn.alpha) == (chosen["k"], chosen["alpha"])
     wave = torch.randn(16000).numpy() * 0.05
     p = calibrated.predict(wave)

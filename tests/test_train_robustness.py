@@ -49,7 +49,7 @@ def test_table_has_every_condition_and_system(benchmark, cv_run):
             assert entry[system]["drop_ua"] == pytest.approx(
                 100 * (summary["conditions"][0][system]["ua"]["mean"] - entry[system]["ua"]["mean"]))
         assert 0 <= entry["model"]["ece"]["mean"] <= 1 and "ece" not in entry["baseline"]
-        assert entry["model_knn"]["uncertain"]["mean"] is None  # fold models have no OOD reference: no figure, not 0
+        assert entry["model_knn"]["uncertain"]["mean"] is None  # before calibrate: no OOD reference, no figure, not 0
     assert summary["conditions"][0]["model"]["drop_ua"] == 0
     saved = json.loads((cv_run / "cv" / "robustness.json").read_text())
     assert saved["conditions"] == json.loads(json.dumps(summary["conditions"]))
@@ -152,3 +152,19 @@ def test_ctrl_c_keeps_finished_folds_and_a_rerun_continues(cv_run, monkeypatch, 
         summary = robustness.run(cv_run / "cv", out, robustness.select(",".join(names)))
     assert "fold 0: benchmark already done" in caplog.text and "fold 1: 8 utterances x 17 conditions" in caplog.text
     assert summary["folds"] == 2 and out.is_file()
+
+
+def test_after_calibrate_each_fold_runs_with_the_calibration_fitted_on_the_others(benchmark, cv_run, monkeypatch):
+    """Once ``ser-train calibrate`` has run, the benchmark's ECE and ``uncertain`` columns are those of the
+    shipped path: each fold with the temperature, shift and flag settings fitted on the other folds."""
+    from serlive.train import calibrate
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cv_run / "cache"))
+    result = calibrate.run(cv_run / "cv", orders=1, degraded=1)
+    summary = robustness.run(cv_run / "cv", cv_run / "calibrated.json", robustness.select("white noise 5 dB SNR"))
+    for fold, row in zip(result["per_fold"], summary["per_fold"]):
+        assert row["fold"] == fold["fold"] and row["temperature"] == fold["temperature"]
+        assert row["key"]["calibration"]["speech_limit"] == fold["speech_limit"] > 0
+        assert row["key"]["calibration"]["min_confidence"] == calibrate.MIN_CONFIDENCE
+    for entry in summary["conditions"]:
+        assert 0 <= entry["model_knn"]["uncertain"]["mean"] <= 1  # a figure now, not None

@@ -8,6 +8,13 @@ unseen by their own models and datastores, as a user is; validation speakers are
 
 * **temperature**: fitted by NLL; ECE on the fold's test speakers before and after (10 bins), and pooled;
   the final model takes it only if it lowers the pooled ECE;
+* **shift-aware temperature** (``--degraded N``, default 2): the test speakers' whole files under N draws
+  of the recipe's training augmentation (noises, rooms, level, clipping, telephone, codecs; other settings
+  and rooms than ``ser-train robustness``'s), predicted; ``shift_beta`` fitted by NLL with T fixed, from the
+  median atypicality of clean speech on; ECE on degraded speech with one T and with the shift; the
+  ``speech_limit`` (the 99th percentile of the checked speech's atypicality); and, with every setting as the model directory will
+  have it (``min_confidence`` 0.4, ``min_voiced`` 0.02), the share flagged ``uncertain`` on clean and
+  degraded speech and how often the flagged and the others are right;
 * **OOD reference**: the atypicality (see :mod:`serlive.model.calibration`) of every fold's test speakers,
   unseen by the model that scored them; how much in-domain speech it flags;
 * (a run still training is measured on its finished folds; the result says how many)
@@ -31,11 +38,13 @@ import numpy as np
 
 from serlive.model import ConfigError, KnnConfig, Predictor, load_model_dir
 from serlive.model.adapt import SpeakerAdapter
-from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_temperature, ood_score,
-                                       reference_percentiles)
+from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_shift, fit_temperature,
+                                       ood_score, reference_percentiles)
 from serlive.model.checkpoint import CONFIG_FILE as MODEL_CONFIG, METRICS_FILE, write_json
 
+from .augment import TrainAugment
 from .config import load_json
+from .data import load_audio
 from .fit import CONFIG_FILE, load_data
 from .fold import RESULT_FILE
 from .metrics import classification, fmt_ci, mean_ci
@@ -45,6 +54,17 @@ log = logging.getLogger(__name__)
 
 PRIORS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 """Shrinkage priors (pseudo-utterances) tried for the per-speaker adaptation."""
+MIN_CONFIDENCE = 0.4
+"""Calibrated top probability under which a prediction is flagged uncertain (a 4-class model right less
+than 4 times in 10 there; the measured accuracy of the flagged is in calibration.md)."""
+MIN_VOICED = 0.02
+"""Voiced share of the speech frames under which an utterance is flagged (noise alone has none; speech in
+3 dB pink noise keeps 7 % or more)."""
+LIMIT_PERCENTILE = 99.0
+"""The speech limit: this percentile of the atypicality of the checked speech, clean and degraded (the
+maximum is one extreme draw, e.g. a telephone line in 3 dB of noise; past the 99th lie synthetic voices)."""
+POOL_SIZE = 64
+"""Training utterances a fold's babble is drawn from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +103,17 @@ def online_ua(predictor: Predictor, split: Split, prior: float, orders: int, see
                                           predictor.labels)["ua"] for _ in range(orders)]))
 
 
+def degraded_split(predictor: Predictor, cfg, data, fold, draws: int) -> Split:
+    """The fold's test speakers' whole files under ``draws`` draws of the recipe's training augmentation
+    (seeded by the protocol seed and the fold), predicted."""
+    seed = cfg.protocol.seed
+    pool = [data.wave(int(i)) for i in np.random.default_rng([seed, fold.index]).permutation(fold.train)[:POOL_SIZE]]
+    augment = TrainAugment(cfg.augment, pool, np.random.default_rng([seed, 1, fold.index]))
+    files = [load_audio(data.utts[i].path, data.max_samples) for i in fold.test]
+    waves = [w for _ in range(draws) for w in augment.batch(files)]
+    return predict_split(predictor, waves, np.tile(data.labels[fold.test], draws))
+
+
 def fold_predictor(model_dir: Path, knn: dict | None, embedding_mean: np.ndarray) -> Predictor:
     """The fold's model with the cross-fold kNN setting and its training mean embedding (T = 1, no OOD)."""
     model, cfg, store, _ = load_model_dir(model_dir)
@@ -101,7 +132,7 @@ def mean_embedding(model_dir: Path, waves: list[np.ndarray]) -> np.ndarray:
     return np.mean(embs, axis=0)
 
 
-def run(run_dir: str | Path, orders: int = 10, apply_to: str | Path | None = None) -> dict:
+def run(run_dir: str | Path, orders: int = 10, apply_to: str | Path | None = None, degraded: int = 2) -> dict:
     run_dir = Path(run_dir)
     cfg = load_json(run_dir / CONFIG_FILE)
     data = load_data(cfg, progress=False)
@@ -116,6 +147,7 @@ def run(run_dir: str | Path, orders: int = 10, apply_to: str | Path | None = Non
         predictor = fold_predictor(model_dir, xknn.get(fold.index), mean_embedding(model_dir, [data.wave(i) for i in fold.train]))
         test = predict_split(predictor, [data.wave(i) for i in fold.test], data.labels[fold.test])
         rows.append({"fold": fold, "predictor": predictor, "test": test,
+                     "degraded": degraded_split(predictor, cfg, data, fold, degraded) if degraded else None,
                      "test_online": {prior: online_ua(predictor, test, prior, orders, cfg.protocol.seed) for prior in PRIORS}})
         log.info("fold %d: predictions done", fold.index)
     result = score(rows, cfg.model.labels, orders, cfg.protocol.seed)
@@ -150,7 +182,7 @@ def score(rows: list[dict], labels: tuple[str, ...], orders: int, seed: int) -> 
             "ua_online": row["test_online"][prior],
             "ece": expected_calibration_error(test.probs, test.labels),
             "ece_calibrated": expected_calibration_error(apply_temperature(test.probs, t), test.labels),
-        })
+        } | shift_settings(others, t))
     final_t = fit_temperature(np.concatenate([r["test"].probs for r in rows]), np.concatenate([r["test"].labels for r in rows]))
     final_prior = max(PRIORS, key=lambda p: (np.mean([r["test_online"][p] for r in rows]), -p))
     reference = reference_percentiles(atyp) if atyp else ()
@@ -165,10 +197,60 @@ def score(rows: list[dict], labels: tuple[str, ...], orders: int, seed: int) -> 
     if reference:
         flagged = ood_score(np.array(atyp), reference) >= 0.99
         out["ood_flagged_in_domain"] = float(flagged.mean())
-    return out | {"orders": orders, "final": {"temperature": final_t, "adapt_prior": final_prior,
-                                              "ood_statistic": rows[0]["predictor"].config.calibration.ood_statistic,
-                                              "ood_reference": list(reference)},
-                  "per_fold": per_fold}
+    final = {"temperature": final_t, "adapt_prior": final_prior,
+             "ood_statistic": rows[0]["predictor"].config.calibration.ood_statistic, "ood_reference": list(reference)}
+    if rows[0]["degraded"] is not None and atyp:
+        final |= {k: v for k, v in shift_settings(rows, final_t).items() if k in SHIPPED}
+        out["shipped_path"] = shipped_path(rows, per_fold, labels)
+    return out | {"orders": orders, "final": final, "per_fold": per_fold}
+
+
+SHIPPED = ("shift_beta", "shift_from", "speech_limit", "min_confidence", "min_voiced")
+"""The settings :func:`shift_settings` chooses that a model directory keeps."""
+
+
+def shift_settings(rows: list[dict], temperature: float) -> dict:
+    """The shift-aware settings fitted on ``rows`` (T fixed): the temperature's growth from the median
+    atypicality of their clean test speech, the speech limit (:data:`LIMIT_PERCENTILE` of the speech seen,
+    clean and degraded), and the flag thresholds. Empty when the rows have no degraded predictions or no atypicality."""
+    if rows[0]["degraded"] is None or rows[0]["test"].preds[0].atypicality is None:
+        return {}
+    clean = np.concatenate([[p.atypicality for p in r["test"].preds] for r in rows])
+    degraded = [r["degraded"] for r in rows]
+    start = float(np.median(clean))
+    atyp = np.concatenate([[p.atypicality for p in d.preds] for d in degraded])
+    beta = fit_shift(np.concatenate([d.probs for d in degraded]), np.concatenate([d.labels for d in degraded]), atyp,
+                     temperature, start)
+    voiced = rows[0]["test"].preds[0].voiced is not None
+    limit = float(np.percentile(np.concatenate([clean, atyp]), LIMIT_PERCENTILE))
+    return {"shift_beta": beta, "shift_from": round(start, 5), "speech_limit": round(limit, 5),
+            "min_confidence": MIN_CONFIDENCE, "min_voiced": MIN_VOICED if voiced else 0.0}
+
+
+def shipped_path(rows: list[dict], per_fold: list[dict], labels) -> dict:
+    """Each fold's clean and degraded test predictions with the settings fitted on the other folds, through
+    the Predictor as a model directory will have them (without OOD reference: the flag does not use it):
+    the pooled ECE with one T and with the shift, the share flagged uncertain, and the accuracy of the
+    flagged and of the others."""
+    out = {}
+    for name in ("test", "degraded"):
+        one_t, shifted, y = [], [], []
+        for row, f in zip(rows, per_fold):
+            split = row[name]
+            settings = {k: f[k] for k in SHIPPED}
+            one_t.append(row["predictor"].with_calibration(temperature=f["temperature"]).refinish(split.preds))
+            shifted.append(row["predictor"].with_calibration(temperature=f["temperature"], **settings).refinish(split.preds))
+            y.append(split.labels)
+        one_t, shifted, y = sum(one_t, []), sum(shifted, []), np.concatenate(y)
+        right = np.array([labels.index(p.label) for p in shifted]) == y
+        flag = np.array([p.uncertain for p in shifted])
+        out[name] = {"n": len(y), "ua": classification(y, np.array([labels.index(p.label) for p in shifted]), labels)["ua"],
+                     "ece_one_t": expected_calibration_error(np.array([p.probs for p in one_t]), y),
+                     "ece_shift": expected_calibration_error(np.array([p.probs for p in shifted]), y),
+                     "uncertain": float(flag.mean()),
+                     "right_when_flagged": float(right[flag].mean()) if flag.any() else None,
+                     "right_otherwise": float(right[~flag].mean()) if (~flag).any() else None}
+    return out
 
 
 def markdown(result: dict) -> str:
@@ -182,9 +264,23 @@ def markdown(result: dict) -> str:
              f"({fmt_ci(result['ece_calibrated'], 1.0)}) |"]
     if "ood_flagged_in_domain" in result:
         lines.append(f"| unseen in-domain utterances flagged out of distribution | {100 * result['ood_flagged_in_domain']:.1f} % |")
+    for name, what in (("test", "clean"), ("degraded", "degraded (training augmentation)")):
+        if name in result.get("shipped_path", {}):
+            d = result["shipped_path"][name]
+            lines += [f"| ECE, {what} speech: one T → shift-aware T ({d['n']} predictions) | "
+                      f"{d['ece_one_t']:.3f} → {d['ece_shift']:.3f} |",
+                      f"| flagged uncertain, {what} speech (right when flagged / otherwise) | {100 * d['uncertain']:.1f} % "
+                      f"({_pct(d['right_when_flagged'])} / {_pct(d['right_otherwise'])}) |"]
     lines.append(f"\nFinal settings (chosen on every fold): temperature {f['temperature']:g}, adaptation prior "
-                 f"{f['adapt_prior']:g}, OOD statistic {f['ood_statistic']}.")
+                 f"{f['adapt_prior']:g}, OOD statistic {f['ood_statistic']}"
+                 + (f", shift β {f['shift_beta']:g} from atypicality {f['shift_from']:g}, speech limit "
+                    f"{f['speech_limit']:g}, uncertain under confidence {f['min_confidence']:g} or voiced share "
+                    f"{f['min_voiced']:g}" if "shift_beta" in f else "") + ".")
     return "\n".join(lines) + "\n"
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.0f} %"
 
 
 def apply(model_dir: Path, result: dict, embedding_mean: np.ndarray) -> None:
@@ -193,7 +289,8 @@ def apply(model_dir: Path, result: dict, embedding_mean: np.ndarray) -> None:
     f = result["final"]
     config["model"]["calibration"] = {
         "temperature": f["temperature"], "ood_statistic": f["ood_statistic"], "ood_reference": f["ood_reference"],
-        "adapt_prior": f["adapt_prior"], "embedding_mean": [round(float(x), 6) for x in embedding_mean]}
+        "adapt_prior": f["adapt_prior"], "embedding_mean": [round(float(x), 6) for x in embedding_mean]} \
+        | {k: f[k] for k in SHIPPED if k in f}
     from serlive.model.checkpoint import FORMAT_VERSION
 
     config["format_version"] = FORMAT_VERSION

@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("calibrate", help="temperature, OOD reference and per-speaker adaptation measured on a CV run's folds")
     ca.add_argument("--cv", required=True, help="a finished cross-validation run directory (ser-train fit)")
     ca.add_argument("--orders", type=int, default=10, help="random utterance orders per speaker (online protocol)")
+    ca.add_argument("--degraded", type=int, default=2, metavar="N",
+                    help="draws of the training augmentation per test utterance for the shift-aware temperature (0: off)")
     ca.add_argument("--apply", default=None, metavar="MODEL_DIR",
                     help="write the final settings into this model directory (e.g. the bundled model)")
     rb = sub.add_parser("robustness", help="fold models and the baseline under level, noise, rooms, telephone, "
@@ -123,9 +125,9 @@ def _dispatch(args) -> int:
     if args.command == "calibrate":
         from .calibrate import markdown, run as run_calibrate
 
-        if args.orders < 1:
-            raise ConfigError("--orders must be at least 1")
-        print(markdown(run_calibrate(args.cv, args.orders, args.apply)), end="")
+        if args.orders < 1 or args.degraded < 0:
+            raise ConfigError("--orders must be at least 1 and --degraded at least 0")
+        print(markdown(run_calibrate(args.cv, args.orders, args.apply, args.degraded)), end="")
         return 0
     if args.command == "robustness":
         return _robustness(args)

@@ -30,6 +30,7 @@ from serlive.model.checkpoint import atomic_write, write_json
 
 from . import lines, perturb
 from .baseline import fit_fold, utterance_features
+from .calibrate import SHIPPED
 from .config import load_json
 from .data import load_audio
 from .fit import CONFIG_FILE, load_data
@@ -79,16 +80,18 @@ def run(run_dir: str | Path, out: str | Path | None = None, conditions: list[per
     rt60s = tuple(sorted({c.value for c in conditions if c.family == "reverb"}))
     rooms = perturb.benchmark_rooms(rt60s_s=rt60s) if rt60s else None
     feats = np.stack([utterance_features(data.wave(i), data.masks[i]) for i in range(len(data))])
+    calibrations = fold_calibrations(run_dir)
     rows = []
     for fold in chosen:
         fold_dir = run_dir / f"fold_{fold.index}"
-        key = _key(cfg, conditions, fold_dir)
+        settings = calibrations.get(fold.index)
+        key = _key(cfg, conditions, fold_dir) | {"calibration": settings}
         saved = fold_dir / FOLD_FILE
         if not fresh and saved.is_file() and json.loads(saved.read_text()).get("key") == key:
             log.info("fold %d: benchmark already done; reusing %s", fold.index, saved)
             rows.append(json.loads(saved.read_text()))
             continue
-        row = run_fold(cfg, data, fold, fold_dir, conditions, rooms, feats) | {"key": key}
+        row = run_fold(cfg, data, fold, fold_dir, conditions, rooms, feats, settings) | {"key": key}
         write_json(saved, row)
         log.info("fold %d: %d utterances x %d conditions in %.1f s; kept in %s", fold.index, row["n_test"],
                  len(conditions), row["seconds"], saved)
@@ -100,19 +103,36 @@ def run(run_dir: str | Path, out: str | Path | None = None, conditions: list[per
     return summary
 
 
+def fold_calibrations(run_dir: Path) -> dict[int, dict]:
+    """Each fold's calibration as ``ser-train calibrate`` fitted it on the OTHER folds (temperature, shift,
+    speech limit, flag thresholds; the pooled OOD reference for the score), {} before calibrate has run."""
+    path = run_dir / "calibration.json"
+    if not path.is_file():
+        return {}
+    result = json.loads(path.read_text())
+    keep = ("temperature",) + SHIPPED
+    reference = {"ood_reference": tuple(result["final"].get("ood_reference", ())),
+                 "ood_statistic": result["final"]["ood_statistic"]}
+    return {f["fold"]: {k: f[k] for k in keep if k in f} | reference for f in result["per_fold"]}
+
+
 def _key(cfg, conditions, fold_dir: Path) -> dict:
     weights = fold_dir / "model" / "model.safetensors"
     stat = weights.stat() if weights.is_file() else None
-    return {"conditions": [c.name for c in conditions], "seed": cfg.protocol.seed, "version": 3,
+    return {"conditions": [c.name for c in conditions], "seed": cfg.protocol.seed, "version": 4,
             "weights": [stat.st_size, stat.st_mtime_ns] if stat else None}
 
 
-def run_fold(cfg, data, fold, fold_dir: Path, conditions, rooms, feats: np.ndarray) -> dict:
-    """One fold: every condition's figures for the model (± kNN) and the baseline, and the seconds it took."""
+def run_fold(cfg, data, fold, fold_dir: Path, conditions, rooms, feats: np.ndarray, settings: dict | None = None) -> dict:
+    """One fold: every condition's figures for the model (± kNN) and the baseline, and the seconds it took.
+    ``settings``: the fold's cross-fitted calibration (:func:`fold_calibrations`; None: the fold model's own)."""
     start = time.monotonic()
     labels, seed = cfg.model.labels, cfg.protocol.seed
-    shipped = Predictor.from_dir(fold_dir / "model")  # kNN, temperature and OOD as the model directory says
+    shipped = Predictor.from_dir(fold_dir / "model")  # kNN as the fold's model directory says
+    if settings:
+        shipped = shipped.with_calibration(**settings)
     alone = Predictor(shipped.model, shipped.datastore, use_knn=False)
+    alone.config = shipped.config  # the same calibration, without the kNN vote
     baseline, _ = fit_fold(feats, data.labels, fold, labels)
     pick = np.random.default_rng([seed, fold.index]).permutation(fold.train)[:POOL_SIZE]
     pool = [data.wave(int(i)) for i in pick]
@@ -157,9 +177,7 @@ def _model_outputs(shipped: Predictor, alone: Predictor, waves, masks, batch_siz
         preds = shipped.predict_prepared([waves[i] for i in idx], [masks[i] for i in idx])
         own = preds
         if shipped.use_knn:
-            atyp = None if preds[0].atypicality is None else np.array([p.atypicality for p in preds])
-            own = alone.finish(np.stack([p.embedding for p in preds]), atyp, np.array([p.speech_frames for p in preds]),
-                               [p.frames for p in preds])
+            own = alone.refinish(preds)
         for i, p, q in zip(idx, own, preds):
             solo[i], knn[i] = p, q
     return solo, (knn if shipped.use_knn else None)
