@@ -34,8 +34,10 @@ class Prediction:
     out-of-distribution score in [0, 1] (None: the model has no OOD reference), ``uncertain`` says the
     label should not be trusted (far out of distribution, no voice, low confidence or no speech; see
     :mod:`serlive.model.calibration`), ``atypicality`` is the statistic behind ``ood``, ``voiced`` the pitch
-    tracker's voiced share of the speech frames (None: the model has no pitch statistics), ``adapted`` that
-    the speaker's running mean shifted the embedding (``embedding`` itself is always the raw one).
+    tracker's voiced share of the speech frames (None: the model has no pitch statistics), ``far`` that the
+    input is past the checked speech or has no voice (one of the reasons for ``uncertain``; a voice heard
+    with low confidence is not far, and still teaches the per-speaker adaptation), ``adapted`` that the
+    speaker's running mean shifted the embedding (``embedding`` itself is always the raw one).
     """
 
     label: str
@@ -53,6 +55,7 @@ class Prediction:
     atypicality: float | None = None
     adapted: bool = False
     voiced: float | None = None
+    far: bool = False
 
     @property
     def prob_dict(self) -> dict[str, float]:
@@ -242,5 +245,5 @@ class Predictor:
             confidence=confidence,
             valence=None if dims is None else float(dims[0]), arousal=None if dims is None else float(dims[1]),
             embedding=emb, knn=self.use_knn, speech_frames=speech_frames, frames=frames,
-            ood=ood, uncertain=bool(uncertain), atypicality=atypicality, adapted=adapted, voiced=voiced,
+            ood=ood, uncertain=bool(uncertain), atypicality=atypicality, adapted=adapted, voiced=voiced, far=far,
         )

@@ -238,7 +238,7 @@ class Engine(Draining):
             self.close_latency.add((now - req.decided_s) * 1000)
             for state in stream.pipeline.apply_final(event, req.segment):
                 self.emit(state)
-            if stream.adapter is not None and raw.speech_frames > 0 and not raw.uncertain:
+            if stream.adapter is not None and raw.speech_frames > 0 and not raw.far:  # a voice, sure or not
                 stream.adapter.update(raw.embedding)  # later segments only: never its own prediction
                 stream.adapted_until = req.end_sample
 

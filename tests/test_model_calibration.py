@@ -182,7 +182,7 @@ def test_no_voice_or_past_the_checked_speech_is_uncertain_and_tempered_speech_is
     raw = bundled.with_calibration(temperature=1.0, shift_beta=0.0, speech_limit=100.0, min_voiced=0.0,
                                    min_confidence=0.0)
     got, base = plain.predict(noise), raw.predict(noise)
-    assert got.voiced == 0.0 and got.speech_frames > 0 and got.uncertain and not base.uncertain
+    assert got.voiced == 0.0 and got.speech_frames > 0 and got.uncertain and got.far and not base.uncertain
     np.testing.assert_allclose(got.probs, 0.5 * np.array(base.probs) + 0.125, atol=1e-9)
     voices = [plain.predict(a, sr) for a, sr in speech]
     assert all(v.voiced > 0.3 and not v.uncertain for v in voices), [v.voiced for v in voices]
@@ -196,3 +196,8 @@ def test_no_voice_or_past_the_checked_speech_is_uncertain_and_tempered_speech_is
     for v, (a, sr) in zip(voices, speech):
         s = shifted.predict(a, sr)
         assert s.label == v.label and s.confidence < v.confidence and not s.uncertain
+    unsure = bundled.with_calibration(temperature=1.0, shift_beta=0.0, speech_limit=100.0, min_voiced=0.02,
+                                      min_confidence=1.0)  # every voice is now under the confidence floor
+    for a, sr in speech:
+        got = unsure.predict(a, sr)
+        assert got.uncertain and not got.far  # unsure of the emotion, but a voice: the adaptation still learns it

@@ -91,7 +91,7 @@ def online_labels(predictor: Predictor, preds: list, rng: np.random.Generator, p
     y_pred = np.zeros(len(preds), np.int64)
     for i in rng.permutation(len(preds)):
         y_pred[i] = predictor.labels.index(predictor.adapt(preds[i], adapter).label)
-        if preds[i].speech_frames > 0 and not preds[i].uncertain:  # as the engine: no speech, no learning
+        if preds[i].speech_frames > 0 and not preds[i].far:  # as the engine: no voice, no learning
             adapter.update(preds[i].embedding)
     return y_pred
 
