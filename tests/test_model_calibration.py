@@ -153,7 +153,7 @@ def test_adapted_prediction_is_the_heads_on_the_shifted_embedding(bundled):
     expected = torch.softmax(bundled.model.classifier(torch.from_numpy(raw.embedding - shift)), -1).detach().numpy()
     expected = apply_temperature(expected[None], bundled.config.calibration.temperature)[0]  # the shipped T
     got = plain.finish(raw.embedding[None], None, np.array([raw.speech_frames]), [raw.frames], shift=shift)[0]
-    assert not got.uncertain  # in domain: no OOD tempering on top
+    assert not got.far  # in domain: no OOD tempering on top
     np.testing.assert_allclose(got.probs, expected, atol=1e-5)
     assert got.adapted and not raw.adapted
 

@@ -259,9 +259,9 @@ def markdown(result: dict) -> str:
              f"| UA, utterance alone | {fmt_ci(result['ua'])} |",
              f"| UA, online per-speaker protocol ({result['orders']} orders) | {fmt_ci(result['ua_online'])} |",
              f"| ECE before calibration, all test utterances pooled (per fold) | {result['ece_pooled']:.3f} "
-             f"({fmt_ci(result['ece'], 1.0)}) |",
+             f"({fmt_ci(result['ece'], 1.0, 3)}) |",
              f"| ECE after (temperature from the other folds' test speakers) | {result['ece_pooled_calibrated']:.3f} "
-             f"({fmt_ci(result['ece_calibrated'], 1.0)}) |"]
+             f"({fmt_ci(result['ece_calibrated'], 1.0, 3)}) |"]
     if "ood_flagged_in_domain" in result:
         lines.append(f"| unseen in-domain utterances flagged out of distribution | {100 * result['ood_flagged_in_domain']:.1f} % |")
     for name, what in (("test", "clean"), ("degraded", "degraded (training augmentation)")):

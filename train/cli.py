@@ -1,4 +1,4 @@
-"""``ser-train``: fit, evaluate, ablate, baseline, bundle, calibrate, robustness, prepare. Parses arguments and
+"""``ser-train``: fit, evaluate, ablate, baseline, bundle, calibrate, robustness, probe, prepare. Parses arguments and
 calls a ``run``; bad input is one sentence on stderr and exit status 2 (1 for a failure while running)."""
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
     rb.add_argument("--conditions", default="", help="comma-separated condition names (default: all 24)")
     rb.add_argument("--folds", default="", help="comma-separated fold indices (default: all)")
     rb.add_argument("--fresh", action="store_true", help="recompute folds already benchmarked on the same weights")
+    po = sub.add_parser("probe", help="a model on speech under noise, rooms and the telephone band, on noise, "
+                        "silence, tones and synthetic speech: the share flagged uncertain and the top probabilities")
+    po.add_argument("files", nargs="+", help="two or more speech recordings (any rate; babble is made from the others)")
+    po.add_argument("--model", default=None, metavar="DIR", help="model directory (default: the bundled model)")
     pr = sub.add_parser("prepare", help="write a manifest CSV for an IEMOCAP or KEMDy19 tree")
     pr.add_argument("corpus", choices=["iemocap", "kemdy19"])
     pr.add_argument("root", help="the corpus folder")
@@ -113,6 +117,11 @@ def _dispatch(args) -> int:
 
         n = write_manifest(args.corpus, args.root, args.out)
         print(f"wrote {n} utterances to {args.out}")
+        return 0
+    if args.command == "probe":
+        from .probe import markdown, run as run_probe
+
+        print(markdown(run_probe(args.model, args.files)), end="")
         return 0
     if args.command == "bundle":
         from .bundle import run as run_bundle

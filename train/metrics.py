@@ -71,10 +71,10 @@ def mean_ci(values, confidence: float = 0.95) -> dict:
     return {"mean": float(v.mean()), "std": s, "ci95": half, "n": int(len(v))}
 
 
-def fmt_ci(entry: dict, scale: float = 100.0) -> str:
-    """``"71.2 ± 3.4"`` (in percent by default); ``"—"`` when empty."""
+def fmt_ci(entry: dict, scale: float = 100.0, digits: int = 1) -> str:
+    """``"71.2 ± 3.4"`` (in percent by default; ``fmt_ci(e, 1.0, 3)``: ``"0.052 ± 0.011"``); ``"—"`` when empty."""
     if entry.get("mean") is None:
         return "—"
     if entry.get("ci95") is None:
-        return f"{entry['mean'] * scale:.1f}"
-    return f"{entry['mean'] * scale:.1f} ± {entry['ci95'] * scale:.1f}"
+        return f"{entry['mean'] * scale:.{digits}f}"
+    return f"{entry['mean'] * scale:.{digits}f} ± {entry['ci95'] * scale:.{digits}f}"

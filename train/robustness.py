@@ -240,13 +240,7 @@ def markdown_table(summary: dict) -> str:
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in summary["conditions"]:
         cells = [e["name"]] + [fmt_ci(e[s]["ua"]) for s in systems] + [f"{e[s]['drop_ua']:+.1f}" for s in systems] \
-            + [fmt_ci(e[s]["wa"]) for s in systems] + [_fmt3(e[s]["ece"]) for s in models] \
+            + [fmt_ci(e[s]["wa"]) for s in systems] + [fmt_ci(e[s]["ece"], 1.0, 3) for s in models] \
             + [fmt_ci(e[models[-1]]["uncertain"])]
         lines_.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines_) + "\n"
-
-
-def _fmt3(entry: dict) -> str:
-    if entry.get("mean") is None:
-        return "—"
-    return f"{entry['mean']:.3f}" + (f" ± {entry['ci95']:.3f}" if entry.get("ci95") is not None else "")
