@@ -89,6 +89,12 @@ def test_save_csv_round_trips(tmp_path):
     assert tuple(rows[0]) == CSV_COLUMNS
     assert [(r["stream"], r["label"]) for r in rows[:2]] == [("local", "angry"), ("local", "happy")]
     assert float(rows[0]["duration_s"]) == pytest.approx(2.57)
+    assert {r["uncertain"] for r in rows} == {"False"}
+    state.apply(ev.SegmentStart("mic", 0, 0, 4800))
+    state.apply(pred(0, 0, 1.0, "sad", final=True, uncertain=True))
+    assert state.save_csv(path) == 7
+    last = list(csv.DictReader(path.open()))[-1]
+    assert (last["stream"], last["label"], last["uncertain"]) == ("mic", "sad", "True")
 
 
 def test_stats_survive_the_wire():

@@ -26,7 +26,7 @@ TIMELINE_MIN_WINDOW_S = 30.0
 MAX_LOG_ROWS = 1000
 """Segment-log rows kept per stream; the oldest go first (the CSV holds what is kept)."""
 
-CSV_COLUMNS = ("stream", "segment", "start_s", "duration_s", "label", "confidence", "latency_ms", "knn")
+CSV_COLUMNS = ("stream", "segment", "start_s", "duration_s", "label", "confidence", "latency_ms", "knn", "uncertain")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,7 @@ class LogRow:
     confidence: float
     latency_ms: float
     knn: bool
+    uncertain: bool = False
 
 
 @dataclass(slots=True)
@@ -139,7 +140,8 @@ class StreamView:
         if len(self.log) == self.log.maxlen:
             self.log_version += 1
         self.log.append(
-            LogRow(self.name, e.segment, e.start_s, e.end_s - e.start_s, e.label, e.confidence, e.latency_ms, e.knn)
+            LogRow(self.name, e.segment, e.start_s, e.end_s - e.start_s, e.label, e.confidence, e.latency_ms, e.knn,
+                   e.uncertain)
         )
 
     def on_level(self, e: ev.Level) -> None:

@@ -87,6 +87,7 @@ class SegmentLog(DataTable):
         for row in new:
             self.add_row(
                 f"{row.start_s:7.2f}s", f"{row.duration_s:5.2f}s",
+                render.plain(f"{row.label} (uncertain)", style="grey50") if row.uncertain else
                 render.plain(row.label, style=render.colour_for(row.label, self.state.labels)),
                 f"{row.confidence:.0%}", f"{row.latency_ms:.0f} ms" + (" kNN" if row.knn else ""),
             )
