@@ -55,8 +55,9 @@ def time_forward(model: SERModel, seconds: float, repeats: int, device: torch.de
     return statistics.median(times)
 
 
-def time_model_dirs(dirs: list[str], audio_file: str, repeats: int, device: torch.device) -> None:
-    """Print the real-time factor of each model directory's whole Predictor, in one run."""
+def time_model_dirs(dirs: list[str], audio_file: str, repeats: int, device: torch.device) -> tuple[int, list[float]]:
+    """The number of 3 s pieces of ``audio_file``, and each model directory's whole-Predictor real-time
+    factor (median of ``repeats`` passes over them, interleaved in one run)."""
     import numpy as np
     import soundfile
 
@@ -65,7 +66,6 @@ def time_model_dirs(dirs: list[str], audio_file: str, repeats: int, device: torc
     audio, rate = soundfile.read(audio_file, dtype="float32", always_2d=True)
     piece = 3 * rate
     pieces = [audio[i:i + piece].mean(1) for i in range(0, len(audio) - piece + 1, piece)]
-    seconds = len(pieces) * 3.0
     predictors = [Predictor.from_dir(d, device) for d in dirs]
     times: list[list[float]] = [[] for _ in dirs]
     for p in predictors:
@@ -76,15 +76,7 @@ def time_model_dirs(dirs: list[str], audio_file: str, repeats: int, device: torc
             for x in pieces:
                 p.predict(x, rate)
             t.append(time.perf_counter() - t0)
-    print(f"device={device} threads={torch.get_num_threads()} audio={audio_file} ({len(pieces)} pieces of 3 s), "
-          f"median of {repeats} passes")
-    print("| model directory | s compute per s audio (RTF) | vs first |")
-    print("|---|---|---|")
-    base = None
-    for d, t in zip(dirs, times):
-        rtf = float(np.median(t)) / seconds
-        base = base or rtf
-        print(f"| {d} | {rtf:.4f} | {rtf / base:.2f}x |")
+    return len(pieces), [float(np.median(t)) / (len(pieces) * 3.0) for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.models:
         from serlive.stream.cli import demo_file
 
-        time_model_dirs(args.models, args.audio or str(demo_file()), max(args.repeats, 1), device)
+        audio, repeats = args.audio or str(demo_file()), max(args.repeats, 1)
+        n, rtfs = time_model_dirs(args.models, audio, repeats, device)
+        print(f"device={device} threads={torch.get_num_threads()} audio={audio} ({n} pieces of 3 s), "
+              f"median of {repeats} passes")
+        print("| model directory | s compute per s audio (RTF) | vs first |")
+        print("|---|---|---|")
+        for d, rtf in zip(args.models, rtfs):
+            print(f"| {d} | {rtf:.4f} | {rtf / rtfs[0]:.2f}x |")
         return 0
     print(f"device={device} dtype={'float32' if device.type == 'cpu' else args.dtype} threads={torch.get_num_threads()} "
           f"clip={args.seconds:g} s, median of {args.repeats} after a warm-up")

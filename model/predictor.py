@@ -155,20 +155,18 @@ class Predictor:
         the model is not run again. Unchanged when the adapter has seen nothing or the model cannot adapt."""
         if adapter.count == 0 or not self.can_adapt:
             return prediction
-        atyp = None if prediction.atypicality is None else np.array([prediction.atypicality])
-        voiced = None if prediction.voiced is None else np.array([prediction.voiced])
-        return self.finish(prediction.embedding[None], atyp, np.array([prediction.speech_frames]),
-                           [prediction.frames], shift=adapter.shift(), voiced=voiced)[0]
+        return self.refinish([prediction], shift=adapter.shift())[0]
 
-    def refinish(self, predictions: list[Prediction]) -> list[Prediction]:
+    def refinish(self, predictions: list[Prediction], shift: np.ndarray | None = None) -> list[Prediction]:
         """``predictions`` (raw, not adapted) again through this Predictor's heads, kNN and calibration, from
-        their embeddings (the model is not run again)."""
+        their embeddings less ``shift`` (the model is not run again)."""
         def column(name):
             values = [getattr(p, name) for p in predictions]
             return None if values[0] is None else np.array(values)
 
         return self.finish(np.stack([p.embedding for p in predictions]), column("atypicality"),
-                           column("speech_frames"), [p.frames for p in predictions], voiced=column("voiced"))
+                           column("speech_frames"), [p.frames for p in predictions], shift=shift,
+                           voiced=column("voiced"))
 
     def with_calibration(self, **settings) -> "Predictor":
         """The same model and datastore with ``settings`` in its calibration (the model is not changed)."""

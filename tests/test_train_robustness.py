@@ -157,7 +157,7 @@ def test_ctrl_c_keeps_finished_folds_and_a_rerun_continues(cv_run, monkeypatch, 
 def test_after_calibrate_each_fold_runs_with_the_calibration_fitted_on_the_others(benchmark, cv_run, monkeypatch):
     """Once ``ser-train calibrate`` has run, the benchmark's ECE and ``uncertain`` columns are those of the
     shipped path: each fold with the temperature, shift and flag settings fitted on the other folds."""
-    from serlive.train import calibrate
+    from serlive.train import calibrate, uncertainty
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(cv_run / "cache"))
     result = calibrate.run(cv_run / "cv", orders=1, degraded=1)
@@ -165,6 +165,6 @@ def test_after_calibrate_each_fold_runs_with_the_calibration_fitted_on_the_other
     for fold, row in zip(result["per_fold"], summary["per_fold"]):
         assert row["fold"] == fold["fold"] and row["temperature"] == fold["temperature"]
         assert row["key"]["calibration"]["speech_limit"] == fold["speech_limit"] > 0
-        assert row["key"]["calibration"]["min_confidence"] == calibrate.MIN_CONFIDENCE
+        assert row["key"]["calibration"]["min_confidence"] == uncertainty.MIN_CONFIDENCE
     for entry in summary["conditions"]:
         assert 0 <= entry["model_knn"]["uncertain"]["mean"] <= 1  # a figure now, not None

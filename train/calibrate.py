@@ -38,10 +38,11 @@ import numpy as np
 
 from serlive.model import ConfigError, KnnConfig, Predictor, load_model_dir
 from serlive.model.adapt import SpeakerAdapter
-from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_shift, fit_temperature,
-                                       ood_score, reference_percentiles)
+from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_temperature, ood_score,
+                                       reference_percentiles)
 from serlive.model.checkpoint import CONFIG_FILE as MODEL_CONFIG, METRICS_FILE, write_json
 
+from . import perturb
 from .augment import TrainAugment
 from .config import load_json
 from .data import load_audio
@@ -49,22 +50,12 @@ from .fit import CONFIG_FILE, load_data
 from .fold import RESULT_FILE
 from .metrics import classification, fmt_ci, mean_ci
 from .protocols import make_folds
+from .uncertainty import SHIPPED, pct, shift_settings, shipped_path
 
 log = logging.getLogger(__name__)
 
 PRIORS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 """Shrinkage priors (pseudo-utterances) tried for the per-speaker adaptation."""
-MIN_CONFIDENCE = 0.4
-"""Calibrated top probability under which a prediction is flagged uncertain (a 4-class model right less
-than 4 times in 10 there; the measured accuracy of the flagged is in calibration.md)."""
-MIN_VOICED = 0.02
-"""Voiced share of the speech frames under which an utterance is flagged (noise alone has none; speech in
-3 dB pink noise keeps 7 % or more)."""
-LIMIT_PERCENTILE = 99.0
-"""The speech limit: this percentile of the atypicality of the checked speech, clean and degraded (the
-maximum is one extreme draw, e.g. a telephone line in 3 dB of noise; past the 99th lie synthetic voices)."""
-POOL_SIZE = 64
-"""Training utterances a fold's babble is drawn from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +98,7 @@ def degraded_split(predictor: Predictor, cfg, data, fold, draws: int) -> Split:
     """The fold's test speakers' whole files under ``draws`` draws of the recipe's training augmentation
     (seeded by the protocol seed and the fold), predicted."""
     seed = cfg.protocol.seed
-    pool = [data.wave(int(i)) for i in np.random.default_rng([seed, fold.index]).permutation(fold.train)[:POOL_SIZE]]
-    augment = TrainAugment(cfg.augment, pool, np.random.default_rng([seed, 1, fold.index]))
+    augment = TrainAugment(cfg.augment, perturb.babble_pool(data, fold, seed), np.random.default_rng([seed, 1, fold.index]))
     files = [load_audio(data.utts[i].path, data.max_samples) for i in fold.test]
     waves = [w for _ in range(draws) for w in augment.batch(files)]
     return predict_split(predictor, waves, np.tile(data.labels[fold.test], draws))
@@ -205,54 +195,6 @@ def score(rows: list[dict], labels: tuple[str, ...], orders: int, seed: int) -> 
     return out | {"orders": orders, "final": final, "per_fold": per_fold}
 
 
-SHIPPED = ("shift_beta", "shift_from", "speech_limit", "min_confidence", "min_voiced")
-"""The settings :func:`shift_settings` chooses that a model directory keeps."""
-
-
-def shift_settings(rows: list[dict], temperature: float) -> dict:
-    """The shift-aware settings fitted on ``rows`` (T fixed): the temperature's growth from the median
-    atypicality of their clean test speech, the speech limit (:data:`LIMIT_PERCENTILE` of the speech seen,
-    clean and degraded), and the flag thresholds. Empty when the rows have no degraded predictions or no atypicality."""
-    if rows[0]["degraded"] is None or rows[0]["test"].preds[0].atypicality is None:
-        return {}
-    clean = np.concatenate([[p.atypicality for p in r["test"].preds] for r in rows])
-    degraded = [r["degraded"] for r in rows]
-    start = float(np.median(clean))
-    atyp = np.concatenate([[p.atypicality for p in d.preds] for d in degraded])
-    beta = fit_shift(np.concatenate([d.probs for d in degraded]), np.concatenate([d.labels for d in degraded]), atyp,
-                     temperature, start)
-    voiced = rows[0]["test"].preds[0].voiced is not None
-    limit = float(np.percentile(np.concatenate([clean, atyp]), LIMIT_PERCENTILE))
-    return {"shift_beta": beta, "shift_from": round(start, 5), "speech_limit": round(limit, 5),
-            "min_confidence": MIN_CONFIDENCE, "min_voiced": MIN_VOICED if voiced else 0.0}
-
-
-def shipped_path(rows: list[dict], per_fold: list[dict], labels) -> dict:
-    """Each fold's clean and degraded test predictions with the settings fitted on the other folds, through
-    the Predictor as a model directory will have them (without OOD reference: the flag does not use it):
-    the pooled ECE with one T and with the shift, the share flagged uncertain, and the accuracy of the
-    flagged and of the others."""
-    out = {}
-    for name in ("test", "degraded"):
-        one_t, shifted, y = [], [], []
-        for row, f in zip(rows, per_fold):
-            split = row[name]
-            settings = {k: f[k] for k in SHIPPED}
-            one_t.append(row["predictor"].with_calibration(temperature=f["temperature"]).refinish(split.preds))
-            shifted.append(row["predictor"].with_calibration(temperature=f["temperature"], **settings).refinish(split.preds))
-            y.append(split.labels)
-        one_t, shifted, y = sum(one_t, []), sum(shifted, []), np.concatenate(y)
-        right = np.array([labels.index(p.label) for p in shifted]) == y
-        flag = np.array([p.uncertain for p in shifted])
-        out[name] = {"n": len(y), "ua": classification(y, np.array([labels.index(p.label) for p in shifted]), labels)["ua"],
-                     "ece_one_t": expected_calibration_error(np.array([p.probs for p in one_t]), y),
-                     "ece_shift": expected_calibration_error(np.array([p.probs for p in shifted]), y),
-                     "uncertain": float(flag.mean()),
-                     "right_when_flagged": float(right[flag].mean()) if flag.any() else None,
-                     "right_otherwise": float(right[~flag].mean()) if (~flag).any() else None}
-    return out
-
-
 def markdown(result: dict) -> str:
     f = result["final"]
     lines = [f"| measure ({len(result['per_fold'])} folds, mean ± 95% CI) | value |", "|---|---|",
@@ -270,17 +212,13 @@ def markdown(result: dict) -> str:
             lines += [f"| ECE, {what} speech: one T → shift-aware T ({d['n']} predictions) | "
                       f"{d['ece_one_t']:.3f} → {d['ece_shift']:.3f} |",
                       f"| flagged uncertain, {what} speech (right when flagged / otherwise) | {100 * d['uncertain']:.1f} % "
-                      f"({_pct(d['right_when_flagged'])} / {_pct(d['right_otherwise'])}) |"]
+                      f"({pct(d['right_when_flagged'])} / {pct(d['right_otherwise'])}) |"]
     lines.append(f"\nFinal settings (chosen on every fold): temperature {f['temperature']:g}, adaptation prior "
                  f"{f['adapt_prior']:g}, OOD statistic {f['ood_statistic']}"
                  + (f", shift β {f['shift_beta']:g} from atypicality {f['shift_from']:g}, speech limit "
                     f"{f['speech_limit']:g}, uncertain under confidence {f['min_confidence']:g} or voiced share "
                     f"{f['min_voiced']:g}" if "shift_beta" in f else "") + ".")
     return "\n".join(lines) + "\n"
-
-
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:.0f} %"
 
 
 def apply(model_dir: Path, result: dict, embedding_mean: np.ndarray) -> None:

@@ -178,3 +178,14 @@ def apply(cond: Condition, x: np.ndarray, rng: np.random.Generator, pool: list[n
     if cond.family == "clipping":
         return clipping(x, cond.value)
     raise ValueError(f"unknown perturbation family {cond.family!r}")
+
+
+BABBLE_POOL_SIZE = 64
+"""Training utterances a fold's babble is drawn from."""
+
+
+def babble_pool(data, fold, seed: int) -> list[np.ndarray]:
+    """:data:`BABBLE_POOL_SIZE` of ``fold``'s training utterances (never its test speakers), drawn with
+    ``seed`` and the fold: the talkers of its babble noise, in the benchmark and in calibration alike."""
+    pick = np.random.default_rng([seed, fold.index]).permutation(fold.train)[:BABBLE_POOL_SIZE]
+    return [data.wave(int(i)) for i in pick]

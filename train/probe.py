@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serlive.model import ConfigError, Predictor, bundled_model_dir
+from serlive.model import SAMPLE_RATE_HZ, ConfigError, Predictor, bundled_model_dir
 
 from . import perturb
 from .data import load_audio
@@ -27,7 +27,6 @@ CONDITIONS = ("white noise 10 dB SNR", "pink noise 10 dB SNR", "babble noise 10 
 SENTENCES = (("en", "I can't believe you did that again, after everything we said."),
              ("de", "Das Wetter ist heute schön, und ich gehe gleich nach draußen."),
              ("fr", "Je ne sais pas pourquoi tu es parti sans rien dire."))
-SAMPLE_RATE_HZ = 16000
 MAX_SAMPLES = 30 * SAMPLE_RATE_HZ
 
 

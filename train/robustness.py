@@ -30,7 +30,7 @@ from serlive.model.checkpoint import atomic_write, write_json
 
 from . import lines, perturb
 from .baseline import fit_fold, utterance_features
-from .calibrate import SHIPPED
+from .uncertainty import SHIPPED
 from .config import load_json
 from .data import load_audio
 from .fit import CONFIG_FILE, load_data
@@ -40,8 +40,6 @@ from .protocols import make_folds
 log = logging.getLogger(__name__)
 
 FOLD_FILE = "robustness.json"
-POOL_SIZE = 64
-"""Training utterances a fold's babble is drawn from."""
 
 
 def select(names: str = "") -> list[perturb.Condition]:
@@ -134,8 +132,7 @@ def run_fold(cfg, data, fold, fold_dir: Path, conditions, rooms, feats: np.ndarr
     alone = Predictor(shipped.model, shipped.datastore, use_knn=False)
     alone.config = shipped.config  # the same calibration, without the kNN vote
     baseline, _ = fit_fold(feats, data.labels, fold, labels)
-    pick = np.random.default_rng([seed, fold.index]).permutation(fold.train)[:POOL_SIZE]
-    pool = [data.wave(int(i)) for i in pick]
+    pool = perturb.babble_pool(data, fold, seed)
     test = [int(i) for i in fold.test]
     originals = [load_audio(data.utts[i].path, data.max_samples) for i in test]
     y = data.labels[test]
