@@ -3,7 +3,7 @@
     python -m serlive.model.bench [--device cpu|cuda] [--seconds 5] [--repeats 3]
     python -m serlive.model.bench --models DIR [DIR ...] [--audio FILE]
 
-Compares the built-in encoder with a random-init WavLM Large (the real architecture, no download) in
+Compares the built-in encoder with the GE2E voice encoder and a random-init WavLM Large (the real architecture, no download) in
 the same run, and prints a markdown table with the ratio between them. With ``--models``: the whole
 Predictor of each model directory (VAD mask, statistics branches, forward, kNN, calibration) on 3 s
 pieces of a recording (the bundled demo file by default), one piece at a time, as the live engine calls it
@@ -30,6 +30,7 @@ WAVLM_LARGE = dict(
 
 ENCODERS = {
     "built-in": EncoderConfig(kind="builtin"),
+    "ge2e (frozen; random init here)": EncoderConfig(kind="ge2e", freeze="all"),
     "wavlm-large (random init)": EncoderConfig(kind="hf", hf_config=WAVLM_LARGE),
 }
 

@@ -14,7 +14,7 @@ DEFAULT_LABELS = ("angry", "happy", "neutral", "sad")
 
 POOLINGS = ("gap", "sap", "sr")
 FREEZE_MODES = ("none", "cnn", "all")
-ENCODER_KINDS = ("hf", "builtin")
+ENCODER_KINDS = ("hf", "builtin", "ge2e")
 INPUT_NORMS = ("frame", "global", "utterance")
 OOD_STATISTICS = ("spectral_z", "knn_distance")
 
@@ -46,7 +46,10 @@ class EncoderConfig:
     (the item's mean log-mel subtracted: gain-invariant, the frames' relative level and shape kept);
     ``band_hz`` (low, high) narrows the built-in log-mel filters (and the spectral statistics' bands) to
     that band, e.g. ``[300, 3400]``: a narrow-band front end that a telephone line barely changes; empty:
-    20 Hz to 8 kHz.
+    20 Hz to 8 kHz. ``kind="ge2e"``: the pretrained GE2E voice encoder of :mod:`serlive.model.ge2e` (its three
+    LSTM layers, 768 per frame); ``name`` is where training takes its weights from (``"resemblyzer"``, the
+    installed package, or a ``pretrained.pt``); a model directory carries them. ``freeze`` other than
+    ``"none"`` keeps them fixed.
     """
 
     kind: str = "builtin"

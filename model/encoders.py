@@ -98,6 +98,10 @@ def build_encoder(cfg: EncoderConfig) -> nn.Module:
     """The encoder ``cfg`` describes."""
     if cfg.kind == "hf":
         return HFEncoder(cfg)
+    if cfg.kind == "ge2e":
+        from .ge2e import GE2EEncoder
+
+        return GE2EEncoder(cfg)
     from .builtin import BuiltinEncoder
 
     return BuiltinEncoder(cfg)

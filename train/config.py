@@ -176,7 +176,9 @@ class KnnSearchConfig:
 class RunConfig:
     """Where and how: ``device`` is resolved at the CLI edge ("auto" picks CUDA when present). Under
     torchrun, every process trains each fold together (DDP), or with ``spread_folds`` each process
-    (one per GPU) trains its own folds: fold i on rank i mod WORLD_SIZE."""
+    (one per GPU) trains its own folds: fold i on rank i mod WORLD_SIZE. ``draws`` > 0 (a frozen GE2E
+    encoder with ``augment.classifier``): each utterance is perturbed that many times once, encoded once, and
+    every epoch picks among those draws (:mod:`.draws`), instead of encoding fresh perturbations per batch."""
 
     seed: int = 0
     device: str = "auto"
@@ -187,8 +189,11 @@ class RunConfig:
     spread_folds: bool = False
     eval_batch_size: int = 32
     plots: bool = True
+    draws: int = 0
 
     def __post_init__(self) -> None:
+        if self.draws < 0:
+            raise ConfigError("run.draws must be 0 (perturb per batch) or more")
         if self.num_threads < 0 or self.eval_batch_size < 1:
             raise ConfigError("run.num_threads must be 0 (torch's default) or more, run.eval_batch_size at least 1")
 

@@ -11,6 +11,7 @@ import torch
 
 from serlive.model import ConfigError, KnnConfig, SERModel, save_model_dir
 from serlive.model.checkpoint import resolved_config, write_json
+from serlive.model.encoders import length_mask
 
 from .config import TrainConfig, read_json
 from .devices import barrier, world
@@ -29,6 +30,8 @@ RESULT_FILE = "result.json"
 
 def build_model(cfg: TrainConfig, device: torch.device) -> SERModel:
     model = SERModel(cfg.model)
+    if hasattr(model.encoder, "load_pretrained"):
+        model.encoder.load_pretrained()  # weights that live outside the model directory (GE2E)
     if cfg.run.freeze_encoder:
         model.encoder.requires_grad_(False)
     if cfg.run.grad_checkpointing and hasattr(model.encoder, "backbone"):
@@ -38,9 +41,17 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SERModel:
     return model.to(device)
 
 
-def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device):
+def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device, cache_dir: Path | None = None):
     views = cfg.augment if cfg.loss.scl_lambda > 0 else None
     perturb = cfg.augment if cfg.augment.classifier else None
+    if cfg.run.draws:
+        if not (hasattr(model.encoder, "raw") and cfg.model.encoder.freeze == "all" and perturb is not None):
+            raise ConfigError("run.draws needs a frozen GE2E encoder (encoder.kind = \"ge2e\", freeze = \"all\") and "
+                              "augment.classifier = true")
+        from .draws import DrawSource
+
+        return DrawSource(model, data, cfg.augment, views is not None, cfg.run.draws, cfg.optim.batch_size,
+                          cfg.optim.bucket_batches, device, cfg.run.seed, cfg.data.cache_dir or cache_dir)
     if cfg.run.freeze_encoder:
         if perturb is not None:
             raise ConfigError("augment.classifier perturbs waveforms on the fly: it cannot train on cached encoder "
@@ -54,11 +65,30 @@ def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device):
 def standardise_spectral(model: SERModel, source, index: np.ndarray, device: torch.device, batch_size: int) -> None:
     """Standardise the spectral-statistics branch with its raw statistics over the training utterances
     ``index`` (original audio, no augmentation), before training starts."""
+    if hasattr(source, "clean_raw"):
+        model.spectral.standardise_with(source.clean_raw(index)[1])
+        return
     if not isinstance(source, WaveSource):
         raise ConfigError("model.spectral_stats needs waveforms: it cannot train on cached encoder features")
     stats = [model.spectral.raw(b.waves, b.lengths, b.speech).cpu()
              for b in (batch.to(device) for batch in source.eval_batches(index, batch_size))]
     model.spectral.standardise_with(torch.cat(stats))
+
+
+@torch.no_grad()
+def standardise_frames(model: SERModel, source, index: np.ndarray, device: torch.device, batch_size: int) -> None:
+    """Standardise a pretrained encoder's frames (GE2E) with their statistics over the training utterances'
+    valid frames ``index`` (original audio), before training starts."""
+    if hasattr(source, "clean_raw"):
+        model.encoder.standardise_with(source.clean_raw(index)[0])
+        return
+    if not isinstance(source, WaveSource):
+        raise ConfigError("a GE2E encoder standardises its frames from waveforms: it cannot train on cached features")
+    frames = []
+    for b in (batch.to(device) for batch in source.eval_batches(index, batch_size)):
+        h, n = model.encoder.raw(b.waves, b.lengths)
+        frames.append(h[length_mask(n, h.shape[1])].cpu())
+    model.encoder.standardise_with(torch.cat(frames))
 
 
 def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device, resume: bool = False,
@@ -72,9 +102,11 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
         return read_result(done)
     torch.manual_seed(cfg.run.seed + fold.index)
     model = build_model(cfg, device)
-    source = source or make_source(cfg, model, data, device)
+    source = source or make_source(cfg, model, data, device, fold_dir.parent)
     if model.spectral is not None:
         standardise_spectral(model, source, fold.train, device, cfg.run.eval_batch_size)
+    if hasattr(model.encoder, "standardise_with"):
+        standardise_frames(model, source, fold.train, device, cfg.run.eval_batch_size)
     labels = cfg.model.labels
     weights = class_weights(data.labels[fold.train], len(labels)) if cfg.loss.class_weights else None
     trainer = Trainer(model, cfg, source, fold, fold_dir, device, weights, ddp=ddp)
