@@ -172,13 +172,16 @@ class ModelConfig:
 
     ``speech_pad_s`` (None: off) cuts every input to its VAD speech span plus that much context on each
     side, in training and in the Predictor alike, so a model trained on whole files sees what ser-live's
-    segmenter gives it live (a segment with pre-roll and hang-over), not a file's leading silence."""
+    segmenter gives it live (a segment with pre-roll and hang-over), not a file's leading silence.
+    ``sap_dim`` (0: off) lets SAP attend over the frames projected to that many dimensions (a learned linear
+    map), which makes its self-attention affordable on wide frames (GE2E's 768) on a CPU; GAP is unchanged."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     pooling: str = "sr"
     labels: tuple[str, ...] = DEFAULT_LABELS
     embed_dim: int = 32
     sap_heads: int = 4
+    sap_dim: int = 0
     dimensional: bool = True
     vad: VadConfig = field(default_factory=VadConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
@@ -194,8 +197,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         choice("pooling", self.pooling, POOLINGS)
         check_labels(self.labels)
-        if self.embed_dim <= 0 or self.sap_heads <= 0:
-            raise ConfigError("embed_dim and sap_heads must be positive")
+        if self.embed_dim <= 0 or self.sap_heads <= 0 or self.sap_dim < 0:
+            raise ConfigError("embed_dim and sap_heads must be positive, sap_dim 0 (off) or positive")
         low, high = DURATION_RANGE_S
         if not low <= self.max_duration_s <= high:
             raise ConfigError(f"max_duration_s must lie in [{low:g}, {high:g}] seconds, not {self.max_duration_s!r}")

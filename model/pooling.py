@@ -30,15 +30,21 @@ def effective_speech_mask(speech: torch.Tensor, valid: torch.Tensor) -> torch.Te
 
 
 class SegmentalPooling(nn.Module):
-    """SAP: MHSA over speech frames (key padding mask), then their mean. (B, T, H) -> (B, H)."""
+    """SAP: MHSA over speech frames (key padding mask), then their mean. (B, T, H) -> (B, H), or (B, ``dim``)
+    when ``dim`` is given: the frames are first projected to it (a learned linear map)."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, in_dim: int, heads: int, dim: int = 0) -> None:
         super().__init__()
+        dim = dim or in_dim
+        self.down = nn.Linear(in_dim, dim) if dim != in_dim else None
+        self.out_dim = dim
         if dim % heads:
             heads = 1
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
 
     def forward(self, x: torch.Tensor, speech: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if self.down is not None:
+            x = self.down(x)
         keep = effective_speech_mask(speech, valid)
         # Zero the non-speech frames too: their queries are computed but never pooled, and zeroing
         # keeps a NaN or inf that came from non-speech audio from reaching the speech frames.
@@ -56,13 +62,14 @@ def masked_std(x: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor | None = 
 
 class Pooling(nn.Module):
     """``gap``, ``sap`` or ``sr`` (concat) pooling of encoder frames; ``out_dim`` is H or 2H, plus H
-    when ``gap_std`` adds the standard deviation to GAP (statistics pooling)."""
+    when ``gap_std`` adds the standard deviation to GAP (statistics pooling); SAP gives ``sap_dim`` when set."""
 
-    def __init__(self, mode: str, dim: int, heads: int, gap_std: bool = False) -> None:
+    def __init__(self, mode: str, dim: int, heads: int, gap_std: bool = False, sap_dim: int = 0) -> None:
         super().__init__()
         self.mode, self.gap_std = mode, gap_std and mode in ("gap", "sr")
-        self.sap = SegmentalPooling(dim, heads) if mode in ("sap", "sr") else None
-        self.out_dim = (2 * dim if mode == "sr" else dim) + (dim if self.gap_std else 0)
+        self.sap = SegmentalPooling(dim, heads, sap_dim) if mode in ("sap", "sr") else None
+        gap = dim if mode in ("gap", "sr") else 0
+        self.out_dim = gap + (dim if self.gap_std else 0) + (self.sap.out_dim if self.sap is not None else 0)
 
     def forward(self, x: torch.Tensor, speech: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``x`` (B, T, H); ``speech``, ``valid`` (B, T) bool -> (B, out_dim)."""

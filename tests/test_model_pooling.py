@@ -37,6 +37,20 @@ def test_sap_equals_mhsa_over_the_gathered_speech_frames():
         torch.testing.assert_close(got[i], h[0].mean(0), rtol=1e-5, atol=1e-6)
 
 
+def test_sap_over_projected_frames_is_mhsa_over_the_projected_speech_frames():
+    sap = SegmentalPooling(16, 2, dim=8).eval()  # sap_dim: wide frames (GE2E's 768) attended at a CPU's cost
+    x, speech, valid = _frames()
+    got = sap(x, speech, valid)
+    assert got.shape == (3, 8) and sap.out_dim == 8
+    for i in range(x.shape[0]):
+        g = sap.down(x[i][speech[i] & valid[i]])[None]
+        h, _ = sap.attn(g, g, g, need_weights=False)
+        torch.testing.assert_close(got[i], h[0].mean(0), rtol=1e-5, atol=1e-6)
+    y = torch.where((speech & valid)[..., None], x, torch.full_like(x, float("nan")))
+    torch.testing.assert_close(sap(y, speech, valid), got, rtol=0, atol=1e-6)
+    assert Pooling("sr", 16, 2, gap_std=True, sap_dim=8).out_dim == 16 + 16 + 8
+
+
 def test_sap_without_speech_falls_back_to_all_valid_frames():
     sap = SegmentalPooling(16, 4).eval()
     x, _, valid = _frames()

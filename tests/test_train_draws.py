@@ -23,7 +23,7 @@ from .test_train_fit import DATA, tiny_cfg
 
 GE2E = ["model.encoder.kind='ge2e'", "model.encoder.freeze='all'", "model.gap_std=true", "model.spectral_stats=true",
         "model.pitch_stats=true", "augment.classifier=true", "augment.classifier_codec_p=0.0",
-        "augment.classifier_p=1.0", "run.draws=2", "loss.scl_lambda=0.1"]
+        "augment.classifier_p=1.0", "run.draws=2", "loss.scl_lambda=0.1", "model.speech_pad_s=0.15"]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,8 @@ def test_draws_are_perturbed_remasked_and_reused(trained, monkeypatch):
     assert changed == n, "classifier_p = 1: every draw is perturbed"
     assert any(not torch.equal(source.rows[i][0][1], source.clean[i][1]) for i in range(n)), \
         "the VAD runs again on perturbed audio"
+    assert any(len(source.rows[i][0][1]) != len(source.clean[i][1]) for i in range(n)), \
+        "the whole recording is perturbed and cut again to the speech span the VAD finds in it"
     # a fresh process (empty memory) reads the file instead of perturbing again
     _MEMO.clear()
     monkeypatch.setattr(DrawSource, "_build", lambda *a, **k: pytest.fail("rebuilt instead of read"))
@@ -86,3 +88,28 @@ def test_draws_need_a_frozen_ge2e_encoder(tmp_path):
     cfg = tiny_cfg(tmp_path, "run.draws=2", "augment.classifier=true")  # the built-in encoder
     with pytest.raises(ConfigError, match="run.draws needs a frozen GE2E encoder"):
         fit.run(cfg, tmp_path / "run", torch.device("cpu"))
+
+
+def test_perturbed_rows_are_whole_recordings_cut_where_the_vad_hears_speech(tmp_path):
+    import dataclasses
+
+    from serlive.model import num_frames
+    from serlive.train.augment import TrainAugment
+    from serlive.train.batching import collate, perturbed_rows
+
+    cfg = tiny_cfg(tmp_path, "model.speech_pad_s=0.15", "augment.classifier=true", "augment.classifier_codec_p=0.0")
+    data = fit.load_data(cfg, progress=False)
+    idx = list(range(8))
+    untouched = TrainAugment(dataclasses.replace(cfg.augment, classifier_p=0.0), [data.wave(0)])
+    batch = collate(data, idx, None, np.random.default_rng(0), untouched)
+    for r, i in enumerate(idx):  # nothing drawn: exactly the clean cut and its mask
+        n = len(data.wave(i))
+        assert int(batch.lengths[r]) == n and np.array_equal(batch.waves[r, :n].numpy(), data.wave(i))
+        assert np.array_equal(batch.speech[r, : len(data.masks[i])].numpy(), data.masks[i])
+    noisy = TrainAugment(dataclasses.replace(cfg.augment, classifier_p=1.0, classifier_chain=1, classifier_families=("white",),
+                                             classifier_snr_db=(3.0, 3.0)), [data.wave(0)])
+    waves, masks = perturbed_rows(data, idx, noisy, np.random.default_rng(0))
+    assert all(len(m) == num_frames(len(w)) for w, m in zip(waves, masks))
+    # the noise fills the recording's pauses too, so the VAD hears speech beyond the clean span and the cut grows
+    assert sum(map(len, waves)) > sum(len(data.wave(i)) for i in idx)
+    assert max(map(len, waves)) <= data.max_samples

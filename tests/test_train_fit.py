@@ -153,7 +153,7 @@ def test_example_config_loads():
     assert cfg.augment.classifier and cfg.model.pitch_stats and cfg.model.spectral_stats  # the robust recipe
     ge2e = config.load(Path(__file__).parents[1] / "train" / "configs" / "ravdess-ge2e.toml")
     assert ge2e.model.encoder.kind == "ge2e" and ge2e.model.encoder.freeze == "all" and ge2e.run.draws == 4
-    assert ge2e.model.pooling == "gap" and ge2e.model.gap_std and ge2e.augment.classifier  # the bundled recipe
+    assert ge2e.model.pooling == "sr" and ge2e.model.sap_dim == 128 and ge2e.model.gap_std  # the bundled recipe
 
 
 def test_evaluate_without_the_bundled_model_says_so(monkeypatch, tmp_path, capsys):

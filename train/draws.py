@@ -2,9 +2,9 @@
 
 With a frozen encoder (GE2E) the frames of a perturbed utterance never change, so running the encoder on
 every epoch's fresh perturbation is wasted work (4 s of a 4.5 s batch on 2 CPU cores). ``DrawSource``
-perturbs every utterance ``draws`` times up front, exactly as :class:`.sources.WaveSource` would per batch
-(the classifier's row through ``TrainAugment``, VAD recomputed on the perturbed audio; the SCL view through
-``augment.kind``), runs the encoder and the statistics branch once per draw, and keeps the raw frames as
+perturbs every utterance ``draws`` times up front, as :class:`.sources.WaveSource` would per batch
+(the classifier's row: :func:`.batching.perturbed_rows`, the whole recording perturbed and cut as live;
+the SCL view through ``augment.kind``), runs the encoder and the statistics branch once per draw, and keeps the raw frames as
 float16 with their speech masks and raw statistics. Each training batch then picks one draw per item for
 the classifier's row and another for its view; evaluation uses the clean audio. Standardisation stays per
 fold (the fold's training utterances, clean), applied as each batch is built.
@@ -30,7 +30,9 @@ from tqdm import tqdm
 
 from serlive.model import SERModel
 
-from .batching import AudioSet, bucket_batches, collate, sorted_batches
+from .augment import TrainAugment
+from .augment import augment as augment_view
+from .batching import AudioSet, bucket_batches, collate, pad_rows, perturbed_rows, sorted_batches
 from .config import AugmentConfig
 from .devices import shard
 
@@ -95,13 +97,11 @@ class DrawSource:
         enc = model.encoder.cfg if hasattr(model.encoder, "cfg") else model.config.encoder
         what = {"encoder": asdict(enc), "spectral": model.spectral is not None and model.spectral.pitch,
                 "stats": model.spectral is not None, "utts": [u.path for u in data.utts],
-                "augment": asdict(augment), "views": views, "draws": draws, "seed": seed, "version": 1}
+                "augment": asdict(augment), "views": views, "draws": draws, "seed": seed, "version": 2}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @torch.inference_mode()
     def _build(self, model, data, augment, views, draws, device, seed):
-        from .augment import TrainAugment
-
         model.eval()
         n = len(data)
         clean: list = [None] * n
@@ -120,12 +120,15 @@ class DrawSource:
                     clean[i] = item
                 bar.update()
                 for d in range(draws):
-                    batch = collate(data, idx, augment if views else None, rng, augmenter)
-                    items = self._encode(model, batch, device)
+                    waves, masks = perturbed_rows(data, idx, augmenter, rng)
+                    items = self._encode(model, pad_rows(data, waves, masks, list(idx)), device)
                     for r, i in enumerate(idx):
                         rows[i][d] = items[r]
-                        if views:
-                            view_rows[i][d] = items[len(idx) + r]
+                    if views:
+                        pairs = [augment_view(data.wave(i), data.masks[i], augment, rng) for i in idx]
+                        batch = pad_rows(data, [w for w, _ in pairs], [m for _, m in pairs], list(idx))
+                        for i, item in zip(idx, self._encode(model, batch, device)):
+                            view_rows[i][d] = item
                     bar.update()
         bar.close()
         return clean, rows, view_rows
