@@ -36,8 +36,8 @@ MAX_JSON_BYTES = 16 * 2**20
 """config.json and metrics.json are a few kilobytes; a larger file is not read (a model directory is untrusted)."""
 
 
-BUNDLED_MODEL = "ravdess-builtin"
-"""The model directory shipped inside this package (see pretrained/ravdess-builtin/README.md)."""
+BUNDLED_MODEL = "ravdess-ge2e"
+"""The model directory shipped inside this package (see pretrained/ravdess-ge2e/README.md)."""
 
 
 def bundled_model_dir() -> Path:

@@ -159,10 +159,10 @@ def test_example_config_loads():
 def test_evaluate_without_the_bundled_model_says_so(monkeypatch, tmp_path, capsys):
     from serlive.train import evaluate
 
-    monkeypatch.setattr(evaluate, "bundled_model_dir", lambda: tmp_path / "pretrained" / "ravdess-builtin")
+    monkeypatch.setattr(evaluate, "bundled_model_dir", lambda: tmp_path / "pretrained" / "ravdess-ge2e")
     assert cli.main(["evaluate", "--data", str(MANIFEST)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "ravdess-builtin does not exist" in err
+    assert err.count("\n") == 0 and "ravdess-ge2e does not exist" in err
 
 
 @pytest.mark.parametrize("select,best_epoch,epochs_run", [("ua", 2, 4), ("loss", 4, 5), ("last", 5, 5)])

@@ -31,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     ab.add_argument("--poolings", default="gap,sap,sr")
     ab.add_argument("--cells", default="", help="only these cells, e.g. gap-scl,sap-scl,sr-ce,sr-scl")
     ev = sub.add_parser("evaluate", help="metrics of a model directory on a manifest (uses the Predictor)")
-    ev.add_argument("--model", default=None, help="model directory (default: the bundled ravdess-builtin)")
+    ev.add_argument("--model", default=None, help="model directory (default: the bundled ravdess-ge2e)")
     ev.add_argument("--data", required=True, help="manifest CSV")
     ev.add_argument("--label-map", default="", help="preset (ravdess, iemocap, kemdy19) or raw=class,... pairs")
     ev.add_argument("--label-column", default="emotion")
