@@ -35,7 +35,7 @@ class AudioSet:
         self.masks: list[np.ndarray] = []
         lengths = []
         for u in tqdm(utts, desc="audio + VAD", unit="utt", disable=not progress, leave=False):
-            w = load_audio(u.path, max_samples)
+            recording = w = load_audio(u.path, max_samples)
             mask = cache.get(u.path, w)
             start = 0
             if speech_pad_s is not None:
@@ -43,7 +43,7 @@ class AudioSet:
                 w, mask = trim_to_speech(w, mask, speech_pad_s)
             self.spans.append((start, start + len(w)))
             self.masks.append(mask)
-            self.waves.append(w if preload else None)
+            self.waves.append(recording if preload else None)  # the whole recording: wave(i) is a slice of it
             lengths.append(len(w))
         self.lengths = np.asarray(lengths, np.int64)
         log.info("loaded %d utterances (%.1f min of audio); VAD cache %d hits, %d misses",
@@ -52,12 +52,15 @@ class AudioSet:
     def __len__(self) -> int:
         return len(self.utts)
 
-    def wave(self, i: int) -> np.ndarray:
+    def recording(self, i: int) -> np.ndarray:
+        """Utterance ``i``'s whole recording (up to ``max_samples``), before the speech-span cut."""
         w = self.waves[i]
-        if w is not None:
-            return w
+        return w if w is not None else load_audio(self.utts[i].path, self.max_samples)
+
+    def wave(self, i: int) -> np.ndarray:
+        """Utterance ``i`` as the model takes it: cut to its speech span when ``speech_pad_s`` is set."""
         start, stop = self.spans[i]
-        return load_audio(self.utts[i].path, self.max_samples)[start:stop]
+        return self.recording(i)[start:stop]
 
     @property
     def labels(self) -> np.ndarray:
@@ -92,17 +95,21 @@ def collate(data: AudioSet, index: list[int], views: AugmentConfig | None = None
     originals first), as the SCL batch of 2N instances. With ``augmenter`` (a ``TrainAugment``) the
     original rows are :func:`perturbed_rows`; the SCL views start from the clean audio."""
     rng = rng or np.random.default_rng()
-    clean = waves = [data.wave(i) for i in index]
+    waves = [data.wave(i) for i in index]
     masks = [data.masks[i] for i in index]
     if augmenter is not None:
         waves, masks = perturbed_rows(data, index, augmenter, rng)
     waves, idx = list(waves), list(index)
     if views is not None:
-        aug = [augment(w, data.masks[i], views, rng) for w, i in zip(clean, index)]
-        waves += [a[0] for a in aug]
-        masks += [a[1] for a in aug]
-        idx += list(index)
+        view_waves, view_masks = scl_views(data, index, views, rng)
+        waves, masks, idx = waves + view_waves, list(masks) + view_masks, idx + list(index)
     return pad_rows(data, waves, masks, idx)
+
+
+def scl_views(data: AudioSet, index: list[int], views: AugmentConfig, rng: np.random.Generator):
+    """One augmented view (``augment.kind``) of each utterance's clean audio, for SCL: waves and masks."""
+    pairs = [augment(data.wave(i), data.masks[i], views, rng) for i in index]
+    return [w for w, _ in pairs], [m for _, m in pairs]
 
 
 def perturbed_rows(data: AudioSet, index: list[int], augmenter, rng: np.random.Generator):
@@ -113,10 +120,8 @@ def perturbed_rows(data: AudioSet, index: list[int], augmenter, rng: np.random.G
 
     Perturbing the already-cut clean utterance instead (as ser-train did before) trains on inputs that a
     microphone never delivers: GE2E models trained that way lost 6-16 more points at 10-20 dB SNR."""
-    files = [load_audio(data.utts[i].path, data.max_samples) if data.speech_pad_s is not None else data.wave(i)
-             for i in index]
     waves, masks = [], []
-    for w in augmenter.batch(files, rng):
+    for w in augmenter.batch([data.recording(i) for i in index], rng):
         mask = speech_mask(w, data.vad.mode, data.vad.frame_ms)
         if data.speech_pad_s is not None:
             w, mask = trim_to_speech(w, mask, data.speech_pad_s)

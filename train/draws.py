@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,30 +31,12 @@ from tqdm import tqdm
 from serlive.model import SERModel
 
 from .augment import TrainAugment
-from .augment import augment as augment_view
-from .batching import AudioSet, bucket_batches, collate, pad_rows, perturbed_rows, sorted_batches
+from .batching import AudioSet, bucket_batches, collate, pad_rows, perturbed_rows, scl_views, sorted_batches
 from .config import AugmentConfig
 from .devices import shard
+from .sources import FeatBatch, feat_batch, n_batches
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class DrawBatch:
-    """Standardised encoder frames ``hidden`` (B, T, H) with ``n_frames``, ``speech`` (B, T), standardised
-    statistics ``extra`` (B, E) or None; labels, dims, index as in :class:`.batching.Batch`."""
-
-    hidden: torch.Tensor
-    n_frames: torch.Tensor
-    speech: torch.Tensor
-    extra: torch.Tensor | None
-    labels: torch.Tensor
-    dims: torch.Tensor
-    index: torch.Tensor
-
-    def to(self, device: torch.device) -> "DrawBatch":
-        return DrawBatch(*(None if t is None else t.to(device) for t in (
-            self.hidden, self.n_frames, self.speech, self.extra, self.labels, self.dims, self.index)))
 
 
 _MEMO: dict = {}
@@ -92,12 +74,14 @@ class DrawSource:
 
     @staticmethod
     def key(model: SERModel, data: AudioSet, augment: AugmentConfig, views: bool, draws: int, seed: int) -> str:
-        """What the draws depend on: the encoder's settings, the statistics branch, the utterances, the
-        augmentation and the seed (not the fold: standardisation happens per batch)."""
-        enc = model.encoder.cfg if hasattr(model.encoder, "cfg") else model.config.encoder
-        what = {"encoder": asdict(enc), "spectral": model.spectral is not None and model.spectral.pitch,
-                "stats": model.spectral is not None, "utts": [u.path for u in data.utts],
-                "augment": asdict(augment), "views": views, "draws": draws, "seed": seed, "version": 2}
+        """What the draws depend on: the encoder's settings, the statistics branch, what cuts the audio (VAD,
+        speech padding, duration limit), the utterances, the augmentation and the seed (not the fold:
+        standardisation happens per batch)."""
+        cfg = model.config
+        what = {"encoder": asdict(cfg.encoder), "spectral_stats": cfg.spectral_stats, "pitch_stats": cfg.pitch_stats,
+                "vad": asdict(cfg.vad), "speech_pad_s": cfg.speech_pad_s, "max_duration_s": cfg.max_duration_s,
+                "utts": [u.path for u in data.utts], "augment": asdict(augment), "views": views, "draws": draws,
+                "seed": seed, "version": 3}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @torch.inference_mode()
@@ -125,8 +109,7 @@ class DrawSource:
                     for r, i in enumerate(idx):
                         rows[i][d] = items[r]
                     if views:
-                        pairs = [augment_view(data.wave(i), data.masks[i], augment, rng) for i in idx]
-                        batch = pad_rows(data, [w for w, _ in pairs], [m for _, m in pairs], list(idx))
+                        batch = pad_rows(data, *scl_views(data, idx, augment, rng), list(idx))
                         for i, item in zip(idx, self._encode(model, batch, device)):
                             view_rows[i][d] = item
                     bar.update()
@@ -152,23 +135,15 @@ class DrawSource:
         stats = [self.clean[int(i)][2] for i in index]
         return frames, (torch.stack(stats) if stats[0] is not None else None)
 
-    def _collate(self, idx: list[int], items: list[Item]) -> DrawBatch:
+    def _collate(self, idx: list[int], items: list[Item]) -> FeatBatch:
+        """Standardised with this fold's model (its encoder's and statistics branch's training statistics)."""
         enc, spectral = self.model.encoder, self.model.spectral
-        t = max(max(h.shape[0] for h, _, _ in items), 1)
-        hidden = torch.zeros(len(items), t, items[0][0].shape[1])
-        speech = torch.zeros(len(items), t, dtype=torch.bool)
-        for r, (h, s, _) in enumerate(items):
-            hidden[r, : h.shape[0]] = (h.float() - enc.shift.cpu()) / enc.scale.cpu()
-            speech[r, : s.shape[0]] = s
+        frames = [(h.float() - enc.shift.cpu()) / enc.scale.cpu() for h, _, _ in items]
         extra = None
         if spectral is not None:
             raw = torch.stack([e for _, _, e in items])
             extra = torch.nan_to_num((raw - spectral.shift.cpu()) / spectral.scale.cpu(), nan=0.0)
-        utts = self.data.utts
-        labels = torch.tensor([utts[i].label for i in idx])
-        dims = torch.tensor([[utts[i].valence, utts[i].arousal] for i in idx], dtype=torch.float32)
-        return DrawBatch(hidden, torch.tensor([h.shape[0] for h, _, _ in items]), speech, extra, labels, dims,
-                         torch.tensor(idx))
+        return feat_batch(self.data, idx, frames, [s for _, s, _ in items], extra)
 
     def train_batches(self, index: np.ndarray, rng: np.random.Generator, ranks: tuple[int, int] = (0, 1)):
         for idx in shard(bucket_batches(self.data.lengths, index, self.batch_size, rng, self.bucket), *ranks):
@@ -188,8 +163,8 @@ class DrawSource:
 
     def n_batches(self, n: int, ranks: tuple[int, int] = (0, 1)) -> int:
         """Training batches per epoch for ``n`` items on one of ``ranks[1]`` processes."""
-        return -(-(-(-n // self.batch_size)) // ranks[1])
+        return n_batches(n, self.batch_size, ranks)
 
     @staticmethod
-    def forward(model: SERModel, batch: DrawBatch):
+    def forward(model: SERModel, batch: FeatBatch):
         return model.forward_frames(batch.hidden, batch.n_frames, batch.speech, batch.extra)

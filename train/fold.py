@@ -62,33 +62,31 @@ def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device, c
 
 
 @torch.no_grad()
-def standardise_spectral(model: SERModel, source, index: np.ndarray, device: torch.device, batch_size: int) -> None:
-    """Standardise the spectral-statistics branch with its raw statistics over the training utterances
-    ``index`` (original audio, no augmentation), before training starts."""
-    if hasattr(source, "clean_raw"):
-        model.spectral.standardise_with(source.clean_raw(index)[1])
+def standardise(model: SERModel, source, index: np.ndarray, device: torch.device, batch_size: int) -> None:
+    """Standardise the statistics branch and a pretrained encoder's frames (GE2E), whichever the model has,
+    with their raw values over the training utterances ``index`` (original audio, no augmentation), before
+    training starts: from the draws' clean entries, or in one pass over the waveforms."""
+    frames_too = hasattr(model.encoder, "standardise_with")
+    if model.spectral is None and not frames_too:
         return
-    if not isinstance(source, WaveSource):
-        raise ConfigError("model.spectral_stats needs waveforms: it cannot train on cached encoder features")
-    stats = [model.spectral.raw(b.waves, b.lengths, b.speech).cpu()
-             for b in (batch.to(device) for batch in source.eval_batches(index, batch_size))]
-    model.spectral.standardise_with(torch.cat(stats))
-
-
-@torch.no_grad()
-def standardise_frames(model: SERModel, source, index: np.ndarray, device: torch.device, batch_size: int) -> None:
-    """Standardise a pretrained encoder's frames (GE2E) with their statistics over the training utterances'
-    valid frames ``index`` (original audio), before training starts."""
     if hasattr(source, "clean_raw"):
-        model.encoder.standardise_with(source.clean_raw(index)[0])
-        return
-    if not isinstance(source, WaveSource):
-        raise ConfigError("a GE2E encoder standardises its frames from waveforms: it cannot train on cached features")
-    frames = []
-    for b in (batch.to(device) for batch in source.eval_batches(index, batch_size)):
-        h, n = model.encoder.raw(b.waves, b.lengths)
-        frames.append(h[length_mask(n, h.shape[1])].cpu())
-    model.encoder.standardise_with(torch.cat(frames))
+        frames, stats = source.clean_raw(index)
+    elif isinstance(source, WaveSource):
+        frames, stats = [], []
+        for b in (batch.to(device) for batch in source.eval_batches(index, batch_size)):
+            if model.spectral is not None:
+                stats.append(model.spectral.raw(b.waves, b.lengths, b.speech).cpu())
+            if frames_too:
+                h, n = model.encoder.raw(b.waves, b.lengths)
+                frames.append(h[length_mask(n, h.shape[1])].cpu())
+        frames, stats = (torch.cat(frames) if frames else None), (torch.cat(stats) if stats else None)
+    else:
+        raise ConfigError("model.spectral_stats and a GE2E encoder standardise from waveforms: they cannot train on "
+                          "cached encoder features")
+    if model.spectral is not None:
+        model.spectral.standardise_with(stats)
+    if frames_too:
+        model.encoder.standardise_with(frames)
 
 
 def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device, resume: bool = False,
@@ -103,10 +101,7 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
     torch.manual_seed(cfg.run.seed + fold.index)
     model = build_model(cfg, device)
     source = source or make_source(cfg, model, data, device, fold_dir.parent)
-    if model.spectral is not None:
-        standardise_spectral(model, source, fold.train, device, cfg.run.eval_batch_size)
-    if hasattr(model.encoder, "standardise_with"):
-        standardise_frames(model, source, fold.train, device, cfg.run.eval_batch_size)
+    standardise(model, source, fold.train, device, cfg.run.eval_batch_size)
     labels = cfg.model.labels
     weights = class_weights(data.labels[fold.train], len(labels)) if cfg.loss.class_weights else None
     trainer = Trainer(model, cfg, source, fold, fold_dir, device, weights, ddp=ddp)

@@ -54,7 +54,7 @@ class WaveSource:
 
     def n_batches(self, n: int, ranks: tuple[int, int] = (0, 1)) -> int:
         """Training batches per epoch for ``n`` items on one of ``ranks[1]`` processes."""
-        return -(-(-(-n // self.batch_size)) // ranks[1])
+        return n_batches(n, self.batch_size, ranks)
 
     @staticmethod
     def forward(model: SERModel, batch: Batch):
@@ -63,7 +63,8 @@ class WaveSource:
 
 @dataclass(frozen=True, slots=True)
 class FeatBatch:
-    """``hidden`` (B, T, H), ``n_frames`` (B,), ``speech`` (B, T), labels, dims, index as in Batch."""
+    """``hidden`` (B, T, H), ``n_frames`` (B,), ``speech`` (B, T), labels, dims, index as in Batch, and the
+    statistics branch's standardised ``extra`` (B, E) when the source computed it."""
 
     hidden: torch.Tensor
     n_frames: torch.Tensor
@@ -71,10 +72,31 @@ class FeatBatch:
     labels: torch.Tensor
     dims: torch.Tensor
     index: torch.Tensor
+    extra: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "FeatBatch":
-        return FeatBatch(*(t.to(device) for t in (self.hidden, self.n_frames, self.speech, self.labels,
-                                                   self.dims, self.index)))
+        return FeatBatch(*(None if t is None else t.to(device) for t in (
+            self.hidden, self.n_frames, self.speech, self.labels, self.dims, self.index, self.extra)))
+
+
+def feat_batch(data: AudioSet, rows: list[int], frames: list[torch.Tensor], masks: list[torch.Tensor],
+               extra: torch.Tensor | None = None) -> FeatBatch:
+    """Per-row encoder ``frames`` (T_r, H) and speech ``masks`` (T_r,) of the utterances ``rows``, padded."""
+    t = max(max(h.shape[0] for h in frames), 1)
+    hidden = torch.zeros(len(frames), t, frames[0].shape[1])
+    speech = torch.zeros(len(frames), t, dtype=torch.bool)
+    for r, (h, s) in enumerate(zip(frames, masks)):
+        hidden[r, : h.shape[0]] = h.float()
+        speech[r, : s.shape[0]] = s
+    utts = data.utts
+    labels = torch.tensor([utts[i].label for i in rows])
+    dims = torch.tensor([[utts[i].valence, utts[i].arousal] for i in rows], dtype=torch.float32)
+    return FeatBatch(hidden, torch.tensor([h.shape[0] for h in frames]), speech, labels, dims, torch.tensor(rows), extra)
+
+
+def n_batches(n: int, batch_size: int, ranks: tuple[int, int] = (0, 1)) -> int:
+    """Training batches per epoch for ``n`` items on one of ``ranks[1]`` processes."""
+    return -(-(-(-n // batch_size)) // ranks[1])
 
 
 class FeatureSource:
@@ -106,17 +128,7 @@ class FeatureSource:
 
     def _collate(self, idx: list[int], with_views: bool) -> FeatBatch:
         items = [self.orig[i] for i in idx] + ([self.aug[i] for i in idx] if with_views else [])
-        rows = idx + (idx if with_views else [])
-        t = max(max(h.shape[0] for h, _ in items), 1)
-        hidden = torch.zeros(len(items), t, items[0][0].shape[1])
-        speech = torch.zeros(len(items), t, dtype=torch.bool)
-        for r, (h, s) in enumerate(items):
-            hidden[r, : h.shape[0]] = h.float()
-            speech[r, : s.shape[0]] = s
-        utts = self.data.utts
-        labels = torch.tensor([utts[i].label for i in rows])
-        dims = torch.tensor([[utts[i].valence, utts[i].arousal] for i in rows], dtype=torch.float32)
-        return FeatBatch(hidden, torch.tensor([h.shape[0] for h, _ in items]), speech, labels, dims, torch.tensor(rows))
+        return feat_batch(self.data, idx + (idx if with_views else []), [h for h, _ in items], [s for _, s in items])
 
     def train_batches(self, index: np.ndarray, rng: np.random.Generator, ranks: tuple[int, int] = (0, 1)):
         for idx in shard(bucket_batches(self.data.lengths, index, self.batch_size, rng, self.bucket), *ranks):
@@ -128,7 +140,7 @@ class FeatureSource:
 
     def n_batches(self, n: int, ranks: tuple[int, int] = (0, 1)) -> int:
         """Training batches per epoch for ``n`` items on one of ``ranks[1]`` processes."""
-        return -(-(-(-n // self.batch_size)) // ranks[1])
+        return n_batches(n, self.batch_size, ranks)
 
     @staticmethod
     def forward(model: SERModel, batch: FeatBatch):
