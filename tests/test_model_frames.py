@@ -1,5 +1,7 @@
 """The frame grid and the one speech-mask function."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,36 @@ def test_speech_mask_does_not_move_with_gain_and_leaves_silence_alone():
     np.testing.assert_allclose(level_for_vad(room * 0.1), room * 0.1 * (VAD_LEVEL / VAD_MIN_LEVEL), rtol=1e-5)
     assert not speech_mask(room * 0.1)[10:].any()
     np.testing.assert_array_equal(speech_mask((wave * 32767 * 0.5).astype(np.int16)), speech_mask(wave * 0.5))
+
+
+def test_speech_span_starts_and_ends_where_speech_is_dense_not_at_isolated_frames():
+    mask = np.zeros(200, bool)
+    mask[60:140] = True            # 1.6 s of speech
+    mask[[5, 20, 170, 190]] = True  # isolated VAD false positives in the pauses (noise)
+    assert speech_span(mask, 0.0) == (60, 140)
+    assert speech_span(mask, 0.1) == (55, 145)
+    mask[58] = True                 # a speech frame just before a dense stretch belongs to it
+    assert speech_span(mask, 0.0) == (58, 140)
+    short = np.zeros(50, bool)
+    short[[10, 12, 30]] = True      # no dense stretch at all: first to last speech frame, as before
+    assert speech_span(short, 0.0) == (10, 31)
+
+
+def test_speech_span_in_white_noise_stays_near_the_clean_span():
+    import soundfile as sf
+
+    from serlive.train import perturb
+
+    rng = np.random.default_rng(0)
+    grew = []
+    for path in sorted(Path(__file__).parent.glob("data/ravdess/*.flac"))[:8]:
+        x = sf.read(path, dtype="float32")[0]
+        a, b = speech_span(speech_mask(x), 0.15)
+        noisy = perturb.add_noise(x, perturb.white_noise(len(x), rng), 10.0)
+        m = speech_mask(noisy)
+        na, nb = speech_span(m, 0.15)
+        first, last = np.flatnonzero(m)[[0, -1]]
+        grew.append(((nb - na) - (b - a), (last - first) - (b - a)))
+    grew = np.array(grew)
+    # The VAD's own first-to-last speech frame reaches into the noise (the old cut); the span does not.
+    assert np.median(grew[:, 0]) <= 10 < np.median(grew[:, 1])

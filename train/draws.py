@@ -81,7 +81,7 @@ class DrawSource:
         what = {"encoder": asdict(cfg.encoder), "spectral_stats": cfg.spectral_stats, "pitch_stats": cfg.pitch_stats,
                 "vad": asdict(cfg.vad), "speech_pad_s": cfg.speech_pad_s, "max_duration_s": cfg.max_duration_s,
                 "utts": [u.path for u in data.utts], "augment": asdict(augment), "views": views, "draws": draws,
-                "seed": seed, "version": 3}
+                "seed": seed, "version": 4}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @torch.inference_mode()

@@ -117,7 +117,7 @@ def fold_calibrations(run_dir: Path) -> dict[int, dict]:
 def _key(cfg, conditions, fold_dir: Path) -> dict:
     weights = fold_dir / "model" / "model.safetensors"
     stat = weights.stat() if weights.is_file() else None
-    return {"conditions": [c.name for c in conditions], "seed": cfg.protocol.seed, "version": 4,
+    return {"conditions": [c.name for c in conditions], "seed": cfg.protocol.seed, "version": 5,
             "weights": [stat.st_size, stat.st_mtime_ns] if stat else None}
 
 
