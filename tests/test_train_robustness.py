@@ -168,3 +168,26 @@ def test_after_calibrate_each_fold_runs_with_the_calibration_fitted_on_the_other
         assert row["key"]["calibration"]["min_confidence"] == uncertainty.MIN_CONFIDENCE
     for entry in summary["conditions"]:
         assert 0 <= entry["model_knn"]["uncertain"]["mean"] <= 1  # a figure now, not None
+    # the online column: the shipped path with per-speaker adaptation, one speaker's utterances in one condition;
+    # clean equals ser-train evaluate's online protocol on the same fold, computed from scratch
+    from serlive.model import Predictor
+    from serlive.train.data import load_audio
+    from serlive.train.evaluate import online
+    from serlive.train.fit import load_data
+    from serlive.train.protocols import make_folds
+
+    assert summary["systems"] == ["model", "model_knn", "online", "baseline"]
+    assert "| online UA |" in (cv_run / "calibrated.md").read_text().replace(" | baseline UA", " |", 1)
+    cfg = robustness.load_json(cv_run / "cv" / robustness.CONFIG_FILE)
+    data = load_data(cfg, progress=False)
+    folds = {f.index: f for f in make_folds(data.utts, cfg.protocol)}
+    settings = robustness.fold_calibrations(cv_run / "cv")
+    for row in summary["per_fold"]:
+        fold = folds[row["fold"]]
+        assert len(settings[fold.index]["embedding_mean"]) == cfg.model.embed_dim
+        shipped = Predictor.from_dir(cv_run / "cv" / f"fold_{fold.index}" / "model").with_calibration(**settings[fold.index])
+        preds = shipped.predict_batch([load_audio(data.utts[i].path, data.max_samples) for i in fold.test])
+        want = online(shipped, [data.utts[i] for i in fold.test], preds, data.labels[fold.test],
+                      robustness.ONLINE_ORDERS, cfg.protocol.seed)
+        assert row["conditions"]["clean"]["online"]["ua"] == pytest.approx(want["ua"])
+        assert row["conditions"]["clean"]["online"]["wa"] == pytest.approx(want["wa"])

@@ -172,6 +172,7 @@ def score(rows: list[dict], labels: tuple[str, ...], orders: int, seed: int) -> 
             "ua_online": row["test_online"][prior],
             "ece": expected_calibration_error(test.probs, test.labels),
             "ece_calibrated": expected_calibration_error(apply_temperature(test.probs, t), test.labels),
+            "embedding_mean": [round(float(x), 6) for x in predictor.config.calibration.embedding_mean],
         } | shift_settings(others, t))
     final_t = fit_temperature(np.concatenate([r["test"].probs for r in rows]), np.concatenate([r["test"].labels for r in rows]))
     final_prior = max(PRIORS, key=lambda p: (np.mean([r["test_online"][p] for r in rows]), -p))
@@ -235,6 +236,7 @@ def apply(model_dir: Path, result: dict, embedding_mean: np.ndarray) -> None:
     write_json(model_dir / MODEL_CONFIG, config)
     metrics_path = model_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    metrics["calibration"] = {k: v for k, v in result.items() if k != "per_fold"} | {"per_fold": result["per_fold"]}
+    metrics["calibration"] = {k: v for k, v in result.items() if k != "per_fold"} \
+        | {"per_fold": [{k: v for k, v in f.items() if k != "embedding_mean"} for f in result["per_fold"]]}
     write_json(metrics_path, metrics)
     log.info("calibration written into %s", model_dir)

@@ -108,10 +108,11 @@ def fold_calibrations(run_dir: Path) -> dict[int, dict]:
     if not path.is_file():
         return {}
     result = json.loads(path.read_text())
-    keep = ("temperature",) + SHIPPED
+    keep = ("temperature", "embedding_mean") + SHIPPED
     reference = {"ood_reference": tuple(result["final"].get("ood_reference", ())),
                  "ood_statistic": result["final"]["ood_statistic"]}
-    return {f["fold"]: {k: f[k] for k in keep if k in f} | reference for f in result["per_fold"]}
+    return {f["fold"]: {k: tuple(f[k]) if k == "embedding_mean" else f[k] for k in keep if k in f} | reference
+            | ({"adapt_prior": f["prior"]} if "prior" in f else {}) for f in result["per_fold"]}
 
 
 def _key(cfg, conditions, fold_dir: Path) -> dict:
@@ -148,6 +149,8 @@ def run_fold(cfg, data, fold, fold_dir: Path, conditions, rooms, feats: np.ndarr
         clean_pred = pred if cond.family == "clean" else clean_pred
         if clean_pred is not None:
             entry["model"]["changed"] = float(np.mean(pred != clean_pred))
+        if shipped.can_adapt:
+            entry["online"] = _online(shipped, knn or solo, y, labels, seed)
         out[cond.name] = entry
         log.info("fold %d, %s: model UA %.3f, baseline UA %.3f", fold.index, cond.name, entry["model"]["ua"],
                  entry["baseline"]["ua"])
@@ -180,6 +183,21 @@ def _model_outputs(shipped: Predictor, alone: Predictor, waves, masks, batch_siz
     return solo, (knn if shipped.use_knn else None)
 
 
+ONLINE_ORDERS = 10
+"""Random orders of the test speaker's utterances in the online column (as ``ser-train evaluate --orders``)."""
+
+
+def _online(shipped: Predictor, preds, y: np.ndarray, labels, seed: int) -> dict:
+    """UA / WA of the shipped path under the online per-speaker protocol, all of the fold's test speaker's
+    utterances in the same condition (one person in one room or on one line), each knowing only the earlier
+    ones; mean over :data:`ONLINE_ORDERS` orders."""
+    from .calibrate import online_labels
+
+    rng, prior = np.random.default_rng(seed), shipped.config.calibration.adapt_prior
+    runs = [classification(y, online_labels(shipped, preds, rng, prior), labels) for _ in range(ONLINE_ORDERS)]
+    return {"ua": float(np.mean([r["ua"] for r in runs])), "wa": float(np.mean([r["wa"] for r in runs]))}
+
+
 def _cut(wave: np.ndarray, mask: np.ndarray, pad_s: float | None):
     return trim_to_speech(wave, mask, pad_s) if pad_s is not None else (wave, mask)
 
@@ -201,7 +219,8 @@ def _scores(preds, y: np.ndarray, labels) -> dict:
 
 def summarise(rows: list[dict], conditions, labels) -> dict:
     """Mean ± 95% CI over folds per condition and system, and the drop in mean UA/WA from clean (points)."""
-    systems = ["model"] + (["model_knn"] if all(r["knn"] for r in rows) else []) + ["baseline"]
+    systems = ["model"] + (["model_knn"] if all(r["knn"] for r in rows) else []) \
+        + (["online"] if all("online" in c for r in rows for c in r["conditions"].values()) else []) + ["baseline"]
     table = []
     for cond in conditions:
         entry = {"name": cond.name, "family": cond.family, "value": cond.value, "kind": cond.kind}
@@ -220,18 +239,19 @@ def summarise(rows: list[dict], conditions, labels) -> dict:
             "seconds_per_fold": mean_ci(seconds), "per_fold": rows}
 
 
-NAMES = {"model": "model", "model_knn": "model + kNN", "baseline": "baseline"}
+NAMES = {"model": "model", "model_knn": "model + kNN", "online": "online", "baseline": "baseline"}
 
 
 def markdown_table(summary: dict) -> str:
     """One row per condition: UA (mean ± 95% CI over folds, %) and its drop from clean per system, WA, the
     models' expected calibration error, and the share of the shipped path's predictions flagged uncertain."""
     systems = summary["systems"]
-    models = [s for s in systems if s != "baseline"]
+    models = [s for s in systems if s not in ("baseline", "online")]
     head = ["condition"] + [f"{NAMES[s]} UA" for s in systems] + [f"Δ UA {NAMES[s]}" for s in systems] \
         + [f"{NAMES[s]} WA" for s in systems] + [f"{NAMES[s]} ECE" for s in models] + ["uncertain"]
     lines_ = [f"Robustness benchmark of {summary['run']}: {summary['folds']} folds, mean ± 95% CI over folds, %; "
-              "Δ = points below clean. ECE: 10-bin expected calibration error of the top probability. uncertain: "
+              "Δ = points below clean. online: the shipped path (kNN, calibration) with per-speaker adaptation, "
+              "the test speaker's utterances in that condition in random orders, each knowing only the earlier ones. ECE: 10-bin expected calibration error of the top probability. uncertain: "
               f"share of {NAMES[models[-1]]} predictions flagged uncertain (— where the fold models carry no OOD "
               "reference).", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
