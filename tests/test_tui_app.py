@@ -204,3 +204,22 @@ def test_connect_flag_picks_the_websocket_feed_and_loads_nothing():
 @pytest.fixture(autouse=True)
 def _labels_are_the_demo_ones():
     assert recorded()[0].labels == LABELS
+
+
+@sync
+async def test_overlapping_redraws_list_each_stream_once_with_its_name():
+    """Redraws overlap (the 10 Hz tick, a key, a resume): the stream list is rebuilt one at a time, so it never
+    holds a stream twice, nor an item without its label (shown as 'ListItem[name=...]')."""
+    app = MonitorApp(ReplaySource(recorded()[:1]))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+
+        async def start(i: int) -> None:
+            app.feed(ev.StreamStatus(f"phone-{i}", "started", "client"))
+            await app.redraw()
+
+        await asyncio.gather(*(start(i) for i in range(5)))
+        await pilot.pause()
+        items = list(app.query_one(StreamList).children)
+        assert [item.name for item in items] == list(app.state.streams) == ["local"] + [f"phone-{i}" for i in range(5)]
+        assert [str(item.query_one("Label").render()) for item in items] == [item.name for item in items]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -102,18 +104,22 @@ class StreamList(ListView):
         super().__init__(**kwargs)
         self.state = state
         self._shown: list[tuple[str, bool]] = []
+        self._syncing = asyncio.Lock()
 
     async def sync(self) -> None:
-        shown = [(name, view.active) for name, view in self.state.streams.items()]
-        if shown != self._shown:
-            self._shown = shown
-            await self.clear()
-            # Names come from clients: a Text is never parsed as markup, and printable() escapes controls.
-            await self.extend(ListItem(Label(render.plain(n if active else f"{n} (ended)")), name=n)
-                              for n, active in shown)
-        names = [name for name, _ in shown]
-        if self.state.selected in names and self.index != names.index(self.state.selected):
-            self.index = names.index(self.state.selected)
+        # One rebuild at a time: redraws overlap (the tick, a key, a resume), and a clear() awaited in one
+        # while another extend()s left duplicated items, or items whose label was removed mid-mount.
+        async with self._syncing:
+            shown = [(name, view.active) for name, view in self.state.streams.items()]
+            if shown != self._shown:
+                self._shown = shown
+                await self.clear()
+                # Names come from clients: a Text is never parsed as markup, and printable() escapes controls.
+                await self.extend(ListItem(Label(render.plain(n if active else f"{n} (ended)")), name=n)
+                                  for n, active in shown)
+            names = [name for name, _ in shown]
+            if self.state.selected in names and self.index != names.index(self.state.selected):
+                self.index = names.index(self.state.selected)
 
 
 HELP_TEXT = """\
