@@ -152,8 +152,20 @@ def test_example_config_loads():
     assert cfg.data.label_map["calm"] == "neutral"
     assert cfg.augment.classifier and cfg.model.pitch_stats and cfg.model.spectral_stats  # the robust recipe
     ge2e = config.load(Path(__file__).parents[1] / "train" / "configs" / "ravdess-ge2e.toml")
-    assert ge2e.model.encoder.kind == "ge2e" and ge2e.model.encoder.freeze == "all" and ge2e.run.draws == 4
+    assert ge2e.model.encoder.kind == "ge2e" and ge2e.model.encoder.freeze == "all" and ge2e.run.draws == 8
     assert ge2e.model.pooling == "sr" and ge2e.model.sap_dim == 128 and ge2e.model.gap_std  # the bundled recipe
+    # the recipe file is what the bundled model was trained with (the machine's thread count and cache aside)
+    import json
+
+    from serlive.model import bundled_model_dir
+
+    shipped = json.loads((bundled_model_dir() / "metrics.json").read_text())["train_config"]
+    recipe = json.loads(json.dumps(ge2e.to_dict()))  # tuples as the JSON file has them
+    for section in ("augment", "loss", "optim", "model"):
+        assert recipe[section] == shipped[section] | {k: recipe[section][k] for k in ("description", "license")
+                                                      if section == "model"}, section
+    assert {k: v for k, v in recipe["run"].items() if k != "num_threads"} == \
+        {k: v for k, v in shipped["run"].items() if k != "num_threads"}
 
 
 def test_evaluate_without_the_bundled_model_says_so(monkeypatch, tmp_path, capsys):
