@@ -84,6 +84,24 @@ def shift_temperatures(atypicality: np.ndarray, temperature: float, beta: float,
     return temperature * np.exp(beta * np.maximum(np.asarray(atypicality, np.float64) - start, 0.0))
 
 
+def short_factors(speech_frames: np.ndarray, frames: float, gamma: float) -> np.ndarray:
+    """Each row's temperature factor ``(frames / n) ** gamma`` for n < ``frames`` speech frames (at least one),
+    else 1, (N,): the less speech, the flatter the probabilities."""
+    n = np.maximum(np.asarray(speech_frames, np.float64), 1.0)
+    return np.where(n < frames, (frames / n) ** gamma, 1.0) if frames > 0 and gamma > 0 else np.ones(len(n))
+
+
+def fit_short(probs: np.ndarray, labels: np.ndarray, temperatures: np.ndarray, speech_frames: np.ndarray,
+              frames: float, hi: float = 3.0) -> float:
+    """The ``gamma`` in [0, hi] minimising the mean NLL of ``labels`` under ``temperatures`` (N,) times
+    :func:`short_factors`, by golden-section search; 0 unless it beats no growth."""
+    def nll(gamma: float) -> float:
+        return _nll(apply_temperature(probs, temperatures * short_factors(speech_frames, frames, gamma)), labels)
+
+    gamma = _golden(nll, 0.0, hi, 50)
+    return round(gamma, 4) if nll(gamma) < nll(0.0) else 0.0
+
+
 def fit_shift(probs: np.ndarray, labels: np.ndarray, atypicality: np.ndarray, temperature: float, start: float,
               hi: float = 5.0) -> float:
     """The ``beta`` in [0, hi] minimising the mean NLL of ``labels`` under :func:`shift_temperatures` (T and the

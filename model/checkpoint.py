@@ -25,10 +25,10 @@ from .ser import SERModel
 log = logging.getLogger(__name__)
 
 FORMAT = "ser-live-model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """Bumped when a directory written by this code could not be read by older code (2: the ``calibration``
-table, 3: its shift-aware temperature, speech limit and voicing keys; older directories load with the
-defaults of what they lack)."""
+table, 3: its shift-aware temperature, speech limit and voicing keys, 4: the short-input temperature; older
+directories load with the defaults of what they lack)."""
 
 CONFIG_FILE, WEIGHTS_FILE, KNN_FILE, METRICS_FILE = "config.json", "model.safetensors", "knn.safetensors", "metrics.json"
 

@@ -132,7 +132,10 @@ class CalibrationConfig:
     ``speech_limit``: the 99th percentile of the atypicality of the speech, clean and degraded, the
     calibration was checked on; past it an utterance is ``uncertain`` and tempered by ``ood_mix`` (0: the older rule, uncertain past
     ``ood_threshold`` of the OOD score). ``min_voiced``: the pitch tracker's voiced share under which an
-    utterance is ``uncertain`` and tempered the same way (noise alone is never voiced). ``adapt_prior``: pseudo-utterances of the reference mean in a speaker's running mean (the
+    utterance is ``uncertain`` and tempered the same way (noise alone is never voiced). ``short_frames`` and
+    ``short_gamma``: the temperature also grows as ``(short_frames / n) ** short_gamma`` for an input with
+    n < ``short_frames`` speech frames (an interim over the first half second, a one-word answer: the model is
+    right 40 % of the time there, at the confidence of a whole utterance; 0: off). ``adapt_prior``: pseudo-utterances of the reference mean in a speaker's running mean (the
     per-speaker adaptation's shrinkage); ``embedding_mean``: that reference, the training speakers' mean
     embedding (empty: the model cannot adapt)."""
 
@@ -146,6 +149,8 @@ class CalibrationConfig:
     shift_from: float = 0.0
     speech_limit: float = 0.0
     min_voiced: float = 0.0
+    short_frames: float = 0.0
+    short_gamma: float = 0.0
     adapt_prior: float = 4.0
     embedding_mean: tuple[float, ...] = ()
 
@@ -156,7 +161,7 @@ class CalibrationConfig:
         if self.ood_reference and (len(self.ood_reference) < 2 or any(
                 not math.isfinite(x) for x in self.ood_reference) or list(self.ood_reference) != sorted(self.ood_reference)):
             raise ConfigError("calibration.ood_reference must be finite, sorted percentiles (or empty)")
-        for name in ("shift_beta", "shift_from", "speech_limit"):
+        for name in ("shift_beta", "shift_from", "speech_limit", "short_frames", "short_gamma"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"calibration.{name} must be a number at least 0")
         for name in ("ood_threshold", "ood_mix", "min_confidence", "min_voiced"):

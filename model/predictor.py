@@ -13,7 +13,7 @@ import torch
 
 from .adapt import SpeakerAdapter
 from .audio import to_mono_16k
-from .calibration import OOD_K, apply_temperature, ood_score, shift_temperatures, temper_for_ood
+from .calibration import OOD_K, apply_temperature, ood_score, shift_temperatures, short_factors, temper_for_ood
 from .checkpoint import load_model_dir
 from .config import ModelConfig
 from .frames import SAMPLE_RATE_HZ, num_frames, speech_mask, trim_to_speech
@@ -205,6 +205,8 @@ class Predictor:
         temperature = cal.temperature
         if cal.shift_beta > 0 and atypicality is not None:
             temperature = shift_temperatures(atypicality, cal.temperature, cal.shift_beta, cal.shift_from)
+        if cal.short_gamma > 0:
+            temperature = temperature * short_factors(speech_frames, cal.short_frames, cal.short_gamma)
         probs = apply_temperature(probs, temperature)
         ood = None if not cal.ood_reference or atypicality is None else ood_score(atypicality, cal.ood_reference)
         far = np.zeros(len(emb), bool)  # past the checked speech, or no voice: half way to uniform, uncertain

@@ -11,8 +11,9 @@ import torch
 
 from serlive.model import ConfigError, ModelConfig, Predictor, bundled_model_dir
 from serlive.model.adapt import SpeakerAdapter
-from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_shift, fit_temperature,
-                                       ood_score, reference_percentiles, shift_temperatures, temper_for_ood)
+from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_shift, fit_short,
+                                       fit_temperature, ood_score, reference_percentiles, shift_temperatures,
+                                       short_factors, temper_for_ood)
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -101,6 +102,50 @@ def test_fit_shift_recovers_how_fast_confidence_should_fall_with_atypicality():
     assert fit_shift(softmax(z), draw(np.full(n, 0.8)), atyp, 0.8, 1.0) < 0.05
 
 
+def test_fit_short_recovers_how_fast_confidence_should_fall_with_less_speech():
+    """Labels drawn from softmax(z / (0.8 (80 / n)^0.7)) for n < 80 speech frames: the fitted gamma is near 0.7
+    and lowers the ECE of the short rows against one temperature; with no such dependence it is ~0."""
+    rng = np.random.default_rng(3)
+    n = 6000
+    z = rng.normal(size=(n, 4)) * 2.5
+    frames = rng.integers(10, 160, n)
+
+    def draw(temps):
+        p = apply_temperature(softmax(z), temps)
+        return np.array([rng.choice(4, p=row) for row in p])
+
+    assert np.array_equal(short_factors([10, 40, 80, 200], 80, 1.0), [8.0, 2.0, 1.0, 1.0])
+    assert np.array_equal(short_factors([0, 10], 80, 0.0), [1.0, 1.0]) and short_factors([0], 80, 1.0)[0] == 80.0
+    base = np.full(n, 0.8)
+    y = draw(base * short_factors(frames, 80, 0.7))
+    gamma = fit_short(softmax(z), y, base, frames, 80)
+    assert gamma == pytest.approx(0.7, abs=0.1)
+    short = frames < 30
+    one_t = expected_calibration_error(apply_temperature(softmax(z[short]), 0.8), y[short])
+    fitted = expected_calibration_error(apply_temperature(softmax(z[short]), 0.8 * short_factors(frames[short], 80, gamma)), y[short])
+    assert fitted < one_t / 2, (fitted, one_t)
+    assert fit_short(softmax(z), draw(base), base, frames, 80) < 0.05
+
+
+def test_short_inputs_get_flatter_probabilities_and_whole_utterances_do_not(bundled):
+    """The Predictor applies the short-input growth by each input's speech frames: a prefix of an utterance
+    under ``short_frames`` is tempered by (short_frames / n)^gamma exactly, the whole utterance (more speech
+    frames) not at all."""
+    audio, sr = sf.read(DATA_DIR / "ravdess" / "03-01-05-01-01-01-01.flac", dtype="float32")
+    plain = bundled.with_calibration(temperature=1.0, shift_beta=0.0, speech_limit=100.0, min_voiced=0.0,
+                                     min_confidence=0.0, short_frames=0.0, short_gamma=0.0)
+    whole = plain.predict(audio, sr)
+    frames = whole.speech_frames - 10.0
+    graded = plain.with_calibration(short_frames=frames, short_gamma=1.0)
+    assert graded.predict(audio, sr).probs == pytest.approx(whole.probs)
+    start = int(np.flatnonzero(np.abs(audio) > 0.01)[0])
+    prefix = audio[: start + sr // 2]
+    got, raw = graded.predict(prefix, sr), plain.predict(prefix, sr)
+    assert 0 < raw.speech_frames < frames
+    np.testing.assert_allclose(got.probs, apply_temperature(np.array([raw.probs]), frames / raw.speech_frames)[0], atol=1e-9)
+    assert got.confidence < raw.confidence
+
+
 def test_calibration_config_is_validated():
     with pytest.raises(ConfigError, match="temperature"):
         ModelConfig.from_dict({"calibration": {"temperature": 0}})
@@ -108,6 +153,8 @@ def test_calibration_config_is_validated():
         ModelConfig.from_dict({"calibration": {"ood_reference": [3.0, 1.0]}})
     with pytest.raises(ConfigError, match="shift_beta"):
         ModelConfig.from_dict({"calibration": {"shift_beta": -1.0}})
+    with pytest.raises(ConfigError, match="short_gamma"):
+        ModelConfig.from_dict({"calibration": {"short_gamma": float("nan")}})
     with pytest.raises(ConfigError, match="min_voiced"):
         ModelConfig.from_dict({"calibration": {"min_voiced": 2.0}})
     with pytest.raises(ConfigError, match="embedding_mean"):

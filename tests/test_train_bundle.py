@@ -42,9 +42,11 @@ def test_cv_then_final_then_bundle(tmp_path, capsys):
     # Bundling over a model directory replaces it, but keeps its hand-written card.
     (tmp_path / "model2" / "README.md").write_text("# card\n")
     (tmp_path / "model2" / "robustness.md").write_text("stale figures\n")
+    (tmp_path / "model2" / "LICENSE-weights.txt").write_text("Apache License 2.0\n")
     assert cli.main(["bundle", "--cv", str(tmp_path / "cv"), "--final", str(tmp_path / "final2"),
                      "--out", str(tmp_path / "model2")]) == 0
     assert (tmp_path / "model2" / "README.md").read_text() == "# card\n"
+    assert (tmp_path / "model2" / "LICENSE-weights.txt").read_text() == "Apache License 2.0\n"  # and the licences
     assert not (tmp_path / "model2" / "robustness.md").exists()
     # The level check: with no gain the "gain" column is the clean one, fold by fold.
     from serlive.train import gain_check
@@ -68,15 +70,22 @@ def test_cv_then_final_then_bundle(tmp_path, capsys):
     assert len(ref) == 21 and ref == sorted(ref) and cal["final"]["temperature"] > 0
     final = cal["final"]
     assert final["speech_limit"] > ref[10] and final["shift_beta"] >= 0 and final["min_confidence"] == 0.4
-    assert set(cal["shipped_path"]) == {"test", "degraded"} and cal["shipped_path"]["degraded"]["n"] == 2 * cal["shipped_path"]["test"]["n"] > 0
+    assert set(cal["shipped_path"]) == {"test", "degraded", "short"} and cal["shipped_path"]["degraded"]["n"] == 2 * cal["shipped_path"]["test"]["n"] > 0
+    from serlive.train.calibrate import SHORT_PREFIXES_S  # the short split: each test utterance cut at 5 lengths
+
+    assert cal["shipped_path"]["short"]["n"] == len(SHORT_PREFIXES_S) * cal["shipped_path"]["test"]["n"]
+    assert final["short_frames"] > 0 and final["short_gamma"] >= 0
     calibrated = Predictor.from_dir(tmp_path / "model")
     assert calibrated.config.calibration.temperature == cal["final"]["temperature"] and calibrated.can_adapt
     assert calibrated.config.calibration.speech_limit == final["speech_limit"]
+    assert (calibrated.config.calibration.short_frames, calibrated.config.calibration.short_gamma) == \
+        (final["short_frames"], final["short_gamma"])
     assert (calibrated.config.knn.k, calibrated.config.knn.alpha) == (chosen["k"], chosen["alpha"])
     wave = torch.randn(16000).numpy() * 0.05
     p = calibrated.predict(wave)
     assert p.ood is not None and 0 <= p.ood <= 1
     assert "calibration" in json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert (tmp_path / "model" / "calibration.md").read_text() == (tmp_path / "cv" / "calibration.md").read_text()
 
 
 def test_bundle_and_knn_from_refuse_what_is_not_a_run(tmp_path, capsys):

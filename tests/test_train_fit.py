@@ -161,9 +161,10 @@ def test_example_config_loads():
 
     shipped = json.loads((bundled_model_dir() / "metrics.json").read_text())["train_config"]
     recipe = json.loads(json.dumps(ge2e.to_dict()))  # tuples as the JSON file has them
-    for section in ("augment", "loss", "optim", "model"):
-        assert recipe[section] == shipped[section] | {k: recipe[section][k] for k in ("description", "license")
-                                                      if section == "model"}, section
+    for section in ("augment", "loss", "optim", "model"):  # calibration is ser-train calibrate's, not the recipe's
+        keep = lambda d: {k: v for k, v in d.items() if k != "calibration"}  # noqa: E731
+        assert keep(recipe[section]) == keep(shipped[section]) | {k: recipe[section][k] for k in ("description", "license")
+                                                                  if section == "model"}, section
     assert {k: v for k, v in recipe["run"].items() if k != "num_threads"} == \
         {k: v for k, v in shipped["run"].items() if k != "num_threads"}
 

@@ -168,6 +168,11 @@ def test_after_calibrate_each_fold_runs_with_the_calibration_fitted_on_the_other
         assert row["key"]["calibration"]["min_confidence"] == uncertainty.MIN_CONFIDENCE
     for entry in summary["conditions"]:
         assert 0 <= entry["model_knn"]["uncertain"]["mean"] <= 1  # a figure now, not None
+    # a rerun with the same calibration reuses every fold (its key, with the calibration's lists, matches)
+    with monkeypatch.context() as mp:
+        mp.setattr(robustness, "run_fold", lambda *a, **k: pytest.fail("a calibrated fold was run again"))
+        again = robustness.run(cv_run / "cv", cv_run / "calibrated.json", robustness.select("white noise 5 dB SNR"))
+    assert again["conditions"] == summary["conditions"]
     # the online column: the shipped path with per-speaker adaptation, one speaker's utterances in one condition;
     # clean equals ser-train evaluate's online protocol on the same fold, computed from scratch
     from serlive.model import Predictor

@@ -6,7 +6,8 @@ alpha to the CV run's cross-fold choice (``knn_final``; the weights do not depen
 may train before the CV run ends) and writes its ``metrics.json``: the cross-validated figures, the classic baseline
 on the same folds (as it is, without the absolute level, and each with the test audio at an unknown gain),
 the final model's kNN setting and training fit, and the resolved training configuration. A model card
-(``README.md``) already in the output directory is kept; everything else there is replaced.
+(``README.md``) and licence files (``LICENSE*``) already in the output directory are kept; everything else there
+is replaced.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ TEST_GAIN_DB = 10.0
 
 MODEL_CARD = "README.md"
 """A model directory's hand-written card, which ``bundle`` keeps when it replaces the directory."""
+
+LICENCES = "LICENSE*"
+"""Licence files of what a model directory carries (the GE2E weights' Apache 2.0 text), kept like the card."""
 
 FINAL_FOLD = "fold_0"
 """A ``protocol.kind = "all"`` run has this one fold."""
@@ -104,6 +108,9 @@ def run(cv_dir: str | Path, final_dir: str | Path, out: str | Path) -> dict:
     if card.is_file():  # hand-written: carried over (the figures beside it are the run's to write anew)
         shutil.copy2(card, staging / MODEL_CARD)
         log.warning("kept the model card %s: bring its figures up to date with metrics.json", card)
+    for licence in sorted(out.glob(LICENCES)) if out.is_dir() else ():
+        if licence.is_file():
+            shutil.copy2(licence, staging / licence.name)
     for path in staging.iterdir():
         path.chmod(0o644)
     shutil.rmtree(out, ignore_errors=True)

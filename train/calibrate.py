@@ -104,6 +104,18 @@ def degraded_split(predictor: Predictor, cfg, data, fold, draws: int) -> Split:
     return predict_split(predictor, waves, np.tile(data.labels[fold.test], draws))
 
 
+SHORT_PREFIXES_S = (0.4, 0.6, 0.8, 1.0, 1.5)
+"""Seconds of speech an interim has heard: the short split cuts each test utterance's speech span there."""
+
+
+def short_split(predictor: Predictor, cfg, data, fold) -> Split:
+    """The fold's test utterances cut to their first :data:`SHORT_PREFIXES_S` seconds of speech (from the start
+    of the speech span with the model's padding, as an open segment with its pre-roll), predicted."""
+    pad = cfg.model.speech_pad_s or 0.0
+    waves = [data.wave(i)[: int(round((s + pad) * 16_000))] for s in SHORT_PREFIXES_S for i in fold.test]
+    return predict_split(predictor, waves, np.tile(data.labels[fold.test], len(SHORT_PREFIXES_S)))
+
+
 def fold_predictor(model_dir: Path, knn: dict | None, embedding_mean: np.ndarray) -> Predictor:
     """The fold's model with the cross-fold kNN setting and its training mean embedding (T = 1, no OOD)."""
     model, cfg, store, _ = load_model_dir(model_dir)
@@ -138,6 +150,7 @@ def run(run_dir: str | Path, orders: int = 10, apply_to: str | Path | None = Non
         test = predict_split(predictor, [data.wave(i) for i in fold.test], data.labels[fold.test])
         rows.append({"fold": fold, "predictor": predictor, "test": test,
                      "degraded": degraded_split(predictor, cfg, data, fold, degraded) if degraded else None,
+                     "short": short_split(predictor, cfg, data, fold) if degraded else None,
                      "test_online": {prior: online_ua(predictor, test, prior, orders, cfg.protocol.seed) for prior in PRIORS}})
         log.info("fold %d: predictions done", fold.index)
     result = score(rows, cfg.model.labels, orders, cfg.protocol.seed)
@@ -207,10 +220,11 @@ def markdown(result: dict) -> str:
              f"({fmt_ci(result['ece_calibrated'], 1.0, 3)}) |"]
     if "ood_flagged_in_domain" in result:
         lines.append(f"| unseen in-domain utterances flagged out of distribution | {100 * result['ood_flagged_in_domain']:.1f} % |")
-    for name, what in (("test", "clean"), ("degraded", "degraded (training augmentation)")):
+    for name, what in (("test", "clean"), ("degraded", "degraded (training augmentation)"),
+                       ("short", f"the first {'/'.join(f'{s:g}' for s in SHORT_PREFIXES_S)} s of clean")):
         if name in result.get("shipped_path", {}):
             d = result["shipped_path"][name]
-            lines += [f"| ECE, {what} speech: one T → shift-aware T ({d['n']} predictions) | "
+            lines += [f"| ECE, {what} speech: one T → shipped temperature ({d['n']} predictions) | "
                       f"{d['ece_one_t']:.3f} → {d['ece_shift']:.3f} |",
                       f"| flagged uncertain, {what} speech (right when flagged / otherwise) | {100 * d['uncertain']:.1f} % "
                       f"({pct(d['right_when_flagged'])} / {pct(d['right_otherwise'])}) |"]
@@ -218,12 +232,15 @@ def markdown(result: dict) -> str:
                  f"{f['adapt_prior']:g}, OOD statistic {f['ood_statistic']}"
                  + (f", shift β {f['shift_beta']:g} from atypicality {f['shift_from']:g}, speech limit "
                     f"{f['speech_limit']:g}, uncertain under confidence {f['min_confidence']:g} or voiced share "
-                    f"{f['min_voiced']:g}" if "shift_beta" in f else "") + ".")
+                    f"{f['min_voiced']:g}" if "shift_beta" in f else "")
+                 + (f", temperature × (n / {f['short_frames']:g})^-{f['short_gamma']:g} under {f['short_frames']:g} "
+                    "speech frames" if f.get("short_gamma") else "") + ".")
     return "\n".join(lines) + "\n"
 
 
 def apply(model_dir: Path, result: dict, embedding_mean: np.ndarray) -> None:
-    """Write the final calibration into ``model_dir``'s config.json and the figures into its metrics.json."""
+    """Write the final calibration into ``model_dir``'s config.json, the figures into its metrics.json and the
+    table into its calibration.md."""
     config = json.loads((model_dir / MODEL_CONFIG).read_text())
     f = result["final"]
     config["model"]["calibration"] = {
@@ -234,6 +251,7 @@ def apply(model_dir: Path, result: dict, embedding_mean: np.ndarray) -> None:
 
     config["format_version"] = FORMAT_VERSION
     write_json(model_dir / MODEL_CONFIG, config)
+    (model_dir / "calibration.md").write_text(markdown(result))  # the table the model card quotes
     metrics_path = model_dir / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     metrics["calibration"] = {k: v for k, v in result.items() if k != "per_fold"} \

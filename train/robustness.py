@@ -83,7 +83,7 @@ def run(run_dir: str | Path, out: str | Path | None = None, conditions: list[per
     for fold in chosen:
         fold_dir = run_dir / f"fold_{fold.index}"
         settings = calibrations.get(fold.index)
-        key = _key(cfg, conditions, fold_dir) | {"calibration": settings}
+        key = json.loads(json.dumps(_key(cfg, conditions, fold_dir) | {"calibration": settings}))  # as saved: lists
         saved = fold_dir / FOLD_FILE
         if not fresh and saved.is_file() and json.loads(saved.read_text()).get("key") == key:
             log.info("fold %d: benchmark already done; reusing %s", fold.index, saved)

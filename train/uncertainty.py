@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serlive.model.calibration import expected_calibration_error, fit_shift
+from serlive.model.calibration import expected_calibration_error, fit_shift, fit_short, shift_temperatures
 
 from .metrics import classification
 
@@ -22,7 +22,7 @@ LIMIT_PERCENTILE = 99.0
 maximum is one extreme draw, e.g. a telephone line in 3 dB of noise; past the 99th lie synthetic voices)."""
 
 
-SHIPPED = ("shift_beta", "shift_from", "speech_limit", "min_confidence", "min_voiced")
+SHIPPED = ("shift_beta", "shift_from", "speech_limit", "min_confidence", "min_voiced", "short_frames", "short_gamma")
 """The settings :func:`shift_settings` chooses that a model directory keeps."""
 
 
@@ -41,7 +41,22 @@ def shift_settings(rows: list[dict], temperature: float) -> dict:
     voiced = rows[0]["test"].preds[0].voiced is not None
     limit = float(np.percentile(np.concatenate([clean, atyp]), LIMIT_PERCENTILE))
     return {"shift_beta": beta, "shift_from": round(start, 5), "speech_limit": round(limit, 5),
-            "min_confidence": MIN_CONFIDENCE, "min_voiced": MIN_VOICED if voiced else 0.0}
+            "min_confidence": MIN_CONFIDENCE, "min_voiced": MIN_VOICED if voiced else 0.0} \
+        | short_settings(rows, temperature, beta, start)
+
+
+def short_settings(rows: list[dict], temperature: float, beta: float, start: float) -> dict:
+    """The temperature's growth for short inputs, fitted on ``rows``' short splits (prefixes of the clean test
+    utterances) with T and the shift fixed: below the median speech frames of the whole clean utterances,
+    ``(frames / n) ** gamma``. Empty without short splits."""
+    if rows[0].get("short") is None:
+        return {}
+    frames = float(np.median(np.concatenate([[p.speech_frames for p in r["test"].preds] for r in rows])))
+    preds = [p for r in rows for p in r["short"].preds]
+    temps = shift_temperatures(np.array([p.atypicality for p in preds]), temperature, beta, start)
+    gamma = fit_short(np.concatenate([r["short"].probs for r in rows]), np.concatenate([r["short"].labels for r in rows]),
+                      temps, np.array([p.speech_frames for p in preds]), frames)
+    return {"short_frames": frames, "short_gamma": gamma}
 
 
 def shipped_path(rows: list[dict], per_fold: list[dict], labels) -> dict:
@@ -50,11 +65,11 @@ def shipped_path(rows: list[dict], per_fold: list[dict], labels) -> dict:
     the pooled ECE with one T and with the shift, the share flagged uncertain, and the accuracy of the
     flagged and of the others."""
     out = {}
-    for name in ("test", "degraded"):
+    for name in ("test", "degraded") + (("short",) if rows[0].get("short") is not None else ()):
         one_t, shifted, y = [], [], []
         for row, f in zip(rows, per_fold):
             split = row[name]
-            settings = {k: f[k] for k in SHIPPED}
+            settings = {k: f[k] for k in SHIPPED if k in f}
             one_t.append(row["predictor"].with_calibration(temperature=f["temperature"]).refinish(split.preds))
             shifted.append(row["predictor"].with_calibration(temperature=f["temperature"], **settings).refinish(split.preds))
             y.append(split.labels)
