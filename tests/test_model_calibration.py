@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,11 @@ DATA_DIR = Path(__file__).parent / "data"
 def softmax(z):
     e = np.exp(z - z.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def draw_labels(rng: np.random.Generator, z: np.ndarray, temps) -> np.ndarray:
+    """One label per row of logits ``z``, drawn from softmax(z) tempered by ``temps`` (one T or one per row)."""
+    return np.array([rng.choice(z.shape[1], p=row) for row in apply_temperature(softmax(z), temps)])
 
 
 def test_temperature_on_softmax_outputs_is_logit_temperature():
@@ -87,11 +93,7 @@ def test_fit_shift_recovers_how_fast_confidence_should_fall_with_atypicality():
     n = 6000
     z = rng.normal(size=(n, 4)) * 2.5
     atyp = rng.uniform(0.5, 4.0, n)
-
-    def draw(temps):
-        p = apply_temperature(softmax(z), temps)
-        return np.array([rng.choice(4, p=row) for row in p])
-
+    draw = functools.partial(draw_labels, rng, z)
     y = draw(shift_temperatures(atyp, 0.8, 0.6, 1.0))
     beta = fit_shift(softmax(z), y, atyp, 0.8, 1.0)
     assert beta == pytest.approx(0.6, abs=0.1)
@@ -109,10 +111,7 @@ def test_fit_short_recovers_how_fast_confidence_should_fall_with_less_speech():
     n = 6000
     z = rng.normal(size=(n, 4)) * 2.5
     frames = rng.integers(10, 160, n)
-
-    def draw(temps):
-        p = apply_temperature(softmax(z), temps)
-        return np.array([rng.choice(4, p=row) for row in p])
+    draw = functools.partial(draw_labels, rng, z)
 
     assert np.array_equal(short_factors([10, 40, 80, 200], 80, 1.0), [8.0, 2.0, 1.0, 1.0])
     assert np.array_equal(short_factors([0, 10], 80, 0.0), [1.0, 1.0]) and short_factors([0], 80, 1.0)[0] == 80.0
