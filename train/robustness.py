@@ -251,7 +251,8 @@ def markdown_table(summary: dict) -> str:
         + [f"{NAMES[s]} WA" for s in systems] + [f"{NAMES[s]} ECE" for s in models] + ["uncertain"]
     lines_ = [f"Robustness benchmark of {summary['run']}: {summary['folds']} folds, mean ± 95% CI over folds, %; "
               "Δ = points below clean. online: the shipped path (kNN, calibration) with per-speaker adaptation, "
-              "the test speaker's utterances in that condition in random orders, each knowing only the earlier ones. ECE: 10-bin expected calibration error of the top probability. uncertain: "
+              "the test speaker's utterances in that condition in random orders, each knowing only the earlier "
+              "ones. ECE: 10-bin expected calibration error of the top probability. uncertain: "
               f"share of {NAMES[models[-1]]} predictions flagged uncertain (— where the fold models carry no OOD "
               "reference).", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
