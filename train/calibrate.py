@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serlive.model import ConfigError, KnnConfig, Predictor, load_model_dir
+from serlive.model import SAMPLE_RATE_HZ, ConfigError, KnnConfig, Predictor, load_model_dir
 from serlive.model.adapt import SpeakerAdapter
 from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_temperature, ood_score,
                                        reference_percentiles)
@@ -112,7 +112,7 @@ def short_split(predictor: Predictor, cfg, data, fold) -> Split:
     """The fold's test utterances cut to their first :data:`SHORT_PREFIXES_S` seconds of speech (from the start
     of the speech span with the model's padding, as an open segment with its pre-roll), predicted."""
     pad = cfg.model.speech_pad_s or 0.0
-    waves = [data.wave(i)[: int(round((s + pad) * 16_000))] for s in SHORT_PREFIXES_S for i in fold.test]
+    waves = [data.wave(i)[: int(round((s + pad) * SAMPLE_RATE_HZ))] for s in SHORT_PREFIXES_S for i in fold.test]
     return predict_split(predictor, waves, np.tile(data.labels[fold.test], len(SHORT_PREFIXES_S)))
 
 
