@@ -49,7 +49,8 @@ class EncoderConfig:
     20 Hz to 8 kHz. ``kind="ge2e"``: the pretrained GE2E voice encoder of :mod:`serlive.model.ge2e` (its three
     LSTM layers, 768 per frame); ``name`` is where training takes its weights from (``"resemblyzer"``, the
     installed package, or a ``pretrained.pt``); a model directory carries them. ``freeze`` other than
-    ``"none"`` keeps them fixed.
+    ``"none"`` keeps them fixed. ``denoise`` (0 = off) subtracts that many times each mel band's stationary
+    floor from the GE2E front end's and the spectral statistics' mel power (:mod:`serlive.model.denoise`).
     """
 
     kind: str = "builtin"
@@ -66,6 +67,7 @@ class EncoderConfig:
     spec_augment: bool = False
     input_norm: str = "frame"
     band_hz: tuple = ()
+    denoise: float = 0.0
 
     def __post_init__(self) -> None:
         choice("encoder.kind", self.kind, ENCODER_KINDS)
@@ -84,6 +86,9 @@ class EncoderConfig:
                 raise ConfigError(f"encoder.band_hz must be [low, high] in Hz with 0 <= low < high <= 8000, not {band!r}")
             if self.kind != "builtin":
                 raise ConfigError("encoder.band_hz narrows the built-in encoder's log-mel filters: it needs encoder.kind = 'builtin'")
+        if not (isinstance(self.denoise, (int, float)) and not isinstance(self.denoise, bool)
+                and math.isfinite(self.denoise) and 0 <= self.denoise <= 4):
+            raise ConfigError(f"encoder.denoise must be a number from 0 (off) to 4, not {self.denoise!r}")
         for name in ("dim", "n_mels", "heads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"encoder.{name} must be positive")

@@ -10,7 +10,9 @@ with the training frames' statistics (:meth:`GE2EEncoder.standardise_with`, kept
 
 Front end as Resemblyzer's: 40 mel bands (Slaney scale and area normalisation, as librosa's default) of the
 power spectrum, 25 ms Hann windows every 10 ms, centred with zero padding; the item scaled to -30 dBFS RMS
-first (here always, so a microphone's gain changes nothing). The LSTM is causal and the padding is zeros,
+first (here always, so a microphone's gain changes nothing); with ``encoder.denoise``, each band's stationary
+floor is then subtracted (:mod:`.denoise`) and the rest scaled back up by what the subtraction took away (the
+noise had raised the item's RMS, so its speech had been scaled down with it). The LSTM is causal and the padding is zeros,
 so a padded batch gives each item the frames it gets alone. Two 10 ms frames make one 20 ms frame (those
 centred 2.5 ms after the grid frame's centre and 7.5 ms before it).
 
@@ -30,6 +32,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, EncoderConfig
+from .denoise import subtract_floor
 from .encoders import frame_lengths, length_mask
 from .frames import SAMPLE_RATE_HZ
 
@@ -117,7 +120,12 @@ class GE2EEncoder(nn.Module):
         rms = (x.pow(2).sum(1) / lengths.clamp(min=1).to(x.dtype)).sqrt().clamp(min=MIN_RMS)
         x = x * (10 ** (TARGET_DBFS / 20) / rms)[:, None]
         spec = torch.stft(x, N_FFT, HOP, window=self.window, center=True, pad_mode="constant", return_complex=True)
-        return (self.fbank @ spec.abs().pow(2)).transpose(1, 2)  # (B, T10, 40)
+        mel = (self.fbank @ spec.abs().pow(2)).transpose(1, 2)  # (B, T10, 40)
+        if self.cfg.denoise:  # then back to the level the speech alone would have had at -30 dBFS
+            valid = length_mask(1 + lengths // HOP, mel.shape[1])
+            clean = subtract_floor(mel, valid, self.cfg.denoise)
+            mel = clean * (mel.sum((1, 2)) / clean.sum((1, 2)).clamp(min=1e-12))[:, None, None]
+        return mel
 
     def layers(self, mel: torch.Tensor) -> torch.Tensor:
         """The three LSTM layers' outputs, concatenated: (B, T10, 768)."""

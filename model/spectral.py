@@ -11,7 +11,8 @@ checkpoint, as the classic baseline standardises its features; the pooled vector
 With ``pitch`` (``model.pitch_stats``), 8 pitch statistics follow (:mod:`.pitch`: voiced share,
 periodicity, F0 level, spread, range, movement and slope over the speech frames). An item with no F0 to
 describe (fewer than 3 voiced frames) gets the training mean for the F0 ones: 0 once standardised.
-The bands cover the encoder's ``band_hz`` when it has one (a narrow-band front end), else 20 Hz to 8 kHz.
+The bands cover the encoder's ``band_hz`` when it has one (a narrow-band front end), else 20 Hz to 8 kHz;
+with the encoder's ``denoise``, each band's stationary floor leaves the mel power first (:mod:`.denoise`).
 
 Not a BatchNorm: its training-time statistics are those of one length-bucketed batch (and length goes
 with emotion on acted speech), its running averages lag, and a model trained that way predicted one class
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from .builtin import LogMel, UtteranceGain
+from .denoise import subtract_floor
 from .encoders import fit_mask, frame_lengths, length_mask
 from .pitch import FEATURES as PITCH_FEATURES, pitch_stats
 from .pooling import masked_mean, masked_std
@@ -36,9 +38,9 @@ class SpectralStats(nn.Module):
     """Waveforms (B, N), lengths (B,), speech mask (B, T) -> standardised statistics (B, out_dim):
     3 * 64 band statistics, then with ``pitch`` the 8 of :data:`.pitch.FEATURES`."""
 
-    def __init__(self, pitch: bool = False, band_hz: tuple = ()) -> None:
+    def __init__(self, pitch: bool = False, band_hz: tuple = (), denoise: float = 0.0) -> None:
         super().__init__()
-        self.pitch = pitch
+        self.pitch, self.denoise = pitch, denoise
         self.out_dim = 3 * N_MELS + (len(PITCH_FEATURES) if pitch else 0)
         self.frontend = LogMel(N_MELS, band_hz)
         self.gain = UtteranceGain()
@@ -59,9 +61,9 @@ class SpectralStats(nn.Module):
 
     def raw(self, waveforms: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
         """The statistics before standardisation, (B, out_dim)."""
-        mel = self.frontend(waveforms)  # (B, T, 64)
-        valid = length_mask(frame_lengths(lengths), mel.shape[1])
-        mel = self.gain(mel, valid)
+        power = self.frontend.power(waveforms)  # (B, T, 64)
+        valid = length_mask(frame_lengths(lengths), power.shape[1])
+        mel = self.gain(torch.log(subtract_floor(power, valid, self.denoise) + 1e-6), valid)
         keep = fit_mask(speech, mel.shape[1]) & valid
         keep = torch.where(keep.sum(1, keepdim=True) >= 3, keep, valid)  # too little speech: every frame
         mean = masked_mean(mel, keep)
