@@ -12,8 +12,8 @@ Front end as Resemblyzer's: 40 mel bands (Slaney scale and area normalisation, a
 power spectrum, 25 ms Hann windows every 10 ms, centred with zero padding; the item scaled to -30 dBFS RMS
 first (here always, so a microphone's gain changes nothing); with ``encoder.denoise``, each band's stationary
 floor is then subtracted (:mod:`.denoise`) and the rest scaled back up by what the subtraction took away (the
-noise had raised the item's RMS, so its speech had been scaled down with it). The LSTM is causal and the padding is zeros,
-so a padded batch gives each item the frames it gets alone. Two 10 ms frames make one 20 ms frame (those
+noise had raised the item's RMS, so its speech had been scaled down with it). The LSTM is causal and the
+padding is zeros, so a padded batch gives each item the frames it gets alone. Two 10 ms frames make one 20 ms frame (those
 centred 2.5 ms after the grid frame's centre and 7.5 ms before it).
 
 Weights: the model directory holds them (the encoder's tensors are part of ``model.safetensors``), so
