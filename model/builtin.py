@@ -56,11 +56,13 @@ class LogMel(nn.Module):
         self.register_buffer("window", torch.hann_window(RECEPTIVE_FIELD_SAMPLES), persistent=False)
         self.register_buffer("fbank", mel_filterbank(n_mels, band_hz=tuple(band_hz)), persistent=False)
 
-    def power(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """The mel power before the log, (B, T, n_mels)."""
+    def power(self, waveforms: torch.Tensor, process=None) -> torch.Tensor:
+        """The mel power before the log, (B, T, n_mels); ``process`` maps the complex STFT (B, T, 257) first."""
         frames = waveforms.float().unfold(1, RECEPTIVE_FIELD_SAMPLES, FRAME_STRIDE_SAMPLES)  # (B, T, 400)
-        spec = torch.fft.rfft(frames * self.window, n=N_FFT).abs().pow(2)  # (B, T, 257)
-        return spec @ self.fbank
+        spec = torch.fft.rfft(frames * self.window, n=N_FFT)  # (B, T, 257)
+        if process is not None:
+            spec = process(spec)
+        return spec.abs().pow(2) @ self.fbank
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         return torch.log(self.power(waveforms) + 1e-6)  # (B, T, n_mels)

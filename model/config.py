@@ -50,7 +50,8 @@ class EncoderConfig:
     LSTM layers, 768 per frame); ``name`` is where training takes its weights from (``"resemblyzer"``, the
     installed package, or a ``pretrained.pt``); a model directory carries them. ``freeze`` other than
     ``"none"`` keeps them fixed. ``denoise`` (0 = off) subtracts that many times each mel band's stationary
-    floor from the GE2E front end's and the spectral statistics' mel power (:mod:`serlive.model.denoise`).
+    floor from the GE2E front end's and the spectral statistics' mel power (:mod:`serlive.model.denoise`);
+    ``dereverb`` takes the late reverberation out of both front ends' STFT first (WPE, :mod:`serlive.model.dereverb`).
     """
 
     kind: str = "builtin"
@@ -68,6 +69,7 @@ class EncoderConfig:
     input_norm: str = "frame"
     band_hz: tuple = ()
     denoise: float = 0.0
+    dereverb: bool = False
 
     def __post_init__(self) -> None:
         choice("encoder.kind", self.kind, ENCODER_KINDS)
@@ -89,6 +91,10 @@ class EncoderConfig:
         if not (isinstance(self.denoise, (int, float)) and not isinstance(self.denoise, bool)
                 and math.isfinite(self.denoise) and 0 <= self.denoise <= 4):
             raise ConfigError(f"encoder.denoise must be a number from 0 (off) to 4, not {self.denoise!r}")
+        if not isinstance(self.dereverb, bool):
+            raise ConfigError(f"encoder.dereverb must be true or false, not {self.dereverb!r}")
+        if self.dereverb and self.kind != "ge2e":
+            raise ConfigError("encoder.dereverb works on the GE2E front end's STFT: it needs encoder.kind = 'ge2e'")
         for name in ("dim", "n_mels", "heads"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"encoder.{name} must be positive")

@@ -11,8 +11,9 @@ with the training frames' statistics (:meth:`GE2EEncoder.standardise_with`, kept
 Front end as Resemblyzer's: 40 mel bands (Slaney scale and area normalisation, as librosa's default) of the
 power spectrum, 25 ms Hann windows every 10 ms, centred with zero padding; the item scaled to -30 dBFS RMS
 first (here always, so a microphone's gain changes nothing); with ``encoder.denoise``, each band's stationary
-floor is then subtracted (:mod:`.denoise`) and the rest scaled back up by what the subtraction took away (the
-noise had raised the item's RMS, so its speech had been scaled down with it). The LSTM is causal and the
+floor is then subtracted (:mod:`.denoise`), with ``encoder.dereverb`` the late reverberation is taken out of
+the STFT before that (:mod:`.dereverb`), and the rest is scaled back up by what they took away (the noise or
+the room had raised the item's RMS, so its speech had been scaled down with it). The LSTM is causal and the
 padding is zeros, so a padded batch gives each item the frames it gets alone. Two 10 ms frames make one 20 ms frame (those
 centred 2.5 ms after the grid frame's centre and 7.5 ms before it).
 
@@ -33,6 +34,7 @@ from torch import nn
 
 from .config import ConfigError, EncoderConfig
 from .denoise import subtract_floor
+from .dereverb import DELAY_S, SPAN_S, frames_for, wpe
 from .encoders import frame_lengths, length_mask
 from .frames import SAMPLE_RATE_HZ
 
@@ -121,11 +123,16 @@ class GE2EEncoder(nn.Module):
         x = x * (10 ** (TARGET_DBFS / 20) / rms)[:, None]
         spec = torch.stft(x, N_FFT, HOP, window=self.window, center=True, pad_mode="constant", return_complex=True)
         mel = (self.fbank @ spec.abs().pow(2)).transpose(1, 2)  # (B, T10, 40)
-        if self.cfg.denoise:  # then back to the level the speech alone would have had at -30 dBFS
-            valid = length_mask(1 + lengths // HOP, mel.shape[1])
-            clean = subtract_floor(mel, valid, self.cfg.denoise)
-            mel = clean * (mel.sum((1, 2)) / clean.sum((1, 2)).clamp(min=1e-12))[:, None, None]
-        return mel
+        if not (self.cfg.denoise or self.cfg.dereverb):
+            return mel
+        valid = length_mask(1 + lengths // HOP, mel.shape[1])
+        clean = mel
+        if self.cfg.dereverb:
+            spec = wpe(spec, valid, frames_for(DELAY_S, HOP / SAMPLE_RATE_HZ), frames_for(SPAN_S, HOP / SAMPLE_RATE_HZ))
+            clean = (self.fbank @ spec.abs().pow(2)).transpose(1, 2)
+        clean = subtract_floor(clean, valid, self.cfg.denoise)
+        # back to the level the speech alone would have had at -30 dBFS
+        return clean * (mel.sum((1, 2)) / clean.sum((1, 2)).clamp(min=1e-12))[:, None, None]
 
     def layers(self, mel: torch.Tensor) -> torch.Tensor:
         """The three LSTM layers' outputs, concatenated: (B, T10, 768)."""

@@ -12,7 +12,8 @@ With ``pitch`` (``model.pitch_stats``), 8 pitch statistics follow (:mod:`.pitch`
 periodicity, F0 level, spread, range, movement and slope over the speech frames). An item with no F0 to
 describe (fewer than 3 voiced frames) gets the training mean for the F0 ones: 0 once standardised.
 The bands cover the encoder's ``band_hz`` when it has one (a narrow-band front end), else 20 Hz to 8 kHz;
-with the encoder's ``denoise``, each band's stationary floor leaves the mel power first (:mod:`.denoise`).
+with the encoder's ``denoise``, each band's stationary floor leaves the mel power first (:mod:`.denoise`);
+with its ``dereverb``, the late reverberation leaves the STFT before that (:mod:`.dereverb`).
 
 Not a BatchNorm: its training-time statistics are those of one length-bucketed batch (and length goes
 with emotion on acted speech), its running averages lag, and a model trained that way predicted one class
@@ -26,7 +27,9 @@ from torch import nn
 
 from .builtin import LogMel, UtteranceGain
 from .denoise import subtract_floor
+from .dereverb import DELAY_S, SPAN_S, frames_for, wpe
 from .encoders import fit_mask, frame_lengths, length_mask
+from .frames import FRAME_STRIDE_SAMPLES, SAMPLE_RATE_HZ
 from .pitch import FEATURES as PITCH_FEATURES, pitch_stats
 from .pooling import masked_mean, masked_std
 
@@ -38,9 +41,12 @@ class SpectralStats(nn.Module):
     """Waveforms (B, N), lengths (B,), speech mask (B, T) -> standardised statistics (B, out_dim):
     3 * 64 band statistics, then with ``pitch`` the 8 of :data:`.pitch.FEATURES`."""
 
-    def __init__(self, pitch: bool = False, band_hz: tuple = (), denoise: float = 0.0) -> None:
+    DEREVERB = (frames_for(DELAY_S, FRAME_STRIDE_SAMPLES / SAMPLE_RATE_HZ), frames_for(SPAN_S, FRAME_STRIDE_SAMPLES / SAMPLE_RATE_HZ))
+    """WPE's delay and taps on this front end's 20 ms frames."""
+
+    def __init__(self, pitch: bool = False, band_hz: tuple = (), denoise: float = 0.0, dereverb: bool = False) -> None:
         super().__init__()
-        self.pitch, self.denoise = pitch, denoise
+        self.pitch, self.denoise, self.dereverb = pitch, denoise, dereverb
         self.out_dim = 3 * N_MELS + (len(PITCH_FEATURES) if pitch else 0)
         self.frontend = LogMel(N_MELS, band_hz)
         self.gain = UtteranceGain()
@@ -61,8 +67,13 @@ class SpectralStats(nn.Module):
 
     def raw(self, waveforms: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
         """The statistics before standardisation, (B, out_dim)."""
-        power = self.frontend.power(waveforms)  # (B, T, 64)
-        valid = length_mask(frame_lengths(lengths), power.shape[1])
+        n = frame_lengths(lengths)
+        if self.dereverb:
+            power = self.frontend.power(waveforms, lambda spec: wpe(
+                spec.transpose(1, 2), length_mask(n, spec.shape[1]), *self.DEREVERB).transpose(1, 2))
+        else:
+            power = self.frontend.power(waveforms)  # (B, T, 64)
+        valid = length_mask(n, power.shape[1])
         mel = self.gain(torch.log(subtract_floor(power, valid, self.denoise) + 1e-6), valid)
         keep = fit_mask(speech, mel.shape[1]) & valid
         keep = torch.where(keep.sum(1, keepdim=True) >= 3, keep, valid)  # too little speech: every frame

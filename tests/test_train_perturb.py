@@ -281,3 +281,19 @@ def test_old_configs_load_with_classifier_augmentation_off(tmp_path):
     assert config.load_json(tmp_path / "old.json").augment.classifier is False
     with pytest.raises(config.ConfigError, match="classifier_families"):
         config.load(None, ["augment.classifier_families=['thunder']"])
+
+
+def test_train_augment_draws_classifier_rooms_per_rt60_and_each_of_them(speech, tmp_path):
+    from serlive.train import config
+    from serlive.train.augment import TrainAugment
+
+    aug = TrainAugment(augment_cfg(classifier_families=("reverb",), classifier_rooms=3), [], rooms_cache_dir=tmp_path)
+    bank = aug.rooms
+    assert len(bank.rooms) == 3 and {r.rt60_s for r in bank.rooms} == {0.25}
+    assert len({r.size_m for r in bank.rooms}) == 3  # three different shoeboxes
+    drawn = {id(bank.draw(np.random.default_rng(s), 0.25)) for s in range(40)}
+    assert drawn == {id(r) for r in bank.rirs}
+    assert config.AugmentConfig().classifier_rooms == 2  # the rooms of every run made before the option
+    for bad in (0, 2.5, True):
+        with pytest.raises(config.ConfigError, match="classifier_rooms"):
+            augment_cfg(classifier_rooms=bad)

@@ -82,7 +82,8 @@ ORDER = ("reverb", "white", "pink", "babble", "bursty", "level", "clipping", "te
 then the line (telephone band, or a codec stage after the chain)."""
 
 TRAIN_ROOMS_SEED = 7
-"""Seed of the training rooms (2 per RT60 of ``augment.classifier_rt60_s``); the benchmark uses others."""
+"""Seed of the training rooms (``augment.classifier_rooms`` per RT60 of ``augment.classifier_rt60_s``); the
+benchmark uses others."""
 
 
 class TrainAugment:
@@ -107,7 +108,7 @@ class TrainAugment:
         from .rooms import RirBank, draw_rooms
 
         if self._rooms is None:
-            rooms = draw_rooms(tuple(self.cfg.classifier_rt60_s), 2, TRAIN_ROOMS_SEED)
+            rooms = draw_rooms(tuple(self.cfg.classifier_rt60_s), self.cfg.classifier_rooms, TRAIN_ROOMS_SEED)
             self._rooms = RirBank(rooms, self._rooms_cache_dir)
         return self._rooms
 

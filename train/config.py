@@ -94,7 +94,8 @@ class AugmentConfig:
     """The augmented view each utterance gets for SCL (only used when ``loss.scl_lambda > 0``), and with
     ``classifier`` the perturbations of the rows the classifier learns from (``augment.TrainAugment``):
     each training utterance is perturbed with probability ``classifier_p`` by up to ``classifier_chain`` of
-    ``classifier_families``, then with ``classifier_codec_p`` coded (Opus/MP3 at the listed bitrates)."""
+    ``classifier_families``, then with ``classifier_codec_p`` coded (Opus/MP3 at the listed bitrates); its rooms
+    are ``classifier_rooms`` simulated shoeboxes per RT60 of ``classifier_rt60_s``."""
 
     kind: str = "mixed"
     noise_snr_db: tuple = (10.0, 30.0)
@@ -108,6 +109,7 @@ class AugmentConfig:
     classifier_snr_db: tuple = (3.0, 30.0)
     classifier_level_db: tuple = (-25.0, 10.0)
     classifier_rt60_s: tuple = (0.25, 0.4, 0.5, 0.7, 0.85)
+    classifier_rooms: int = 2
     classifier_clip_percent: tuple = (1.0, 20.0)
     classifier_codec_p: float = 0.15
     classifier_opus_kbps: tuple = (8.0, 10.0, 20.0, 24.0)
@@ -121,6 +123,8 @@ class AugmentConfig:
             raise ConfigError("augment.classifier_p and augment.classifier_codec_p must lie in [0, 1]")
         if self.classifier_chain < 1:
             raise ConfigError("augment.classifier_chain must be at least 1")
+        if isinstance(self.classifier_rooms, bool) or not isinstance(self.classifier_rooms, int) or self.classifier_rooms < 1:
+            raise ConfigError(f"augment.classifier_rooms must be a whole number of rooms per RT60, at least 1, not {self.classifier_rooms!r}")
 
 
 @dataclass(frozen=True, slots=True)
