@@ -41,6 +41,11 @@ def frames_for(seconds: float, hop_s: float) -> int:
     return max(1, math.ceil(seconds / hop_s - 1e-9))
 
 
+def filter_frames(hop_s: float) -> tuple[int, int]:
+    """The ``delay`` and ``taps`` of :func:`wpe` on a front end whose frames are ``hop_s`` apart."""
+    return frames_for(DELAY_S, hop_s), frames_for(SPAN_S, hop_s)
+
+
 def wpe(spec: torch.Tensor, valid: torch.Tensor, delay: int, taps: int, iterations: int = ITERATIONS) -> torch.Tensor:
     """``spec`` (B, F, T) complex STFT with the late reverberation predicted from ``delay``..``delay + taps - 1``
     frames back subtracted; ``valid`` (B, T) marks each item's frames (the others are neither fitted on nor

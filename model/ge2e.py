@@ -34,7 +34,7 @@ from torch import nn
 
 from .config import ConfigError, EncoderConfig
 from .denoise import subtract_floor
-from .dereverb import DELAY_S, SPAN_S, frames_for, wpe
+from .dereverb import filter_frames, wpe
 from .encoders import frame_lengths, length_mask
 from .frames import SAMPLE_RATE_HZ
 
@@ -128,7 +128,7 @@ class GE2EEncoder(nn.Module):
         valid = length_mask(1 + lengths // HOP, mel.shape[1])
         clean = mel
         if self.cfg.dereverb:
-            spec = wpe(spec, valid, frames_for(DELAY_S, HOP / SAMPLE_RATE_HZ), frames_for(SPAN_S, HOP / SAMPLE_RATE_HZ))
+            spec = wpe(spec, valid, *filter_frames(HOP / SAMPLE_RATE_HZ))
             clean = (self.fbank @ spec.abs().pow(2)).transpose(1, 2)
         clean = subtract_floor(clean, valid, self.cfg.denoise)
         # back to the level the speech alone would have had at -30 dBFS

@@ -27,7 +27,7 @@ from torch import nn
 
 from .builtin import LogMel, UtteranceGain
 from .denoise import subtract_floor
-from .dereverb import DELAY_S, SPAN_S, frames_for, wpe
+from .dereverb import filter_frames, wpe
 from .encoders import fit_mask, frame_lengths, length_mask
 from .frames import FRAME_STRIDE_SAMPLES, SAMPLE_RATE_HZ
 from .pitch import FEATURES as PITCH_FEATURES, pitch_stats
@@ -40,9 +40,6 @@ N_MELS = 64
 class SpectralStats(nn.Module):
     """Waveforms (B, N), lengths (B,), speech mask (B, T) -> standardised statistics (B, out_dim):
     3 * 64 band statistics, then with ``pitch`` the 8 of :data:`.pitch.FEATURES`."""
-
-    DEREVERB = (frames_for(DELAY_S, FRAME_STRIDE_SAMPLES / SAMPLE_RATE_HZ), frames_for(SPAN_S, FRAME_STRIDE_SAMPLES / SAMPLE_RATE_HZ))
-    """WPE's delay and taps on this front end's 20 ms frames."""
 
     def __init__(self, pitch: bool = False, band_hz: tuple = (), denoise: float = 0.0, dereverb: bool = False) -> None:
         super().__init__()
@@ -68,11 +65,11 @@ class SpectralStats(nn.Module):
     def raw(self, waveforms: torch.Tensor, lengths: torch.Tensor, speech: torch.Tensor) -> torch.Tensor:
         """The statistics before standardisation, (B, out_dim)."""
         n = frame_lengths(lengths)
-        if self.dereverb:
-            power = self.frontend.power(waveforms, lambda spec: wpe(
-                spec.transpose(1, 2), length_mask(n, spec.shape[1]), *self.DEREVERB).transpose(1, 2))
-        else:
-            power = self.frontend.power(waveforms)  # (B, T, 64)
+        def dereverb(spec):  # (B, T, F) here, (B, F, T) for WPE
+            hop = filter_frames(FRAME_STRIDE_SAMPLES / SAMPLE_RATE_HZ)
+            return wpe(spec.transpose(1, 2), length_mask(n, spec.shape[1]), *hop).transpose(1, 2)
+
+        power = self.frontend.power(waveforms, dereverb if self.dereverb else None)  # (B, T, 64)
         valid = length_mask(n, power.shape[1])
         mel = self.gain(torch.log(subtract_floor(power, valid, self.denoise) + 1e-6), valid)
         keep = fit_mask(speech, mel.shape[1]) & valid

@@ -11,7 +11,7 @@ import torch
 
 from serlive.model import ConfigError, ModelConfig
 from serlive.model.config import EncoderConfig
-from serlive.model.dereverb import frames_for, wpe
+from serlive.model.dereverb import filter_frames, frames_for, wpe
 from serlive.model.encoders import length_mask
 from serlive.model.ge2e import GE2EEncoder
 from serlive.model.spectral import SpectralStats
@@ -92,6 +92,7 @@ def test_padding_and_gain_change_nothing():
 def test_the_delay_and_span_round_up_to_whole_frames():
     assert frames_for(0.03, 0.01) == 3 and frames_for(0.03, 0.02) == 2 and frames_for(0.1, 0.02) == 5
     assert frames_for(0.001, 0.02) == 1
+    assert filter_frames(0.01) == (3, 10) and filter_frames(0.02) == (2, 5)  # the two front ends' hops
 
 
 def test_the_front_ends_run_with_it_on_real_speech():
