@@ -113,3 +113,99 @@ def test_perturbed_rows_are_whole_recordings_cut_where_the_vad_hears_speech(tmp_
     # the noise fills the recording's pauses too; at 0 dB pink noise the VAD hears dense speech there, so the cut grows
     assert sum(map(len, waves)) > sum(len(data.wave(i)) for i in idx)
     assert max(map(len, waves)) <= data.max_samples
+
+
+def test_babble_exclusions_hold_out_each_groups_test_speakers_and_pools_never_hear_them():
+    from types import SimpleNamespace
+
+    from serlive.train.config import ProtocolConfig
+    from serlive.train.draws import babble_exclusions, babble_pools
+    from serlive.train.protocols import make_folds
+
+    names = [f"{s:02d}" for s in range(1, 7) for _ in range(3)]
+    utts = [SimpleNamespace(speaker=s, session=s) for s in names]
+    speakers = np.array(names)
+    folds = make_folds(utts, ProtocolConfig(kind="loso"))
+    ex = babble_exclusions(speakers, folds, 2)
+    first, second = ex[folds[0].index], ex[folds[-1].index]
+    assert len(first) == len(second) == 3 and not first & second, "two groups of three folds, disjoint held-out halves"
+    for fold in folds:
+        tested = set(speakers[fold.test])
+        assert tested <= ex[fold.index]
+        for s, pool in babble_pools(speakers, ex[fold.index]).items():
+            heard = set(speakers[pool])
+            assert not heard & tested and s not in heard and heard, f"fold {fold.index}: {s}'s babble heard {heard}"
+    own = babble_pools(speakers, None)
+    assert all(set(speakers[p]) == {s} for s, p in own.items()), "0 groups: each speaker's own voice, as before"
+    every = make_folds(utts, ProtocolConfig(kind="all"))
+    assert babble_exclusions(speakers, every, 2) == {0: frozenset()}, "a final model holds nobody out"
+    with pytest.raises(ConfigError, match="no other speaker's voice"):
+        babble_pools(speakers, frozenset(names) - {"01"})
+
+
+def test_draws_babble_is_other_speakers_outside_the_held_out_ones(tmp_path, monkeypatch):
+    """What the perturbation actually mixes in: every babble pool the draws hand to the noise is other speakers'
+    utterances, never the held-out speaker's; with no exclusion set, the speaker's own (the old cache key)."""
+    from serlive.train import perturb
+
+    weights, _ = fake_resemblyzer(tmp_path / "pretrained.pt")
+    cfg = tiny_cfg(tmp_path, *GE2E, f"model.encoder.name='{weights}'", "augment.classifier_families=['babble']",
+                   "augment.classifier_chain=1")
+    data = fit.load_data(cfg, progress=False)
+    speakers = np.array([u.speaker for u in data.utts])
+    model = build_model(cfg, torch.device("cpu"))
+    heard: list[set[str]] = []
+    real = perturb.babble_noise
+
+    def spy(n, rng, pool, talkers=6):
+        heard.append({speakers[j] for x in pool for j in range(len(data)) if np.shares_memory(x, data.recording(j))})
+        return real(n, rng, pool, talkers)
+
+    monkeypatch.setattr(perturb, "babble_noise", spy)
+
+    def build(exclude):
+        _MEMO.clear()
+        heard.clear()
+        DrawSource(model, data, cfg.augment, False, 1, 4, 1, torch.device("cpu"), 0, None, exclude)
+        return [h for h in heard]
+
+    held = sorted(set(speakers))[0]
+    others = build(frozenset({held}))
+    assert len(others) == len(data), "every utterance's one draw is babble"
+    assert all(h and held not in h for h in others)
+    assert sum(len(h) > 1 for h in others) == int((speakers == held).sum()), "the held-out speaker hears both others"
+    own = build(None)
+    assert all(len(h) == 1 for h in own)
+    key = DrawSource.key
+    assert key(model, data, cfg.augment, False, 1, 0) == key(model, data, cfg.augment, False, 1, 0, None)
+    assert key(model, data, cfg.augment, False, 1, 0, frozenset()) != key(model, data, cfg.augment, False, 1, 0, None)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("groups", [0, 3])
+def test_fit_hands_each_fold_its_groups_held_out_speakers(tmp_path, monkeypatch, groups):
+    weights, _ = fake_resemblyzer(tmp_path / "pretrained.pt")
+    cfg = tiny_cfg(tmp_path, *GE2E, f"model.encoder.name='{weights}'", f"run.babble_groups={groups}")
+    seen = []
+
+    def record(self, *args, babble_exclude=None, **kwargs):
+        seen.append(babble_exclude)
+        raise _Stop
+
+    monkeypatch.setattr(DrawSource, "__init__", record)
+    with pytest.raises(_Stop):
+        fit.run(cfg, tmp_path / "run", torch.device("cpu"), only_folds=[0])
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["run"]["babble_groups"] == groups
+    data = fit.load_data(cfg, progress=False)
+    from serlive.train.protocols import make_folds
+
+    fold = make_folds(data.utts, cfg.protocol)[0]
+    assert seen == [None if groups == 0 else frozenset(fold.test_groups)]
+
+
+def test_babble_groups_must_not_be_negative(tmp_path):
+    with pytest.raises(ConfigError, match="run.babble_groups"):
+        tiny_cfg(tmp_path, "run.babble_groups=-1")

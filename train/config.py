@@ -182,7 +182,9 @@ class RunConfig:
     torchrun, every process trains each fold together (DDP), or with ``spread_folds`` each process
     (one per GPU) trains its own folds: fold i on rank i mod WORLD_SIZE. ``draws`` > 0 (a frozen GE2E
     encoder with ``augment.classifier``): each utterance is perturbed that many times once, encoded once, and
-    every epoch picks among those draws (:mod:`.draws`), instead of encoding fresh perturbations per batch."""
+    every epoch picks among those draws (:mod:`.draws`), instead of encoding fresh perturbations per batch.
+    ``babble_groups``: the draws' babble is the utterance's own speaker (0), or other speakers (N >= 1: the folds
+    in N groups, a cache each, no group's held-out speakers in its babble)."""
 
     seed: int = 0
     device: str = "auto"
@@ -194,8 +196,11 @@ class RunConfig:
     eval_batch_size: int = 32
     plots: bool = True
     draws: int = 0
+    babble_groups: int = 0
 
     def __post_init__(self) -> None:
+        if self.babble_groups < 0:
+            raise ConfigError("run.babble_groups must be 0 (own-speaker babble in the draws) or more")
         if self.draws < 0:
             raise ConfigError("run.draws must be 0 (perturb per batch) or more")
         if self.num_threads < 0 or self.eval_batch_size < 1:

@@ -9,9 +9,12 @@ float16 with their speech masks and raw statistics. Each training batch then pic
 the classifier's row and another for its view; evaluation uses the clean audio. Standardisation stays per
 fold (the fold's training utterances, clean), applied as each batch is built.
 
-Babble noise: here each utterance's babble is made of its own speaker's other utterances. The cache serves
-every fold, so drawing talkers from "the training speakers" would put each fold's test speaker into some
-training utterances' background; the own-speaker pool keeps every fold clean.
+Babble noise (``run.babble_groups``): with 0 each utterance's babble is made of its own speaker's other
+utterances, so one cache serves every fold without putting any fold's test speaker into a training
+utterance's background. But babble is other people: a voice encoder hears a room of one's own voice as that
+voice, and the benchmark (and a café) mixes in other speakers. With N >= 1 the folds are split into N groups
+(:func:`babble_exclusions`) and each group gets a cache of its own whose babble is made of other speakers only,
+never a speaker that any fold of the group tests: N caches instead of one.
 
 The cache is saved beside the run (``draws-<key>.pt``) and reused by every fold, process and ``--resume``.
 """
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serlive.model import SERModel
+from serlive.model import ConfigError, SERModel
 
 from .augment import TrainAugment
 from .batching import AudioSet, bucket_batches, collate, pad_rows, perturbed_rows, scl_views, sorted_batches
@@ -52,10 +55,11 @@ class DrawSource:
 
     def __init__(self, model: SERModel, data: AudioSet, augment: AugmentConfig, views: bool, draws: int,
                  batch_size: int, bucket: int, device: torch.device, seed: int = 0,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, babble_exclude: frozenset[str] | None = None) -> None:
+        """``babble_exclude``: None for own-speaker babble; else babble from other speakers outside that set."""
         self.model, self.data, self.batch_size, self.bucket = model, data, batch_size, bucket
-        self.views, self.draws = views, draws
-        key = self.key(model, data, augment, views, draws, seed)
+        self.views, self.draws, self.babble_exclude = views, draws, babble_exclude
+        key = self.key(model, data, augment, views, draws, seed, babble_exclude)
         if key not in _MEMO:
             _MEMO.clear()  # one cache in memory at a time (about 2 GB for RAVDESS at 4 draws)
             path = Path(cache_dir) / f"draws-{key}.pt" if cache_dir else None
@@ -73,15 +77,18 @@ class DrawSource:
         self.clean, self.rows, self.view_rows = _MEMO[key]
 
     @staticmethod
-    def key(model: SERModel, data: AudioSet, augment: AugmentConfig, views: bool, draws: int, seed: int) -> str:
+    def key(model: SERModel, data: AudioSet, augment: AugmentConfig, views: bool, draws: int, seed: int,
+            babble_exclude: frozenset[str] | None = None) -> str:
         """What the draws depend on: the encoder's settings, the statistics branch, what cuts the audio (VAD,
-        speech padding, duration limit), the utterances, the augmentation and the seed (not the fold:
-        standardisation happens per batch)."""
+        speech padding, duration limit), the utterances, the augmentation, the seed and whose voices babble
+        may hold (not the fold: standardisation happens per batch)."""
         cfg = model.config
         what = {"encoder": asdict(cfg.encoder), "spectral_stats": cfg.spectral_stats, "pitch_stats": cfg.pitch_stats,
                 "vad": asdict(cfg.vad), "speech_pad_s": cfg.speech_pad_s, "max_duration_s": cfg.max_duration_s,
                 "utts": [u.path for u in data.utts], "augment": asdict(augment), "views": views, "draws": draws,
                 "seed": seed, "version": 4}
+        if babble_exclude is not None:  # own-speaker draws keep the key they always had
+            what["babble_exclude"] = sorted(babble_exclude)
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @torch.inference_mode()
@@ -95,9 +102,10 @@ class DrawSource:
         total = sum(-(-int((speakers == s).sum()) // self.batch_size) for s in set(speakers)) * (1 + draws)
         bar = tqdm(total=total, desc="perturbed draws", leave=False)
         augmenter = TrainAugment(augment, [data.wave(0)])  # one bank of rooms; the babble pool changes below
+        pools = babble_pools(speakers, self.babble_exclude)
         for speaker in sorted(set(speakers)):
             own = np.flatnonzero(speakers == speaker)
-            augmenter.pool = [data.wave(int(i)) for i in own]
+            augmenter.pool = [data.wave(int(i)) for i in pools[speaker]]
             rng = np.random.default_rng([seed, int(own[0])])
             for idx in sorted_batches(data.lengths, own, self.batch_size):
                 for i, item in zip(idx, self._encode(model, collate(data, idx), device)):
@@ -168,3 +176,30 @@ class DrawSource:
     @staticmethod
     def forward(model: SERModel, batch: FeatBatch):
         return model.forward_frames(batch.hidden, batch.n_frames, batch.speech, batch.extra)
+
+
+def babble_pools(speakers: np.ndarray, exclude: frozenset[str] | None) -> dict[str, np.ndarray]:
+    """Per speaker, the utterance indices its babble is made of: its own (``exclude`` None), or every other
+    speaker's outside ``exclude``. A speaker left with nobody to make babble of is one ``ConfigError``."""
+    speakers = np.asarray(speakers)
+    out = {}
+    for s in sorted(set(speakers.tolist())):
+        if exclude is None:
+            out[s] = np.flatnonzero(speakers == s)
+            continue
+        out[s] = np.flatnonzero((speakers != s) & ~np.isin(speakers, sorted(exclude)))
+        if not len(out[s]):
+            raise ConfigError(f"run.babble_groups leaves speaker {s} no other speaker's voice to make babble of "
+                              f"(held out: {', '.join(sorted(exclude))}); use more groups, or 0 for own-speaker babble")
+    return out
+
+
+def babble_exclusions(speakers: np.ndarray, folds: list, groups: int) -> dict[int, frozenset[str]]:
+    """``groups`` >= 1: fold i of n belongs to group i * groups // n; each fold's draws must never hear a speaker
+    that a fold of its group holds out (its test-only speakers), so every group shares one cache. Returns the
+    excluded speakers by fold index (a final model's one fold, whose test speakers also train, excludes none)."""
+    speakers = np.asarray(speakers)
+    held = [set(speakers[f.test].tolist()) - set(speakers[f.train].tolist()) for f in folds]
+    group = [i * groups // len(folds) for i in range(len(folds))]
+    union = {g: frozenset().union(*(h for h, gi in zip(held, group) if gi == g)) for g in set(group)}
+    return {f.index: union[g] for f, g in zip(folds, group)}

@@ -16,6 +16,7 @@ from .batching import AudioSet
 from .cache import MaskCache
 from .config import TrainConfig, load_json
 from .devices import barrier, world
+from .draws import babble_exclusions
 from .data import DataError, columns_of, max_samples_of, read_manifest
 from .fold import RESULT_FILE, read_result, run_fold
 from .knn_tune import NEIGHBOURS_FILE, cross_fold, load_neighbours
@@ -70,6 +71,8 @@ def run(cfg: TrainConfig, out: str | Path, device: torch.device, resume: bool = 
         torch.set_num_threads(cfg.run.num_threads)
     data = data or load_data(cfg)
     folds = make_folds(data.utts, cfg.protocol)
+    exclude = babble_exclusions(np.array([u.speaker for u in data.utts]), folds, cfg.run.babble_groups) \
+        if cfg.run.babble_groups else {}  # on every fold, before --folds picks some
     if only_folds:
         if unknown := sorted(set(only_folds) - {f.index for f in folds}):
             raise ConfigError(f"--folds {','.join(map(str, unknown))}: this protocol has folds "
@@ -80,7 +83,8 @@ def run(cfg: TrainConfig, out: str | Path, device: torch.device, resume: bool = 
     for fold in folds[rank::size] if spread else folds:
         log.info("fold %d: %d train, %d val (%s), %d test (%s)", fold.index, len(fold.train), len(fold.val),
                  ",".join(fold.val_groups), len(fold.test), ",".join(fold.test_groups))
-        run_fold(cfg, data, fold, out / f"fold_{fold.index}", device, resume, ddp=size > 1 and not spread)
+        run_fold(cfg, data, fold, out / f"fold_{fold.index}", device, resume, ddp=size > 1 and not spread,
+                 babble_exclude=exclude.get(fold.index))
     barrier()
     if rank > 0:
         return {}

@@ -41,7 +41,10 @@ def build_model(cfg: TrainConfig, device: torch.device) -> SERModel:
     return model.to(device)
 
 
-def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device, cache_dir: Path | None = None):
+def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device, cache_dir: Path | None = None,
+                babble_exclude: frozenset[str] | None = None):
+    """Batches for training: perturbed draws (``babble_exclude``: whose voices their babble may not hold, None
+    for own-speaker babble), cached encoder features, or waveforms."""
     views = cfg.augment if cfg.loss.scl_lambda > 0 else None
     perturb = cfg.augment if cfg.augment.classifier else None
     if cfg.run.draws:
@@ -51,7 +54,8 @@ def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device, c
         from .draws import DrawSource
 
         return DrawSource(model, data, cfg.augment, views is not None, cfg.run.draws, cfg.optim.batch_size,
-                          cfg.optim.bucket_batches, device, cfg.run.seed, cfg.data.cache_dir or cache_dir)
+                          cfg.optim.bucket_batches, device, cfg.run.seed, cfg.data.cache_dir or cache_dir,
+                          babble_exclude=babble_exclude if cfg.run.babble_groups else None)
     if cfg.run.freeze_encoder:
         if perturb is not None:
             raise ConfigError("augment.classifier perturbs waveforms on the fly: it cannot train on cached encoder "
@@ -90,9 +94,10 @@ def standardise(model: SERModel, source, index: np.ndarray, device: torch.device
 
 
 def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device, resume: bool = False,
-             source=None, ddp: bool = False) -> dict | None:
+             source=None, ddp: bool = False, babble_exclude: frozenset[str] | None = None) -> dict | None:
     """Train and evaluate one fold; returns (and writes) its result dict. A finished fold is reloaded.
-    With ``ddp`` every rank trains; rank 0 alone evaluates and writes (the others return None)."""
+    With ``ddp`` every rank trains; rank 0 alone evaluates and writes (the others return None).
+    ``babble_exclude``: the speakers its perturbed draws' babble may not hold (``run.babble_groups``)."""
     fold_dir = Path(fold_dir)
     done = fold_dir / RESULT_FILE
     if resume and done.is_file():
@@ -100,7 +105,7 @@ def run_fold(cfg: TrainConfig, data, fold, fold_dir: Path, device: torch.device,
         return read_result(done)
     torch.manual_seed(cfg.run.seed + fold.index)
     model = build_model(cfg, device)
-    source = source or make_source(cfg, model, data, device, fold_dir.parent)
+    source = source or make_source(cfg, model, data, device, fold_dir.parent, babble_exclude)
     standardise(model, source, fold.train, device, cfg.run.eval_batch_size)
     labels = cfg.model.labels
     weights = class_weights(data.labels[fold.train], len(labels)) if cfg.loss.class_weights else None
