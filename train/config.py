@@ -183,8 +183,7 @@ class RunConfig:
     (one per GPU) trains its own folds: fold i on rank i mod WORLD_SIZE. ``draws`` > 0 (a frozen GE2E
     encoder with ``augment.classifier``): each utterance is perturbed that many times once, encoded once, and
     every epoch picks among those draws (:mod:`.draws`), instead of encoding fresh perturbations per batch.
-    ``babble_groups``: the draws' babble is the utterance's own speaker (0), or other speakers (N >= 1: the folds
-    in N groups, a cache each, no group's held-out speakers in its babble)."""
+    ``babble_groups``: the draws' babble is the own speaker (0) or others (N >= 1 groups of folds: :mod:`.draws`)."""
 
     seed: int = 0
     device: str = "auto"
@@ -199,10 +198,9 @@ class RunConfig:
     babble_groups: int = 0
 
     def __post_init__(self) -> None:
-        if self.babble_groups < 0:
-            raise ConfigError("run.babble_groups must be 0 (own-speaker babble in the draws) or more")
-        if self.draws < 0:
-            raise ConfigError("run.draws must be 0 (perturb per batch) or more")
+        if self.draws < 0 or self.babble_groups < 0:
+            raise ConfigError("run.draws (0: perturb per batch) and run.babble_groups (0: own-speaker babble) must be "
+                              "0 or more")
         if self.num_threads < 0 or self.eval_batch_size < 1:
             raise ConfigError("run.num_threads must be 0 (torch's default) or more, run.eval_batch_size at least 1")
 
