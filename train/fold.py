@@ -55,7 +55,7 @@ def make_source(cfg: TrainConfig, model: SERModel, data, device: torch.device, c
 
         return DrawSource(model, data, cfg.augment, views is not None, cfg.run.draws, cfg.optim.batch_size,
                           cfg.optim.bucket_batches, device, cfg.run.seed, cfg.data.cache_dir or cache_dir,
-                          babble_exclude=babble_exclude if cfg.run.babble_groups else None)
+                          babble_exclude=babble_exclude)
     if cfg.run.freeze_encoder:
         if perturb is not None:
             raise ConfigError("augment.classifier perturbs waveforms on the fly: it cannot train on cached encoder "
