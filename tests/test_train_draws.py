@@ -5,6 +5,7 @@ cannot work are refused in one sentence."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import soundfile as sf
 import torch
 
 from serlive.model import ConfigError, Predictor
-from serlive.train import fit
+from serlive.train import fit, losses
 from serlive.train.draws import _MEMO, DrawSource
 from serlive.train.fold import build_model
 
@@ -72,16 +73,62 @@ def test_draws_are_perturbed_remasked_and_reused(trained, monkeypatch):
     assert torch.equal(again.rows[3][1][0], source.rows[3][1][0])
 
 
-def test_training_batches_mix_draws_and_views(trained):
-    tmp, cfg, _ = trained
+def draw_source(cfg):
+    """The fixture's draws (read from its cache): the model, the data and the source."""
     data = fit.load_data(cfg, progress=False)
     model = build_model(cfg, torch.device("cpu"))
-    source = DrawSource(model, data, cfg.augment, True, 2, 4, 1, torch.device("cpu"), cfg.run.seed, cfg.data.cache_dir)
+    return model, data, DrawSource(model, data, cfg.augment, True, 2, 4, 1, torch.device("cpu"), cfg.run.seed,
+                                   cfg.data.cache_dir)
+
+
+def test_training_batches_mix_draws_and_views(trained):
+    tmp, cfg, _ = trained
+    model, data, source = draw_source(cfg)
     batch = next(source.train_batches(np.arange(8), np.random.default_rng(0)))
     assert batch.hidden.shape[0] == 8 and batch.hidden.shape[2] == 768  # 4 rows, then their 4 views
     assert torch.equal(batch.index[:4], batch.index[4:]) and batch.extra.shape == (8, model.spectral.out_dim)
     clean = next(source.eval_batches(np.arange(4), 4))
     assert clean.hidden.shape[0] == 4
+
+
+def test_anchored_batches_end_with_the_clean_forms_and_pick_the_same_draws(trained):
+    tmp, cfg, _ = trained
+    _, _, source = draw_source(cfg)
+    plain = next(source.train_batches(np.arange(8), np.random.default_rng(0)))
+    batch = next(source.train_batches(np.arange(8), np.random.default_rng(0), anchors=True))
+    assert batch.hidden.shape[0] == 12  # 4 draws, their 4 views, their 4 clean forms
+    assert torch.equal(batch.index[:4], batch.index[8:]) and torch.equal(batch.labels[:4], batch.labels[8:])
+    assert torch.equal(batch.hidden[:8], plain.hidden[:8]), "the anchors change nothing else in the batch"
+    clean = next(source.eval_batches(batch.index[8:].numpy(), 4))
+    order = [clean.index.tolist().index(i) for i in batch.index[8:].tolist()]
+    t = clean.hidden.shape[1]
+    assert torch.allclose(batch.hidden[8:, :t], clean.hidden[order]), "the anchors are the clean utterances"
+
+
+def test_consistency_trains_each_draw_against_its_clean_form(trained, monkeypatch):
+    tmp, cfg, _ = trained
+    seen = []
+    real = losses.clean_consistency
+
+    def spy(perturbed, clean):
+        seen.append((perturbed.shape[0], clean.shape[0], clean.requires_grad))
+        return real(perturbed, clean)
+
+    monkeypatch.setattr(losses, "clean_consistency", spy)
+    cfg = cfg.replace(loss=dataclasses.replace(cfg.loss, consistency=1.0))
+    fit.run(cfg, tmp / "consistency", torch.device("cpu"))  # the draws come from the fixture's cache
+    result = json.loads((tmp / "consistency" / "fold_0" / "result.json").read_text())
+    assert len(result["history"]) == 4 and all(np.isfinite(h["train_loss"]) for h in result["history"])
+    assert Predictor.from_dir(tmp / "consistency" / "fold_0" / "model").config.encoder.kind == "ge2e"
+    assert seen and all(p == c for p, c, _ in seen), "one clean anchor for each perturbed draw"
+    assert any(grad for _, _, grad in seen), "the anchors go through the network (their gradient is cut in the loss)"
+
+
+def test_consistency_needs_draws_and_a_weight_of_zero_or_more(tmp_path):
+    with pytest.raises(ConfigError, match="loss.consistency .* set run.draws"):
+        tiny_cfg(tmp_path, "loss.consistency=1.0")
+    with pytest.raises(ConfigError, match="must not be negative"):
+        tiny_cfg(tmp_path, "loss.consistency=-1.0")
 
 
 def test_draws_need_a_frozen_ge2e_encoder(tmp_path):

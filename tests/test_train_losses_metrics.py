@@ -89,6 +89,27 @@ def test_combined_loss_with_scl_is_eq2():
     assert float(parts.total) == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_consistency_pulls_perturbed_embeddings_to_their_clean_anchors_only():
+    torch.manual_seed(0)
+    logits, emb = torch.randn(6, 3, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    out = SEROutput(logits, emb, None, torch.ones(6))
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])  # rows 3-5 are the clean forms of rows 0-2
+    cfg = LossConfig(scl_lambda=0.1, consistency=2.0)
+    parts = combined_loss(out, labels, torch.zeros(6, 2), cfg, None, use_scl=True, anchors=3)
+    cos = torch.nn.functional.cosine_similarity(emb[:3], emb[3:], dim=1)
+    cons = (1 - cos).mean()
+    assert parts.consistency == pytest.approx(float(cons), rel=1e-5)
+    # the anchors take no part in CE or SCL: those are the loss of the first three rows alone
+    rest = 0.9 * torch.nn.functional.cross_entropy(logits[:3], labels[:3]) + 0.1 * supervised_contrastive(emb[:3], labels[:3])
+    assert float(parts.total) == pytest.approx(float(rest + 2.0 * cons), rel=1e-5)
+    parts.total.backward()
+    assert logits.grad[3:].abs().sum() == 0 and emb.grad[3:].abs().sum() == 0, "the clean side is a fixed target"
+    assert emb.grad[:3].abs().sum() > 0
+    same = SEROutput(logits.detach(), torch.cat([emb[:3], emb[:3]]).detach(), None, torch.ones(6))
+    parts = combined_loss(same, labels, torch.zeros(6, 2), cfg, None, use_scl=True, anchors=3)
+    assert parts.consistency == pytest.approx(0.0, abs=1e-6), "a draw that embeds like its clean form costs nothing"
+
+
 def test_ua_wa_recall_confusion_by_hand():
     y_true = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
     y_pred = np.array([0, 0, 0, 1, 1, 2, 2, 2, 0, 2])

@@ -69,7 +69,9 @@ class LossConfig:
 
     With ce=1 and no dimensions this is eq. 2 of the SCL paper; with ce/valence/arousal = 0.5/0.25/0.25
     and scl_lambda=0 it is eq. 7 of the SAP paper. ``scl_reduction="sum"`` sums eq. 1 over the 2N
-    instances exactly as written; ``"mean"`` divides by 2N so the weight does not scale with batch size."""
+    instances exactly as written; ``"mean"`` divides by 2N so the weight does not scale with batch size.
+    ``consistency`` (with ``run.draws``) adds that weight times the mean cosine distance from each perturbed
+    draw's embedding to the same utterance's clean one (the clean side without gradient): :mod:`.losses`."""
 
     ce: float = 1.0
     valence: float = 0.0
@@ -78,6 +80,7 @@ class LossConfig:
     scl_temperature: float = 0.07
     scl_reduction: str = "mean"
     class_weights: bool = True
+    consistency: float = 0.0
 
     def __post_init__(self) -> None:
         choice("loss.scl_reduction", self.scl_reduction, SCL_REDUCTIONS)
@@ -85,8 +88,8 @@ class LossConfig:
             raise ConfigError("loss.scl_lambda must lie in [0, 1)")
         if self.scl_temperature <= 0:
             raise ConfigError("loss.scl_temperature must be positive")
-        if min(self.ce, self.valence, self.arousal) < 0:
-            raise ConfigError("loss.ce, loss.valence and loss.arousal must not be negative")
+        if min(self.ce, self.valence, self.arousal, self.consistency) < 0:
+            raise ConfigError("loss.ce, loss.valence, loss.arousal and loss.consistency must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +223,8 @@ class TrainConfig:
         if self.protocol.kind == "all" and self.optim.select != "last":
             raise ConfigError('protocol.kind "all" trains on every speaker, so nothing is left to select an epoch '
                               'on: set optim.select = "last"')
+        if self.loss.consistency > 0 and self.run.draws == 0:
+            raise ConfigError("loss.consistency compares each perturbed draw with its clean utterance: set run.draws")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -153,14 +153,19 @@ class DrawSource:
             extra = torch.nan_to_num((raw - spectral.shift.cpu()) / spectral.scale.cpu(), nan=0.0)
         return feat_batch(self.data, idx, frames, [s for _, s, _ in items], extra)
 
-    def train_batches(self, index: np.ndarray, rng: np.random.Generator, ranks: tuple[int, int] = (0, 1)):
+    def train_batches(self, index: np.ndarray, rng: np.random.Generator, ranks: tuple[int, int] = (0, 1),
+                      anchors: bool = False):
+        """Rows: one draw of each utterance, [its SCL view from another draw], [with ``anchors``, its clean form
+        last, for ``loss.consistency``]. The anchors take nothing from ``rng``: the draws picked stay the same."""
         for idx in shard(bucket_batches(self.data.lengths, index, self.batch_size, rng, self.bucket), *ranks):
             pick = rng.integers(self.draws, size=len(idx))
             items = [self.rows[i][d] for i, d in zip(idx, pick)]
             if self.views:
                 other = (pick + rng.integers(1, max(self.draws, 2), size=len(idx))) % self.draws
                 items += [self.view_rows[i][d] for i, d in zip(idx, other)]
-            yield self._collate(idx + (idx if self.views else []), items)
+            if anchors:
+                items += [self.clean[i] for i in idx]
+            yield self._collate(idx + (idx if self.views else []) + (idx if anchors else []), items)
 
     def eval_batches(self, index: np.ndarray, batch_size: int, views: bool = False, seed: int = 0):
         for idx in sorted_batches(self.data.lengths, index, batch_size):

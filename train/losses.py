@@ -3,7 +3,7 @@ of Wang et al., Interspeech 2023), and their combination (see :class:`~serlive.t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -64,12 +64,29 @@ class LossParts:
     scl: float
     valence: float
     arousal: float
+    consistency: float = float("nan")
+
+
+def clean_consistency(perturbed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance from each perturbed draw's embedding to its clean utterance's. The clean side is
+    the target, without gradient: the perturbed embedding is pulled to where clean speech puts it, not both to
+    a midpoint, so what the classifier and the kNN datastore (built from clean audio) learned stays put."""
+    return (1.0 - F.cosine_similarity(perturbed.float(), clean.detach().float(), dim=1)).mean()
 
 
 def combined_loss(out, labels: torch.Tensor, dims: torch.Tensor, cfg: LossConfig,
-                  weights: torch.Tensor | None, use_scl: bool) -> LossParts:
+                  weights: torch.Tensor | None, use_scl: bool, anchors: int = 0) -> LossParts:
     """``(1 - lam) * (ce * wCE + v * MAE_v + a * MAE_a) + lam * SCL``; lam = 0 when ``use_scl`` is False.
-    MAE terms are dropped when the model has no regressor or the batch has no targets."""
+    MAE terms are dropped when the model has no regressor or the batch has no targets. With ``anchors`` = n,
+    the batch's last n rows are the clean forms of its first n (the perturbed draws): they only anchor
+    ``cfg.consistency`` * :func:`clean_consistency` and are left out of every other term."""
+    cons = None
+    if anchors:
+        keep = len(labels) - anchors
+        cons = clean_consistency(out.embedding[:anchors], out.embedding[keep:])
+        out = replace(out, **{f.name: None if getattr(out, f.name) is None else getattr(out, f.name)[:keep]
+                              for f in fields(out)})
+        labels, dims = labels[:keep], dims[:keep]
     w = weights.to(out.logits.device) if weights is not None else None
     ce = F.cross_entropy(out.logits.float(), labels, weight=w)
     task = cfg.ce * ce
@@ -86,7 +103,9 @@ def combined_loss(out, labels: torch.Tensor, dims: torch.Tensor, cfg: LossConfig
         total = (1 - lam) * task + lam * scl
     else:
         total = task
-    return LossParts(total, float(ce.detach()), _f(scl), _f(mae[0]), _f(mae[1]))
+    if cons is not None:
+        total = total + cfg.consistency * cons
+    return LossParts(total, float(ce.detach()), _f(scl), _f(mae[0]), _f(mae[1]), _f(cons))
 
 
 def _f(x) -> float:

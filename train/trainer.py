@@ -65,6 +65,7 @@ class Trainer:
         self.model, self.cfg, self.source, self.fold = model.to(device), cfg, source, fold
         self.dir, self.device, self.weights = Path(fold_dir), device, class_weights
         self.use_scl = cfg.loss.scl_lambda > 0
+        self.anchors = cfg.loss.consistency > 0  # each batch also carries its clean forms (a DrawSource's anchors)
         self.ranks = world() if ddp else (0, 1)
         self.net = _wrap_ddp(model, device) if self.ranks[1] > 1 else model
         params = [p for p in model.parameters() if p.requires_grad]
@@ -136,7 +137,8 @@ class Trainer:
         accumulate, losses = self.cfg.optim.accumulate, []
         n = self.source.n_batches(len(self.fold.train), self.ranks)
         self.opt.zero_grad(set_to_none=True)
-        batches = self.source.train_batches(self.fold.train, rng, self.ranks)
+        batches = (self.source.train_batches(self.fold.train, rng, self.ranks, anchors=True) if self.anchors
+                   else self.source.train_batches(self.fold.train, rng, self.ranks))
         with tqdm(batches, total=n, desc="steps", leave=False, unit="batch", disable=self.ranks[0] > 0) as steps:
             for i, batch in enumerate(steps):
                 parts = self._loss(batch.to(self.device))
@@ -166,7 +168,8 @@ class Trainer:
     def _loss(self, batch):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.source.forward(self.net, batch)
-        return combined_loss(out, batch.labels, batch.dims, self.cfg.loss, self.weights, self.use_scl)
+        anchors = len(batch.labels) // (3 if self.use_scl else 2) if self.anchors else 0
+        return combined_loss(out, batch.labels, batch.dims, self.cfg.loss, self.weights, self.use_scl, anchors)
 
     @torch.no_grad()
     def validate(self) -> tuple[float, float]:
