@@ -55,9 +55,7 @@ def test_fit_on_draws_learns_and_writes_a_model_that_predicts(trained):
 
 def test_draws_are_perturbed_remasked_and_reused(trained, monkeypatch):
     tmp, cfg, _ = trained
-    data = fit.load_data(cfg, progress=False)
-    model = build_model(cfg, torch.device("cpu"))
-    source = DrawSource(model, data, cfg.augment, True, 2, 4, 1, torch.device("cpu"), cfg.run.seed, cfg.data.cache_dir)
+    model, data, source = draw_source(cfg)
     n = len(data)
     assert len(source.clean) == len(source.rows) == len(source.view_rows) == n
     changed = sum(not torch.equal(source.rows[i][0][0], source.clean[i][0]) for i in range(n))
