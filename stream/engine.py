@@ -79,8 +79,9 @@ class Engine(Draining):
     def hello(self) -> Hello:
         cfg = self.predictor.config
         streams = tuple(self._streams) if self._stop is not None else tuple(s.name for s in self._initial)
+        remote = tuple(name for name, s in self._streams.items() if s.remote and name in streams)
         return Hello(PROTOCOL_VERSION, tuple(cfg.labels), self.model_name, SAMPLE_RATE_HZ,
-                     streams, cfg.dimensional, self.device)
+                     streams, cfg.dimensional, self.device, remote_streams=remote)
 
     def emit(self, event: Event) -> None:
         for sink in self._sinks:
@@ -133,7 +134,7 @@ class Engine(Draining):
         stream.adapter = self.predictor.new_adapter() if self.config.adapt else None
         self._streams[name] = stream
         self.worker.concurrent = len(self._streams) > 1 or self.ws is not None
-        self.emit(StreamStatus(name, "started", getattr(source, "device_name", ""), None))
+        self.emit(StreamStatus(name, "started", getattr(source, "device_name", ""), None, remote=remote))
         stream.task = asyncio.create_task(self._consume(stream), name=f"stream-{name}")
         return name
 
@@ -166,7 +167,7 @@ class Engine(Draining):
             log.warning("%s", source.detail)
             self.emit(Error("source_ended", source.detail, source.name))
         reason = "source_failed" if source.failed else "shutdown" if stream.stopping else source.reason
-        self.emit(StreamStatus(source.name, "ended", source.detail, reason))
+        self.emit(StreamStatus(source.name, "ended", source.detail, reason, remote=stream.remote))
         if stream.remote:
             self._streams.pop(source.name, None)
             self.worker.concurrent = len(self._streams) > 1 or self.ws is not None

@@ -65,6 +65,8 @@ class Hello(Event):
     device: str
     accepts_audio: bool = False
     max_message_bytes: int = 0
+    remote_streams: tuple[str, ...] = ()
+    """Those of ``streams`` whose audio comes from WebSocket clients (see :attr:`StreamStatus.remote`)."""
 
 
 END_REASONS = ("end_of_input", "client_ended", "client_closed", "connection_lost", "source_failed", "shutdown")
@@ -74,13 +76,16 @@ END_REASONS = ("end_of_input", "client_ended", "client_closed", "connection_lost
 @dataclass(frozen=True, slots=True)
 class StreamStatus(Event):
     """A stream (local source or remote client) started or ended (``state``: "started" | "ended");
-    ``reason`` is None for "started", one of :data:`END_REASONS` for "ended"."""
+    ``reason`` is None for "started", one of :data:`END_REASONS` for "ended". ``remote``: the audio comes
+    from a WebSocket client, not from this engine's own input; a client picks its stream's name, so every
+    view marks remote streams (a name can copy a local one letter for letter in another script)."""
 
     type: ClassVar[str] = "stream"
     stream: str
     state: str
     detail: str = ""
     reason: str | None = None
+    remote: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +226,6 @@ def from_dict(data: dict) -> Event:
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in data.items() if k in names}
     if cls is Hello:
-        for key in ("labels", "streams"):
+        for key in ("labels", "streams", "remote_streams"):
             kwargs[key] = tuple(kwargs.get(key, ()))
     return cls(**kwargs)
