@@ -6,10 +6,15 @@ A page's origin is allowed when it names the same host and port as the request's
 the server itself served) or when it is listed with ``--ws-allow-origin``. On a loopback server the
 ``Host`` must also be a loopback name, so a DNS-rebinding page (evil.example resolving to 127.0.0.1)
 is not "same host". Requests without ``Origin`` (programs, not browsers) pass the origin check.
+
+Before those checks, a request with two ``Host``, ``Origin`` or ``Authorization`` headers is a 400 (which
+of the two counts would be a guess), a method other than GET or HEAD is a 405, and the answer to a HEAD
+request keeps its headers (``Content-Length`` included) but loses its body.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -95,9 +100,28 @@ def is_upgrade(request) -> bool:
     return any("websocket" in value.lower() for value in request.headers.get_all("Upgrade"))
 
 
+SINGLE_HEADERS = ("Host", "Origin", "Authorization")
+"""Headers the access checks read: a request must not carry any of them twice."""
+
+
 def check_request(connection, request, config, http_handler=None):
     """The ``process_request`` hook: a ``Response`` refusing or serving the request, or None to go on
     with the WebSocket handshake."""
+    response = _answer(connection, request, config, http_handler)
+    if response is not None and request.method == "HEAD":
+        response = dataclasses.replace(response, body=b"")
+    return response
+
+
+def _answer(connection, request, config, http_handler):
+    repeated = [name for name in SINGLE_HEADERS if len(request.headers.get_all(name)) > 1]
+    if repeated:
+        log.info("refused a request with more than one %s header", repeated[0])
+        return connection.respond(HTTPStatus.BAD_REQUEST, f"Bad request: more than one {repeated[0]} header.\n")
+    if request.method not in ("GET", "HEAD"):
+        response = connection.respond(HTTPStatus.METHOD_NOT_ALLOWED, "Only GET and HEAD are served here.\n")
+        response.headers["Allow"] = "GET, HEAD"
+        return response
     if not origin_allowed(request.headers.get("Origin"), request.headers.get("Host"), config.allow_origins,
                           is_loopback(config.host)):
         log.info("refused a request from origin %r", request.headers.get("Origin"))
@@ -106,7 +130,7 @@ def check_request(connection, request, config, http_handler=None):
     if not token_ok(offered_token(request), config.token):
         return connection.respond(HTTPStatus.UNAUTHORIZED, "Missing or wrong token (?token= or "
                                                            "Authorization: Bearer).\n")
-    if not is_upgrade(request):
+    if not is_upgrade(request) or request.method == "HEAD":
         if http_handler is not None:
             return http_handler(connection, request)
         return connection.respond(HTTPStatus.NOT_FOUND, "Not found: this is a ser-live WebSocket server.\n")
