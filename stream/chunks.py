@@ -1,8 +1,9 @@
 """What flows between the stages: audio chunks, VAD frames and segments, all on one integer sample clock.
 
 Every timestamp is a sample index at 16 kHz on the stream's capture clock (sample 0 is the first sample the
-source produced); seconds are derived. Also here: the two small stages every source shares, a streaming
-resampler and a rebufferer that cuts any block size into exact frames.
+source produced); seconds are derived. Also here: the two small stages every source shares, the one
+conversion to 16 kHz mono on the int16 grid (:class:`StreamResampler`) and a rebufferer that cuts any block
+size into exact frames.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import numpy as np
 
 SAMPLE_RATE_HZ = 16_000
 """The engine's one sample rate; every source resamples to it."""
+
+PCM16_FULL_SCALE = 32768.0
+"""int16 sample k stands for k / 32768 (the s16le convention of :func:`pcm16_to_float`)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -100,7 +104,11 @@ class Rebuffer:
 
 
 class StreamResampler:
-    """Downmixes ``(frames, channels)`` blocks and resamples them to 16 kHz, stamping the output clock."""
+    """The one conversion every source's audio goes through (file, stdin, microphone, WebSocket, arrays):
+    downmix ``(frames, channels)`` blocks, resample to 16 kHz, then :func:`quantise` onto the int16 grid that
+    s16le carries, stamping the output clock. Whatever path a recording takes, the VAD and the model get the
+    same samples (soxr's streaming output does not depend on how the input was cut into blocks); before, a
+    file's float output reached the VAD unrounded and one int16 step moved its first decisions."""
 
     def __init__(self, in_rate_hz: int, channels: int = 1) -> None:
         self.in_rate_hz, self.channels = int(in_rate_hz), channels
@@ -129,7 +137,7 @@ class StreamResampler:
             mono = self._soxr.resample_chunk(mono, last=last)
         if not len(mono):
             return []
-        chunk = AudioChunk(self._next, np.ascontiguousarray(mono, dtype=np.float32))
+        chunk = AudioChunk(self._next, quantise(mono))
         self._next = chunk.end_sample
         return [chunk]
 
@@ -147,10 +155,30 @@ def downmix(block: np.ndarray) -> np.ndarray:
     return block.astype(np.float32, copy=False)
 
 
+def float_to_s16(samples: np.ndarray) -> np.ndarray:
+    """Float samples -> the int16 s16le carries, by the one rule every source uses: the nearest step of
+    1/32768 (ties to even), clipped to [-32768, 32767]; NaN becomes 0 and +-inf full scale. Samples already
+    on the grid come back unchanged (``float_to_s16(pcm16_to_float(b)) == b``). (The VAD and the model's
+    speech mask turn floats into int16 with ``serlive.model.frames.to_pcm16``, shared with training; it
+    sees the same samples from every path.)"""
+    x = np.nan_to_num(np.asarray(samples, dtype=np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(np.round(x * PCM16_FULL_SCALE), -32768, 32767).astype(np.int16)
+
+
+def quantise(samples: np.ndarray) -> np.ndarray:
+    """``(n,)`` float32 -> the same on the int16 grid (what s16le carries). Non-finite samples are kept as
+    they are: the model refuses their segment with ``bad_audio`` rather than hearing silence."""
+    out = float_to_s16(samples).astype(np.float32) / PCM16_FULL_SCALE
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        out[bad] = samples[bad]
+    return out
+
+
 def pcm16_to_float(data: bytes) -> np.ndarray:
     """Little-endian s16 PCM bytes (an odd trailing byte is ignored) -> float32 in [-1, 1)."""
     n = len(data) // 2
-    return np.frombuffer(data[: 2 * n], dtype="<i2").astype(np.float32) / 32768.0
+    return np.frombuffer(data[: 2 * n], dtype="<i2").astype(np.float32) / PCM16_FULL_SCALE
 
 
 def dbfs(samples: np.ndarray) -> float:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .chunks import SAMPLE_RATE_HZ, StreamResampler
+from .chunks import SAMPLE_RATE_HZ, StreamResampler, float_to_s16
 
 ENCODINGS = {"s16le": np.dtype("<i2"), "f32le": np.dtype("<f4")}
 """Sample encodings a sender may declare, and their numpy dtypes."""
@@ -61,7 +61,8 @@ def parse_format(data) -> AudioFormat:
 
 
 class PcmConverter:
-    """Bytes in the declared format -> s16le 16 kHz mono bytes. Partial frames are carried into the next
+    """Bytes in the declared format -> s16le 16 kHz mono bytes, by the same :class:`StreamResampler` a file
+    of that format goes through (so both give the same samples). Partial frames are carried into the next
     message; non-finite float samples become silence and are counted in ``nonfinite``."""
 
     def __init__(self, fmt: AudioFormat) -> None:
@@ -92,7 +93,4 @@ class PcmConverter:
                 samples = np.where(bad, 0.0, samples)
         block = samples.reshape(-1, self.format.channels)  # (frames, channels)
         out = [c.samples for c in self._resampler.push(block, last=last)]
-        if not out:
-            return b""
-        mono = np.clip(np.concatenate(out), -1.0, 32767 / 32768)
-        return (mono * 32768.0).round().astype("<i2").tobytes()
+        return float_to_s16(np.concatenate(out)).astype("<i2").tobytes() if out else b""

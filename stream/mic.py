@@ -134,6 +134,8 @@ class MicSource(Source):
                 if self.detail != "stopped":
                     self.failed = True
                     self.detail = f"the microphone {self.device_name!r} stopped sending audio (unplugged?)"
+                for chunk in resampler.flush():  # the resampler's last milliseconds, as a file's end gives them
+                    yield chunk
                 return
             block, gap = item
             if gap:

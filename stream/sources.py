@@ -17,7 +17,7 @@ from typing import AsyncIterator, BinaryIO
 
 import numpy as np
 
-from .chunks import SAMPLE_RATE_HZ, AudioChunk, StreamResampler, pcm16_to_float
+from .chunks import SAMPLE_RATE_HZ, AudioChunk, StreamResampler
 from .events import END_REASONS
 from .quiet import quiet_stderr
 
@@ -51,6 +51,21 @@ class Source:
 
     def close(self) -> None:
         """Ask the source to stop; ``chunks()`` then ends soon."""
+
+
+class Pcm16Reader:
+    """s16le 16 kHz mono bytes cut anywhere (an odd byte waits for its pair) -> chunks, through the same
+    :class:`StreamResampler` as every other source, so stdin and WebSocket audio land on the same samples."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._convert = StreamResampler(SAMPLE_RATE_HZ)
+
+    def push(self, data: bytes) -> list[AudioChunk]:
+        data, self._carry = self._carry + data, b""
+        if len(data) % 2:
+            data, self._carry = data[:-1], data[-1:]
+        return self._convert.push(np.frombuffer(data, "<i2"))
 
 
 async def _pace(loop: asyncio.AbstractEventLoop, t0: float, end_sample: int, realtime: bool) -> None:
@@ -172,20 +187,15 @@ class _ThreadedReader(Source):
         loop = asyncio.get_running_loop()
         self._queue = queue = asyncio.Queue(self._queue_chunks)
         threading.Thread(target=self._read, args=(loop, queue), daemon=True, name=f"read-{self.name}").start()
-        next_sample, carry = 0, b""
+        reader = Pcm16Reader()
         while not self._stop.is_set():
             data = await queue.get()
             if data is None or isinstance(data, Exception):
                 if isinstance(data, Exception):
                     self.failed, self.detail = True, f"reading {self.name} failed: {data}"
                 return
-            data, carry = carry + data, b""
-            if len(data) % 2:
-                data, carry = data[:-1], data[-1:]
-            samples = pcm16_to_float(data)
-            if len(samples):
-                yield AudioChunk(next_sample, samples)
-                next_sample += len(samples)
+            for chunk in reader.push(data):
+                yield chunk
 
     def _read(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
         item: bytes | Exception | None = None
@@ -244,8 +254,7 @@ class RemoteSource(Source):
         self._data, self._room = asyncio.Event(), asyncio.Event()
         self._room.set()
         self._ended = False
-        self._carry = b""
-        self._next_sample = 0
+        self._reader = Pcm16Reader()
 
     async def feed(self, data: bytes) -> None:
         """Buffer ``data``; waits while the buffer is full. After the stream ended, data is ignored."""
@@ -287,10 +296,5 @@ class RemoteSource(Source):
             self.buffered_bytes -= len(data)
             if self.buffered_bytes < self.max_buffer_bytes:
                 self._room.set()
-            data, self._carry = self._carry + data, b""
-            if len(data) % 2:
-                data, self._carry = data[:-1], data[-1:]
-            samples = pcm16_to_float(data)
-            if len(samples):
-                yield AudioChunk(self._next_sample, samples)
-                self._next_sample += len(samples)
+            for chunk in self._reader.push(data):
+                yield chunk
