@@ -65,3 +65,35 @@ def check_bindable(host: str, port: int) -> None:
             except OSError as exc:
                 raise CliError(f"cannot listen on {host}:{port}: {exc.strerror} (pick another port with "
                                "--ws HOST:PORT, or --ws off)") from exc
+
+
+TOKEN_ENV = "SER_LIVE_WS_TOKEN"
+"""Environment variable that gives the WebSocket token (unlike the command line, other local users cannot
+read a process's environment)."""
+
+
+def ws_token(cli_token: str | None, token_file: str | None, environ) -> str | None:
+    """The WebSocket token from ``--ws-token``, ``--ws-token-file`` (its first line) or :data:`TOKEN_ENV`,
+    in that order; None when none is given. Raises :class:`CliError` for both flags, an unreadable or
+    empty file, or an empty variable."""
+    if cli_token is not None and token_file is not None:
+        raise CliError("give the token once: --ws-token or --ws-token-file, not both")
+    if token_file is not None:
+        from pathlib import Path
+
+        try:
+            lines = Path(token_file).read_text(encoding="utf-8").strip().splitlines()
+        except OSError as exc:
+            raise CliError(f"cannot read --ws-token-file {token_file}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise CliError(f"--ws-token-file {token_file} is not UTF-8 text") from exc
+        if len(lines) != 1:
+            raise CliError(f"--ws-token-file {token_file} must hold the token on one line, not "
+                           f"{len(lines) if lines else 'no'} lines")
+        return lines[0].strip()
+    if cli_token is not None:
+        return cli_token
+    value = environ.get(TOKEN_ENV)
+    if value is not None and not value.strip():
+        raise CliError(f"{TOKEN_ENV} is set but empty (unset it, or give a token)")
+    return value.strip() if value is not None else None

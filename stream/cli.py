@@ -9,11 +9,14 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import re
 import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
-from .argcheck import EXIT_USAGE, CliError, Parser, check_bindable, number, ws_url
+from .argcheck import EXIT_USAGE, TOKEN_ENV, CliError, Parser, check_bindable, number, ws_token, ws_url
+from . import redact
 from .dashboard import dashboard_url
 from .report import ReportSink, check_report_path
 from .signals import EXIT_INTERRUPTED, Drain, exit_on_late_signals, interrupted  # noqa: F401 - EXIT_INTERRUPTED re-exported
@@ -69,9 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--interim-ms", type=number(int, 0, 60_000, "from 0 to 60000 ms"), default=500,
                     help="interim prediction period (0: none)")
     ap.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT|off",
-                    help="WebSocket server (a host beyond loopback needs --ws-token)")
+                    help="WebSocket server (a host beyond loopback needs a token)")
     ap.add_argument("--ws-token", help="token clients must send (?token= or Authorization: Bearer); clients "
-                                       "with it may also send audio")
+                                       "with it may also send audio. Other local users can read a command "
+                                       f"line: prefer --ws-token-file or the {TOKEN_ENV} environment variable")
+    ap.add_argument("--ws-token-file", metavar="PATH",
+                    help="read the token from the first line of PATH (instead of --ws-token)")
     ap.add_argument("--ws-max-clients", type=number(int, 1, 10_000, "from 1 to 10000"), default=32)
     ap.add_argument("--ws-allow-origin", action="append", default=[], metavar="ORIGIN",
                     help="a web page origin (https://host[:port]) allowed besides the server's own; repeatable")
@@ -98,8 +104,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = bench_parser().parse_args(argv[1:])
         args.command = "bench"
         return args
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.command = "run"
+    try:
+        args.ws_token = ws_token(args.ws_token, args.ws_token_file, os.environ)
+    except CliError as exc:
+        parser.error(str(exc))
+    redact.install((args.ws_token, *parse_qs(urlsplit(args.connect or "").query).get("token", [])))
     args.input_defaulted = not args.input
     args.input = args.input or ["mic"]
     return args
@@ -175,7 +187,8 @@ def parse_ws(args: argparse.Namespace):
     if port > 65535:
         raise CliError(f"--ws port must be from 0 to 65535, not {port}")
     if not is_loopback(host) and not args.ws_token:
-        raise CliError(f"--ws {host} is reachable from other machines: give --ws-token TOKEN (or use 127.0.0.1)")
+        raise CliError(f"--ws {host} is reachable from other machines: give --ws-token TOKEN, --ws-token-file "
+                       f"PATH or {TOKEN_ENV} (or use 127.0.0.1)")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("--tls-cert and --tls-key go together")
     config = WsConfig(host=host, port=port, max_clients=args.ws_max_clients, token=args.ws_token or None,

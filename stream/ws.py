@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 
+from . import redact
 from .access import check_request, tls_context
 from .config import WsConfig
 from .events import Event
@@ -132,6 +133,7 @@ class WsServer:
     async def start(self) -> None:
         from websockets.asyncio.server import serve
 
+        redact.install((self.config.token,))  # websockets logs request lines and headers at debug level
         self._server = await serve(
             self._handler, self.config.host, self.config.port, ssl=tls_context(self.config),
             process_request=lambda conn, req: check_request(conn, req, self.config, self.http_handler),
