@@ -73,8 +73,9 @@ async def test_feed_drop_is_reported_and_reconnected():
         client.stop()
         assert await asyncio.wait_for(task, 5) == 0
     notes = [e for e in seen if isinstance(e, FeedStatus)]
-    assert [n.connected for n in notes] == [True, False, True]
-    assert notes[1].message.startswith("feed lost — reconnecting")
+    assert [(n.connected, n.dropped) for n in notes] == [(True, 0), (True, 1), (False, 1), (True, 1)]
+    assert notes[1].problem == "not JSON"  # the bad message is counted, and the count survives a reconnect
+    assert notes[2].message.startswith("feed lost — reconnecting")
     assert server.headers == ["Bearer s3cret"] * 2
     events = [e for e in seen if not isinstance(e, FeedStatus)]
     assert len(events) == len(server.events) + 1  # the hello is sent again on reconnect

@@ -7,6 +7,7 @@ The source runs as a worker in the app's own event loop, so the engine and the s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 COMPACT_BELOW = (72, 22)
 """Below this many columns or rows only the essentials stay: label, bars, level."""
+
+QUIT_WAIT_S = 2.0
+"""How long ``q`` waits for the event source to stop before the app exits anyway."""
 
 HELD_MAX = 200_000
 """Events kept while the display is paused (about ten hours of one stream's levels); older ones are lost."""
@@ -139,7 +143,16 @@ class MonitorApp(App[int]):
             await self.redraw()
 
     async def action_quit(self) -> None:
+        # Let the source end by itself first (a remote feed closes its socket cleanly); exiting at once
+        # would cancel it mid-receive.
         self.source.stop()
+        workers = [w for w in self.workers if w.group == "source"]
+        if workers:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(w.wait() for w in workers), return_exceptions=True),
+                                       QUIT_WAIT_S)
+            except asyncio.TimeoutError:
+                log.warning("the event source did not stop within %.0f s", QUIT_WAIT_S)
         self.exit(self.state.finished or 0)
 
     async def action_toggle_pause(self) -> None:

@@ -213,6 +213,10 @@ def health(state: MonitorState) -> Text:
     feed = state.feed
     out.append(printable(feed.message or ("connected" if feed.connected else "disconnected")),
                style="green" if feed.connected else "bold yellow")
+    if feed.dropped:
+        noun = "message" if feed.dropped == 1 else "messages"
+        out.append(f"\n{feed.dropped} malformed {noun} dropped\n", style="bold yellow")
+        out.append(f"last: {printable(feed.problem)}", style="yellow")
     if state.error is not None:
         out.append(f"\n{printable(state.error.code)}: {printable(state.error.message)}", style="red")
     return out

@@ -8,6 +8,7 @@ Textual is not imported here.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from typing import Protocol
 
 from serlive.stream import events as ev
 
+from . import feed
 from .state import FeedStatus
 
 log = logging.getLogger(__name__)
@@ -100,11 +102,18 @@ class ReplaySource:
 
 
 class WebSocketSource:
-    """A remote engine's JSON feed; says when it drops and reconnects with exponential backoff."""
+    """A remote engine's JSON feed; says when it drops and reconnects with exponential backoff.
+
+    Every message is checked by :func:`.feed.parse` before the screen sees it: a malformed one is dropped
+    and counted (``dropped``), the count and the last problem shown with the feed's status; the first
+    is also logged as a warning (a toast on the screen), the rest at debug level, so a flood of bad
+    messages cannot flood the screen."""
 
     def __init__(self, url: str, token: str | None = None, open_timeout_s: float = 5.0) -> None:
         self.url, self.token, self.open_timeout_s = url, token, open_timeout_s
         self._stopped = asyncio.Event()
+        self.dropped = self.ignored = 0
+        self._status = FeedStatus(False)
 
     async def run(self, emit: Emit) -> int:
         from websockets.asyncio.client import connect
@@ -113,21 +122,26 @@ class WebSocketSource:
         backoff_s = BACKOFF_START_S
         while not self._stopped.is_set():
             try:
-                async with connect(
-                    self.url, additional_headers=headers, open_timeout=self.open_timeout_s, max_size=2**22
-                ) as ws:
-                    emit(FeedStatus(True, f"connected to {self.url}"))
-                    backoff_s = BACKOFF_START_S
+                ws = await connect(self.url, additional_headers=headers, open_timeout=self.open_timeout_s,
+                                   max_size=2**22)
+            except Exception as exc:  # OSError, TimeoutError, websockets' InvalidStatus, InvalidURI, ...
+                reason = _why(exc)
+            else:
+                self._note(emit, FeedStatus(True, f"connected to {self.url}"))
+                backoff_s = BACKOFF_START_S
+                try:
                     await self._pump(ws, emit)
-                reason = "feed closed"
-            except (OSError, asyncio.TimeoutError) as exc:
-                reason = str(exc) or type(exc).__name__
-            except Exception as exc:  # websockets' ConnectionClosed, InvalidStatus, InvalidURI, ...
-                reason = f"{type(exc).__name__}: {exc}"
+                    reason = "feed closed"
+                except Exception as exc:  # ConnectionClosed: the server went away
+                    reason = _why(exc)
+                finally:
+                    # A plain close (1000), also when the app cancels this task on its way out: leaving
+                    # through ``async with`` on an exception would send 1011 and leave an unread error.
+                    await asyncio.shield(ws.close())
             if self._stopped.is_set():
                 break
             log.info("feed %s lost (%s); retrying in %.1f s", self.url, reason, backoff_s)
-            emit(FeedStatus(False, f"feed lost — reconnecting in {backoff_s:g} s ({reason})"))
+            self._note(emit, FeedStatus(False, f"feed lost — reconnecting in {backoff_s:g} s ({reason})"))
             try:
                 await asyncio.wait_for(self._stopped.wait(), backoff_s)
             except asyncio.TimeoutError:
@@ -135,22 +149,50 @@ class WebSocketSource:
             backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
         return 0
 
+    def _note(self, emit: Emit, status: FeedStatus) -> None:
+        self._status = dataclasses.replace(status, dropped=self.dropped, problem=self._status.problem)
+        emit(self._status)
+
+    def _take(self, message, emit: Emit) -> None:
+        try:
+            emit(feed.parse(message))
+        except feed.Unknown as exc:  # a newer server's message type: ignored, as the protocol asks
+            self.ignored += 1
+            log.debug("ignoring a feed message of unknown type %r", str(exc))
+        except feed.BadMessage as exc:
+            self.dropped += 1
+            log.log(logging.WARNING if self.dropped == 1 else logging.DEBUG,
+                    "dropped a malformed message from %s: %s", self.url, exc)
+            self._status = dataclasses.replace(self._status, dropped=self.dropped, problem=str(exc))
+            emit(self._status)
+
     async def _pump(self, ws, emit: Emit) -> None:
         stop = asyncio.ensure_future(self._stopped.wait())
+        recv: asyncio.Future | None = None
         try:
             while True:
                 recv = asyncio.ensure_future(ws.recv())
                 done, _ = await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if stop in done:
-                    recv.cancel()
+                if recv not in done:
                     return
-                message = recv.result()
-                try:
-                    emit(ev.from_dict(json.loads(message)))
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning("skipping an unreadable feed message (%s): %.200s", exc, message)
+                self._take(recv.result(), emit)
         finally:
             stop.cancel()
+            if recv is not None and not recv.done():
+                recv.cancel()
+                recv.add_done_callback(_reap)
 
     def stop(self) -> None:
         self._stopped.set()
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _reap(future: asyncio.Future) -> None:
+    """Retrieve a cancelled receive's outcome, so asyncio does not report it as never retrieved."""
+    if not future.cancelled():
+        future.exception()

@@ -155,6 +155,10 @@ class FeedStatus:
 
     connected: bool
     message: str = ""
+    dropped: int = 0
+    """Malformed messages a remote feed sent that were dropped (see :mod:`.feed`)."""
+    problem: str = ""
+    """What was wrong with the last of them."""
 
 
 class MonitorState:

@@ -1,0 +1,237 @@
+"""``ser-live --connect`` survives any feed: a real WebSocket server (127.0.0.1, port 0) sends malformed,
+hostile and unknown messages between real events, to the feed source, to the real app through the Pilot,
+and to a real ``ser-live --connect`` process on a pseudo-terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+
+import pytest
+from websockets.asyncio.server import serve
+
+from serlive.stream import events as ev
+from serlive.tui import feed
+from serlive.tui.app import MonitorApp
+from serlive.tui.source import WebSocketSource
+from serlive.tui.state import FeedStatus
+from serlive.tui.widgets import HealthPanel
+
+from .test_tui_app import SIZE, log_labels, shown, sync
+from .test_tui_source import eventually
+from .test_tui_state import recorded
+
+PRED = {"type": "prediction", "stream": "local", "segment": 9, "start_sample": 0, "end_sample": 16000,
+        "final": True, "label": "happy", "probs": {"happy": 0.9, "sad": 0.1}, "confidence": 0.9}
+
+MALFORMED = [
+    (json.dumps({**PRED, "confidence": "high"}), "prediction.confidence is not a number"),  # the reported crash
+    (json.dumps({**PRED, "probs": {"happy": "lots"}}), "prediction.probs.happy is not a number"),
+    (json.dumps({**PRED, "label": 5}), "prediction.label is not a string"),
+    (json.dumps({**PRED, "final": "yes"}), "prediction.final is not true or false"),
+    (json.dumps({**PRED, "valence": 1e999}), "prediction.valence is out of range"),  # Infinity
+    (json.dumps({**PRED, "end_sample": 10**400}), "prediction.end_sample is not an integer in range"),
+    (json.dumps({**PRED, "segment": 1.5}), "prediction.segment is not an integer in range"),
+    (json.dumps({**PRED, "label": "x" * 5000}), "prediction.label is longer than 4096 characters"),
+    ('{"type":"level","stream":"local","sample":16000,"db":NaN,"speech":true}', "level.db is out of range"),
+    ('{"type":"stats","rtf":0.1}', "stats without 'latency_p50_ms'"),
+    ('{"type":"stream","stream":"x","state":"paused","detail":"","reason":null}',
+     "stream.state is not one of started, ended"),
+    ('{"type":"hello","protocol":2,"labels":"angry","model":"m","sample_rate_hz":16000,"streams":[],'
+     '"dimensional":false,"device":"cpu"}', "hello.labels is not a list of at most 1024 items"),
+    ('{"type":"error","code":"x","message":["not","text"]}', "error.message is not a string"),
+    ('{"type":"level","stream":"a","sample":1,"db":0,"speech":true,"type2":1,"stream":{"a":1}}',
+     "level.stream is not a string"),
+    ("[1, 2]", "not a JSON object"),
+    ("null", "not a JSON object"),
+    ('{"stream":"x"}', "no 'type'"),
+    ("not json", "not JSON"),
+    ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+    (b"\x00\x01binary", "a binary frame, not a JSON text message"),
+]
+
+
+def test_every_event_the_engine_sends_reads_back_unchanged():
+    events = recorded() + [ev.StreamStatus("ѕpeech.wav", "started", "", None, remote=True),
+                           ev.Hello(2, ("a", "b"), "m", 16000, ("x", "y"), False, "cpu", True, 1, ("y",))]
+    for event in events:
+        assert feed.parse(event.to_json()) == event
+
+
+@pytest.mark.parametrize("message, problem", MALFORMED, ids=[p for _, p in MALFORMED])
+def test_a_malformed_message_is_refused_saying_why(message, problem):
+    with pytest.raises(feed.BadMessage) as caught:
+        feed.parse(message)
+    assert str(caught.value) == problem
+
+
+def test_unknown_types_and_fields_are_ignored_as_the_protocol_asks():
+    with pytest.raises(feed.Unknown):
+        feed.parse('{"type":"cluster_node","node":"b"}')
+    event = feed.parse(json.dumps({**PRED, "new_field": {"any": "thing"}}))
+    assert event == ev.PredictionEvent("local", 9, 0, 16000, final=True, label="happy",
+                                       probs={"happy": 0.9, "sad": 0.1}, confidence=0.9)
+
+
+class FeedServer:
+    """Sends ``messages`` (text or binary frames) to each connection, then idles until the client leaves;
+    records how each connection was closed."""
+
+    def __init__(self, messages: list[str | bytes]) -> None:
+        self.messages, self.close_codes = messages, []
+        self.sent = asyncio.Event()
+
+    async def handler(self, ws) -> None:
+        for message in self.messages:
+            await ws.send(message)
+        self.sent.set()
+        await ws.wait_closed()
+        self.close_codes.append(ws.close_code)
+
+
+def hostile_feed() -> list[str | bytes]:
+    """The recorded demo with every malformed message and an unknown type spliced in after the hello."""
+    events = [e.to_json() for e in recorded()]
+    return events[:1] + [m for m, _ in MALFORMED] + ['{"type":"from_the_future"}'] + events[1:]
+
+
+class LoopErrors:
+    """Collects what asyncio reports as unhandled in this loop (e.g. a task exception never retrieved)."""
+
+    def __init__(self) -> None:
+        self.reports: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: self.reports.append(ctx["message"]))
+
+
+@sync
+async def test_source_drops_and_counts_what_is_malformed_and_passes_the_rest():
+    server = FeedServer(hostile_feed())
+    seen: list = []
+    async with serve(server.handler, "127.0.0.1", 0) as ws_server:
+        client = WebSocketSource(f"ws://127.0.0.1:{ws_server.sockets[0].getsockname()[1]}")
+        task = asyncio.create_task(client.run(seen.append))
+        await eventually(lambda: len([e for e in seen if not isinstance(e, FeedStatus)]) == len(recorded()))
+        client.stop()
+        assert await asyncio.wait_for(task, 5) == 0
+    assert [e for e in seen if not isinstance(e, FeedStatus)] == recorded()
+    assert client.dropped == len(MALFORMED) and client.ignored == 1
+    notes = [e for e in seen if isinstance(e, FeedStatus)]
+    assert [n.dropped for n in notes] == list(range(len(MALFORMED) + 1))
+    assert [n.problem for n in notes[1:]] == [p for _, p in MALFORMED]
+    assert server.close_codes == [1000]
+
+
+@sync
+async def test_monitor_shows_a_hostile_feed_notes_the_drops_and_quits_cleanly():
+    errors = LoopErrors()
+    server = FeedServer(hostile_feed())
+    async with serve(server.handler, "127.0.0.1", 0) as ws_server:
+        app = MonitorApp(WebSocketSource(f"ws://127.0.0.1:{ws_server.sockets[0].getsockname()[1]}"))
+        async with app.run_test(size=SIZE) as pilot:
+            await eventually(lambda: len(log_labels(app)) == 4, pilot, app)
+            assert log_labels(app) == ["angry", "happy", "neutral", "sad"]
+            health = shown(app, HealthPanel)
+            assert f"{len(MALFORMED)} malformed messages dropped" in health
+            assert "last: a binary frame" in health
+            await pilot.press("q")
+        await eventually(lambda: server.close_codes)
+    assert app.return_code == 0
+    assert server.close_codes == [1000]  # a plain close, not 1011 (internal error)
+    assert errors.reports == []
+
+
+@sync
+async def test_quit_on_an_idle_feed_closes_the_socket_cleanly():
+    errors = LoopErrors()
+    server = FeedServer([recorded()[0].to_json()])
+    async with serve(server.handler, "127.0.0.1", 0) as ws_server:
+        port = ws_server.sockets[0].getsockname()[1]
+        app = MonitorApp(WebSocketSource(f"ws://127.0.0.1:{port}"))
+        async with app.run_test(size=SIZE) as pilot:
+            await eventually(lambda: f"connected to ws://127.0.0.1:{port}" in shown(app, HealthPanel), pilot, app)
+            await pilot.press("q")
+        await eventually(lambda: server.close_codes)
+    assert app.return_code == 0 and server.close_codes == [1000]
+    assert errors.reports == []
+
+
+class ServerThread:
+    """A :class:`FeedServer` on its own event loop in a thread, for a client in another process."""
+
+    def __init__(self, messages: list[str | bytes]) -> None:
+        self.server = FeedServer(messages)
+        self.port: int | None = None
+        self._ready, self._loop, self._stop = threading.Event(), None, None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with serve(self.server.handler, "127.0.0.1", 0) as ws_server:
+            self.port = ws_server.sockets[0].getsockname()[1]
+            self._ready.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def run_on_a_terminal(url: str, wait_for: bytes, timeout_s: float = 90.0) -> tuple[int, str]:
+    """``ser-live --connect url`` on a 120x36 pseudo-terminal: wait until the screen shows ``wait_for``,
+    press q, return the exit code and everything written to the terminal."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 36, 120, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "36"}
+    proc = subprocess.Popen([sys.executable, "-m", "serlive.tui.cli", "--connect", url], stdin=slave,
+                            stdout=slave, stderr=slave, env=env, start_new_session=True)
+    os.close(slave)
+    out, pressed, deadline = b"", False, time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+            if not pressed and wait_for in out:
+                os.write(master, b"q")
+                pressed = True
+            if pressed and proc.poll() is not None and not ready:
+                break
+        return proc.wait(10), out.decode("utf-8", "replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+
+
+@pytest.mark.parametrize("messages", [[], [PRED | {"confidence": "high"}]], ids=["idle", "bad-confidence"])
+def test_ser_live_connect_process_quits_without_a_traceback(messages):
+    hello = recorded()[0].to_json()
+    with ServerThread([hello] + [json.dumps(m) for m in messages]) as server:
+        code, screen = run_on_a_terminal(f"ws://127.0.0.1:{server.port}", b"connected to ws://127.0.0.1")
+        deadline = time.monotonic() + 5
+        while not server.server.close_codes and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert code == 0, screen[-2000:]
+    assert "Traceback" not in screen and "1011" not in screen and "never retrieved" not in screen, screen[-3000:]
+    if messages:
+        assert "1 malformed message dropped" in screen
+    assert server.server.close_codes == [1000]
