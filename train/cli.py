@@ -1,4 +1,4 @@
-"""``ser-train``: fit, evaluate, ablate, baseline, bundle, calibrate, robustness, probe, prepare. Parses arguments and
+"""``ser-train``: fit, evaluate, crosscorpus, ablate, baseline, bundle, calibrate, robustness, probe, prepare. Parses arguments and
 calls a ``run``; bad input is one sentence on stderr and exit status 2 (1 for a failure while running)."""
 
 from __future__ import annotations
@@ -41,6 +41,20 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--orders", type=int, default=10,
                     help="random orders per speaker for the online per-speaker protocol (0: skip it)")
+    cc = sub.add_parser("crosscorpus", help="one model on several corpora: UA/WA, recall, shares, ECE, uncertain, "
+                        "alone and online; a per-utterance CSV and one table")
+    cc.add_argument("--model", default=None, help="model directory (default: the bundled ravdess-ge2e)")
+    cc.add_argument("--data", action="append", required=True, metavar="NAME=MANIFEST.csv", help="a corpus (repeat)")
+    cc.add_argument("--out", required=True, help="folder for predictions.csv, crosscorpus.json and crosscorpus.md")
+    cc.add_argument("--label-map", default="", help="preset (ravdess, iemocap, kemdy19) or raw=class,... pairs")
+    cc.add_argument("--label-column", default="emotion")
+    cc.add_argument("--adapt", default="mean", help="comma-separated online adaptations: none, mean, mixture, prior, guard")
+    cc.add_argument("--orders", type=int, default=10, help="random orders per speaker for the online rows (0: alone only)")
+    cc.add_argument("--train-data", default=None, metavar="MANIFEST.csv",
+                    help="the model's training manifest (the mixture adaptation's class means)")
+    cc.add_argument("--train-label-map", default="", help="label map of --train-data")
+    cc.add_argument("--device", default="auto")
+    cc.add_argument("--batch-size", type=int, default=16)
     bl = sub.add_parser("baseline", help="classic baseline (logistic regression on log-mel statistics) on the same folds")
     bl.add_argument("--config", default=None, help="TOML file (data, protocol and model.labels are used)")
     bl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -148,6 +162,8 @@ def _dispatch(args) -> int:
                                 test_gain_db=args.test_gain_db)
         print(json.dumps(result, indent=1))
         return 0
+    if args.command == "crosscorpus":
+        return _crosscorpus(args, resolve_device(args.device))
     if args.command == "evaluate":
         from .evaluate import run as run_evaluate
 
@@ -176,6 +192,23 @@ def _dispatch(args) -> int:
     table = run_ablate(cfg, args.out, device, args.poolings.split(","), resume=args.resume, cells=cells)
     if table:
         print(table)
+    return 0
+
+
+def _crosscorpus(args, device) -> int:
+    from serlive.model.adapt import KINDS
+
+    from .crosscorpus import markdown, parse_corpora, run
+
+    kinds = tuple(k.strip() for k in args.adapt.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or args.orders < 0 or args.batch_size < 1:
+        raise ConfigError(f"--adapt takes {', '.join(KINDS)}, --orders 0 or more and --batch-size 1 or more "
+                          f"(got {args.adapt!r}, {args.orders}, {args.batch_size})")
+    train = (Path(args.train_data), args.train_label_map) if args.train_data else None
+    result = run(args.model, parse_corpora(args.data), Path(args.out), args.label_map, args.label_column, kinds,
+                 args.orders, device=device, batch_size=args.batch_size, train_data=train)
+    print(markdown(result), end="")
     return 0
 
 

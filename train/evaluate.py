@@ -25,10 +25,8 @@ def run(model_dir: str | Path | None, manifest: str | Path, label_map: str = "",
     """Metrics of ``model_dir`` on ``manifest``: UA, WA, per-class recall, confusion, n (+ MAE/CCC), the share
     flagged uncertain, and (``orders`` > 0, a model that can adapt) ``online``: the same metrics under the
     online per-speaker protocol, averaged over ``orders`` random orders of each speaker's utterances."""
+    predictor = load_predictor(model_dir, device, use_knn)
     model_dir = Path(model_dir) if model_dir else bundled_model_dir()
-    if not model_dir.is_dir():
-        raise CheckpointError(f"model directory {model_dir} does not exist (train one with ser-train fit, or pass --model)")
-    predictor = Predictor.from_dir(model_dir, device=device, use_knn=use_knn)
     labels = predictor.labels
     utts = read_manifest(manifest, labels, label_map or None, {"label": label_column} | _optional(manifest))
     preds = []
@@ -48,6 +46,14 @@ def run(model_dir: str | Path | None, manifest: str | Path, label_map: str = "",
     if predictions:
         write_predictions(Path(predictions), utts, preds)
     return result
+
+
+def load_predictor(model_dir, device: torch.device, use_knn: bool = True) -> Predictor:
+    """The Predictor of ``model_dir`` (None: the bundled model), or one sentence saying why not."""
+    model_dir = Path(model_dir) if model_dir else bundled_model_dir()
+    if not model_dir.is_dir():
+        raise CheckpointError(f"model directory {model_dir} does not exist (train one with ser-train fit, or pass --model)")
+    return Predictor.from_dir(model_dir, device=device, use_knn=use_knn)
 
 
 def online(predictor: Predictor, utts, preds, y_true: np.ndarray, orders: int, seed: int) -> dict:

@@ -1,0 +1,117 @@
+"""ser-train crosscorpus: the table's figures recomputed by hand from its per-utterance CSV, its alone rows
+against ser-train evaluate's predictions, and bad input refused in one sentence."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serlive.train.cli import main
+
+FIXTURES = Path(__file__).parent / "data" / "ravdess"
+LABELS = ("angry", "happy", "neutral", "sad")
+
+
+def two_corpora(tmp_path: Path) -> list[str]:
+    """The fixture recordings as two small corpora: actors 01-02 and actor 03 (absolute paths)."""
+    with open(FIXTURES / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    specs = []
+    for name, speakers in (("two", {"01", "02"}), ("one", {"03"})):
+        path = tmp_path / f"{name}.csv"
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows({**r, "path": str(FIXTURES / r["path"])} for r in rows if r["speaker"] in speakers)
+        specs.append(f"{name}={path}")
+    return specs
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cc")
+    specs = two_corpora(tmp)
+    args = ["crosscorpus", "--label-map", "ravdess", "--orders", "3", "--adapt", "mean,mixture",
+            "--train-data", str(FIXTURES / "manifest.csv"), "--train-label-map", "ravdess", "--out", str(tmp / "out")]
+    for spec in specs:
+        args += ["--data", spec]
+    assert main(args) == 0
+    with open(tmp / "out" / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return tmp, specs, rows, json.loads((tmp / "out" / "crosscorpus.json").read_text())
+
+
+def ece_by_hand(conf: np.ndarray, right: np.ndarray) -> float:
+    """Guo et al.'s ECE, 10 equal bins of the top probability, written out again."""
+    total = 0.0
+    for b in range(10):
+        lo, hi = b / 10, (b + 1) / 10
+        sel = (conf >= lo) & ((conf < hi) if b < 9 else (conf <= 1.0))
+        if sel.any():
+            total += sel.sum() * abs(right[sel].mean() - conf[sel].mean())
+    return total / len(conf)
+
+
+def test_every_figure_recomputes_from_the_per_utterance_csv(report):
+    _, _, rows, result = report
+    assert [(t["corpus"], t["mode"]) for t in result["table"]] == [
+        (c, m) for c in ("two", "one") for m in ("alone", "online-mean", "online-mixture")]
+    for t in result["table"]:
+        mine = [r for r in rows if r["corpus"] == t["corpus"] and r["mode"] == t["mode"]]
+        utterances = 17 if t["corpus"] == "two" else 8  # actor 02's calm is neutral, actor 03's fearful dropped
+        assert len(mine) == t["n"] == t["orders"] * utterances == t["orders"] * len({r["path"] for r in mine})
+        assert t["orders"] == (1 if t["mode"] == "alone" else 3)
+        true, pred = [r["true"] for r in mine], [r["predicted"] for r in mine]
+        recalls = []
+        for c in LABELS:
+            ours = [p == c for tr, p in zip(true, pred) if tr == c]
+            assert t["recall"][c] == pytest.approx(sum(ours) / len(ours))
+            assert t["share"][c] == pytest.approx(pred.count(c) / len(pred))
+            recalls.append(sum(ours) / len(ours))
+        right = np.array([a == b for a, b in zip(true, pred)])
+        conf = np.array([float(r["confidence"]) for r in mine])
+        flagged = np.array([r["uncertain"] == "1" for r in mine])
+        assert t["ua"] == pytest.approx(sum(recalls) / 4) and t["wa"] == pytest.approx(right.mean())
+        assert t["ece"] == pytest.approx(ece_by_hand(conf, right), abs=1e-9)
+        assert t["uncertain"] == pytest.approx(flagged.mean())
+        assert t["right_otherwise"] == pytest.approx(right[~flagged].mean())
+
+
+def test_online_rows_hold_every_utterance_once_per_order(report):
+    _, _, rows, _ = report
+    online = [r for r in rows if r["mode"] == "online-mean"]
+    for order in ("0", "1", "2"):
+        paths = [r["path"] for r in online if r["order"] == order]
+        assert len(paths) == len(set(paths)) == len({r["path"] for r in rows})
+
+
+def test_alone_rows_are_what_ser_train_evaluate_predicts(report, tmp_path):
+    tmp, specs, rows, _ = report
+    manifest = specs[0].split("=", 1)[1]
+    assert main(["evaluate", "--data", manifest, "--label-map", "ravdess", "--orders", "0",
+                 "--predictions", str(tmp_path / "ev.csv")]) == 0
+    with open(tmp_path / "ev.csv", newline="") as fh:
+        evaluated = {r["path"]: (r["predicted"], float(r["confidence"]), r["uncertain"]) for r in csv.DictReader(fh)}
+    alone = {r["path"]: (r["predicted"], float(r["confidence"]), r["uncertain"])
+             for r in rows if r["corpus"] == "two" and r["mode"] == "alone"}
+    assert alone.keys() == evaluated.keys() and len(alone) == 17
+    for path, (label, conf, flag) in alone.items():
+        assert (label, flag) == (evaluated[path][0], evaluated[path][2])
+        assert conf == pytest.approx(evaluated[path][1], abs=1e-4)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--data", "a=/nonexistent/m.csv"], "does not exist"),
+    (["--data", "=x.csv"], "NAME=MANIFEST"),
+    (["--data", "a=x.csv", "--data", "a=y.csv"], "must differ"),
+    (["--data", "a=x.csv", "--adapt", "sideways"], "--adapt takes"),
+    (["--data", "a=x.csv", "--adapt", "mixture"], "class means"),
+])
+def test_bad_input_is_one_sentence_and_exit_2(args, words, tmp_path, capsys):
+    assert main(["crosscorpus", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ser-train: ") and words in err and "\n" not in err
