@@ -159,14 +159,21 @@ class InferenceWorker:
         return len(dropped)
 
     async def stop(self, timeout_s: float | None = None) -> None:
-        """Finish what is queued, then end the thread; after ``timeout_s`` stop waiting for it (the
-        daemon thread may still be inside a forward pass)."""
-        if self._thread is None:
+        """Finish what is queued within ``timeout_s``; then drop what is still queued (:meth:`abandon`) and
+        wait for the forward pass in progress, which is bounded. The thread must be gone before the
+        interpreter is: one left inside a native forward pass at exit crashes the process (SIGSEGV, or
+        SIGABRT with "terminate called without an active exception")."""
+        thread = self._thread
+        if thread is None:
             return
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        await asyncio.to_thread(self._thread.join, timeout_s)
+        await asyncio.to_thread(thread.join, timeout_s)
+        if thread.is_alive():
+            dropped = self.abandon()
+            log.debug("model owner: %d queued request(s) dropped at stop; waiting for its forward pass", dropped)
+            await asyncio.to_thread(thread.join)
         self._thread = None
 
     def _next_batch(self) -> list[_Request] | None:
