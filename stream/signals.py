@@ -1,5 +1,7 @@
 """How ``ser-live`` ends on a signal: the first SIGINT, SIGTERM or SIGHUP (terminal closed) drains the
-engine within ``--drain-s``; a second exits at once with one line; Ctrl-C before the engine runs is one line."""
+engine within ``--drain-s``; a second exits at once with one line; Ctrl-C before the engine runs is one line.
+A signal that was ignored when the process started (SIGHUP under ``nohup``, SIGINT for a background job of a
+script) stays ignored: whoever started us asked for that."""
 
 from __future__ import annotations
 
@@ -10,6 +12,20 @@ import signal
 import sys
 
 log = logging.getLogger("serlive.stream.cli")
+
+DRAIN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals that stop the engine (each unless ignored at start)."""
+
+
+IGNORED_AT_START = frozenset(s for s in DRAIN_SIGNALS if signal.getsignal(s) == signal.SIG_IGN)
+"""Signals whose disposition was SIG_IGN when this module was first imported (before ser-live installed any
+handler): ``nohup`` sets it for SIGHUP, a non-interactive shell's ``&`` for SIGINT."""
+
+
+def handled_signals() -> tuple:
+    """The signals ser-live handles: :data:`DRAIN_SIGNALS` less those ignored at start."""
+    return tuple(s for s in DRAIN_SIGNALS if s not in IGNORED_AT_START)
+
 
 EXIT_INTERRUPTED = 130
 """Exit code after Ctrl-C (SIGINT), during start-up or after the drain: 128 + 2, as shells report it.
@@ -44,9 +60,10 @@ class Drain:
 
     @classmethod
     def install(cls, loop: asyncio.AbstractEventLoop, engine) -> "Drain":
-        """Handle SIGINT, SIGTERM and SIGHUP on ``loop`` (where the platform allows it)."""
+        """Handle SIGINT, SIGTERM and SIGHUP on ``loop`` (where the platform allows it), except those
+        ignored at start."""
         handler = cls(engine)
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in handled_signals():
             try:
                 loop.add_signal_handler(sig, handler, sig)
             except (NotImplementedError, RuntimeError, AttributeError):
@@ -59,6 +76,7 @@ class Drain:
 
 
 def exit_on_late_signals(code: int) -> None:
-    """Everything is flushed: a signal during interpreter teardown just exits with ``code``."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    """Everything is flushed: a signal during interpreter teardown just exits with ``code`` (one ignored
+    at start stays ignored)."""
+    for sig in handled_signals():
         signal.signal(sig, lambda *_: os._exit(code))

@@ -25,9 +25,13 @@ def model_dir(tmp_path_factory):
     return save_model_dir(tmp_path_factory.mktemp("model"), SERModel(ModelConfig()).eval())
 
 
-def start(model_dir, jsonl: Path, *args: str, model: bool = True) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "serlive.stream", "--no-tui", "--ws", "off", "--threads", "1",
+def start_argv(model_dir, jsonl: Path, *args: str, model: bool = True) -> list[str]:
+    return [sys.executable, "-m", "serlive.stream", "--no-tui", "--ws", "off", "--threads", "1",
             "--jsonl", str(jsonl), *(["--model", str(model_dir)] if model else []), *args]
+
+
+def start(model_dir, jsonl: Path, *args: str, model: bool = True) -> subprocess.Popen:
+    argv = start_argv(model_dir, jsonl, *args, model=model)
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -151,3 +155,34 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     assert rc == 130 and "Traceback" not in err
     # Either the load was interrupted (one line), or it had just finished and the run drained (no line).
     assert err in ("ser-live: interrupted while starting\n", "") or err.startswith("ser-live: model warm-up")
+
+
+def test_a_signal_ignored_at_start_stays_ignored_under_nohup(model_dir, tmp_path):
+    """``nohup ser-live --input demo``: closing the terminal (SIGHUP) must not stop it; it hears the whole
+    file (every utterance's final) and ends by itself. SIGTERM still drains."""
+    jsonl = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(["nohup", *start_argv(model_dir, jsonl, "--input", "demo")], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = wait_for(jsonl, proc, has_final)
+    proc.send_signal(signal.SIGHUP)
+    after = wait_for(jsonl, proc, lambda evs: len(evs) > len(first) + 1 and  # a later segment opens and closes
+                     any(e["type"] == "segment_end" for e in evs[len(first):]))
+    assert not any(e["type"] == "stream" and e["state"] == "ended" for e in after)
+    rc, err = finish(proc)
+    assert rc == 0 and err == ""
+    evs = events(jsonl)
+    assert [(e["state"], e["reason"]) for e in evs if e["type"] == "stream"] == [("started", None),
+                                                                                 ("ended", "end_of_input")]
+    assert owed_finals_all_present(evs)
+    assert len([e for e in evs if e["type"] == "prediction" and e["final"]]) >= 3  # the demo's utterances
+
+
+def test_sigterm_still_drains_when_sighup_is_ignored(model_dir, tmp_path):
+    jsonl = tmp_path / "out.jsonl"
+    proc = subprocess.Popen(["nohup", *start_argv(model_dir, jsonl, "--input", "demo")], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(jsonl, proc, has_final)
+    proc.send_signal(signal.SIGTERM)
+    rc, err = finish(proc)
+    assert rc == 0 and err == ""
+    assert [e["reason"] for e in events(jsonl) if e["type"] == "stream" and e["state"] == "ended"] == ["shutdown"]
