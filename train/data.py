@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serlive.model import ConfigError, SAMPLE_RATE_HZ, to_mono_16k
+from serlive.model import AudioError, ConfigError, SAMPLE_RATE_HZ, to_mono_16k
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,14 @@ def read_manifest(path: str | Path, labels: tuple[str, ...], label_map=None, col
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict]]:
-    """Header and rows of a UTF-8 CSV file, or :class:`DataError` with one sentence."""
+    """Header and rows of a UTF-8 CSV file, or :class:`DataError` with one sentence. What spreadsheets
+    save is read too: a byte order mark (``utf-8-sig``; it would otherwise stick to the first column's
+    name), CRLF line ends (the csv module's ``newline=""``) and spaces around column names."""
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
+            if reader.fieldnames:
+                reader.fieldnames = [name.strip() for name in reader.fieldnames]
             return list(reader.fieldnames or []), list(reader)
     except UnicodeDecodeError as exc:
         raise DataError(f"manifest {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
@@ -139,14 +143,18 @@ def _float(value) -> float:
 
 
 def load_audio(path: Path, max_samples: int) -> np.ndarray:
-    """16 kHz mono float32 waveform of a file, truncated to ``max_samples``."""
+    """16 kHz mono float32 waveform of a file, truncated to ``max_samples``; :class:`DataError` naming the
+    file when it cannot be read or used (empty, NaN samples, too short): one file among thousands."""
     import soundfile as sf
 
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=False)
     except (RuntimeError, OSError, sf.LibsndfileError) as exc:
         raise DataError(f"cannot read audio file {path}: {exc}") from exc
-    return to_mono_16k(audio, int(rate))[:max_samples]
+    try:
+        return to_mono_16k(audio, int(rate))[:max_samples]
+    except AudioError as exc:
+        raise DataError(f"audio file {path} cannot be used: {exc}") from exc
 
 
 def max_samples_of(max_duration_s: float) -> int:
