@@ -30,6 +30,10 @@ def _write_line(fh: TextIO, line: str, what: str) -> bool:
         return False
 
 
+REMOTE_MARK = "[remote] "
+"""Written before a remote stream's name (ASCII: the text output may go to any terminal or file)."""
+
+
 class JsonlSink:
     """One JSON object per line, flushed per line, to ``path`` ("-" for stdout). ``types`` (event type
     names) keeps only those events; None keeps all."""
@@ -61,10 +65,16 @@ class TextSink:
     """A line per final prediction and per stream start or end, for a headless run without ``--jsonl``.
 
     Names and details are written through :func:`~serlive.stream.names.printable`: a client or file name
-    with escape sequences or newlines cannot drive the terminal or fake lines."""
+    with escape sequences or newlines cannot drive the terminal or fake lines. A remote stream's name is
+    written after :data:`REMOTE_MARK`, which a client's name cannot contain, so a client that names its
+    stream like a local one (``ѕpeech.wav`` with a Cyrillic ``ѕ``) still reads as remote."""
 
     def __init__(self, fh: TextIO | None = None) -> None:
         self._fh: TextIO | None = fh or sys.stdout
+        self._remote: set[str] = set()
+
+    def _name(self, stream: str) -> str:
+        return (REMOTE_MARK if stream in self._remote else "") + printable(stream)
 
     def put(self, event: Event) -> None:
         if self._fh is None:
@@ -72,11 +82,15 @@ class TextSink:
         if isinstance(event, PredictionEvent) and event.final:
             probs = " ".join(f"{printable(k)}={v:.2f}" for k, v in event.probs.items())
             dims = "" if event.valence is None else f"  valence={event.valence:+.2f} arousal={event.arousal:+.2f}"
-            line = (f"{printable(event.stream)} #{event.segment} {event.start_s:7.2f}-{event.end_s:7.2f} s  "
+            line = (f"{self._name(event.stream)} #{event.segment} {event.start_s:7.2f}-{event.end_s:7.2f} s  "
                     f"{printable(event.label):<8} {event.confidence:.2f}  [{probs}]{dims}  ({event.latency_ms:.0f} ms)"
                     + ("  uncertain" if event.uncertain else ""))
         elif isinstance(event, StreamStatus):
-            line = f"{printable(event.stream)}: {event.state}" + (f" ({printable(event.detail)})" if event.detail else "")
+            if event.remote:
+                self._remote.add(event.stream)
+            line = f"{self._name(event.stream)}: {event.state}" + (f" ({printable(event.detail)})" if event.detail else "")
+            if event.state == "ended":
+                self._remote.discard(event.stream)
         else:
             return
         if not _write_line(self._fh, line, "text output"):

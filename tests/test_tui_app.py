@@ -9,6 +9,7 @@ import functools
 import threading
 
 import pytest
+from rich.text import Text
 
 from serlive.stream import events as ev
 from serlive.tui.app import MonitorApp, make_source
@@ -106,7 +107,7 @@ async def test_switching_streams_by_key_and_by_list():
         await settle(app, pilot)
         await pilot.press("n")
         assert app.state.selected == "remote-1" and log_labels(app) == ["happy", "sad"]
-        assert app.query_one("#now").border_title == "now · remote-1"
+        assert Text.from_markup(app.query_one("#now").border_title).plain == "now · ⇄ remote-1"  # marked remote
         await pilot.press("n")
         assert app.state.selected == "local" and len(log_labels(app)) == 4
         streams = app.query_one(StreamList)

@@ -24,6 +24,7 @@ from textual.widgets import Footer, ListView
 from serlive.stream import events as ev
 from serlive.stream.names import printable
 
+from . import render
 from .source import EngineSource, EventSource, WebSocketSource
 from .state import FeedStatus, MonitorState
 from .widgets import (
@@ -123,7 +124,7 @@ class MonitorApp(App[int]):
     def _set_titles(self) -> None:
         view = self.state.view
         now = self.query_one("#now")
-        now.border_title = Text(f"now · {printable(view.name)}") if view else "now"  # a Text: no markup
+        now.border_title = Text("now · ").append_text(render.stream_name(view.name, view.remote)) if view else "now"
         feed = self.state.feed
         now.border_subtitle = "⏸ PAUSED" if self.paused else Text(
             "" if feed.connected else printable(feed.message.split(" (")[0]))

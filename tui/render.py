@@ -44,6 +44,26 @@ def plain(text: str, style: str = "") -> Text:
     return Text(printable(text), style=style)
 
 
+REMOTE_MARK = "⇄ "
+"""Drawn before a remote stream's name (audio and name from a WebSocket client): a client may pick a name
+that copies a local stream's letter for letter, so the mark, not the name, says where a stream comes from.
+Client names cannot contain it (serlive.stream.names keeps letters, digits and ``_ . - + @ : #``)."""
+
+REMOTE_STYLE = "bold yellow"
+"""Readable on the dark panels and on the list's highlighted row."""
+
+
+def stream_name(name: str, remote: bool, ended: bool = False) -> Text:
+    """A stream's name as plain text, marked when remote, "(ended)" after it."""
+    out = Text()
+    if remote:
+        out.append(REMOTE_MARK, style=REMOTE_STYLE)
+    out.append_text(plain(name))
+    if ended:
+        out.append(" (ended)", style="dim")
+    return out
+
+
 def colour_for(label: str | None, labels: tuple[str, ...] = ()) -> str:
     if not label:
         return "grey50"

@@ -75,6 +75,8 @@ class StreamView:
 
     name: str
     active: bool = True
+    remote: bool = False
+    """The audio (and the name) come from a WebSocket client: drawn with :data:`render.REMOTE_MARK`."""
     current: Current | None = None
     rolling: ev.State | None = None
     trail: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=TRAIL_POINTS))
@@ -201,9 +203,10 @@ class MonitorState:
             case ev.Hello():
                 self.hello = event
                 for name in event.streams:
-                    self.stream(name)
+                    self.stream(name).remote = name in event.remote_streams
             case ev.StreamStatus():
-                self.stream(event.stream).active = event.state != "ended"
+                view = self.stream(event.stream)
+                view.active, view.remote = event.state != "ended", event.remote
             case ev.SegmentStart():
                 self.stream(event.stream).on_segment_start(event)
             case ev.SegmentEnd():

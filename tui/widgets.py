@@ -103,21 +103,21 @@ class StreamList(ListView):
     def __init__(self, state: MonitorState, **kwargs) -> None:
         super().__init__(**kwargs)
         self.state = state
-        self._shown: list[tuple[str, bool]] = []
+        self._shown: list[tuple[str, bool, bool]] = []
         self._syncing = asyncio.Lock()
 
     async def sync(self) -> None:
         # One rebuild at a time: redraws overlap (the tick, a key, a resume), and a clear() awaited in one
         # while another extend()s left duplicated items, or items whose label was removed mid-mount.
         async with self._syncing:
-            shown = [(name, view.active) for name, view in self.state.streams.items()]
+            shown = [(name, view.active, view.remote) for name, view in self.state.streams.items()]
             if shown != self._shown:
                 self._shown = shown
                 await self.clear()
                 # Names come from clients: a Text is never parsed as markup, and printable() escapes controls.
-                await self.extend(ListItem(Label(render.plain(n if active else f"{n} (ended)")), name=n)
-                                  for n, active in shown)
-            names = [name for name, _ in shown]
+                await self.extend(ListItem(Label(render.stream_name(n, remote, not active)), name=n)
+                                  for n, active, remote in shown)
+            names = [name for name, _, _ in shown]
             if self.state.selected in names and self.index != names.index(self.state.selected):
                 self.index = names.index(self.state.selected)
 
@@ -133,8 +133,10 @@ HELP_TEXT = """\
 [b]?[/b]  this help
 
 The big label is the latest prediction: [b]bold[/b] when final, dim while interim.
-The timeline covers up to the last two minutes: a block per segment in its final
-label's colour, ▒ while a segment is open, ─ for silence."""
+The timeline covers up to the last two minutes: a block per segment in its
+final label's colour, ▒ while a segment is open, ─ for silence.
+[b yellow]⇄[/] marks a remote stream: its audio and its name come from a WebSocket
+client (a name can copy a local one letter for letter, but not the mark)."""
 
 
 class HelpScreen(ModalScreen[None]):

@@ -31,7 +31,7 @@ for stream, ss in segs.items():
                         speech_frames=int((b - a) * 50))))
         timeline.append((b + 0.36, ev.State(stream, lab, fp, v, ar, i + 1)))
     if stream == "remote-1":
-        timeline.append((0.5, ev.StreamStatus(stream, "started", "ws client 127.0.0.1")))
+        timeline.append((0.5, ev.StreamStatus(stream, "started", "ws client 127.0.0.1", remote=True)))
 for k in range(int(14.8 / 0.25)):
     t = k * 0.25
     for stream, ss in segs.items():
@@ -42,7 +42,7 @@ for k in range(1, 15):
                                        dropped_audio_s=0.0, device="cpu", clients=1, streams=2)))
 timeline.sort(key=lambda x: x[0])
 out += [e for _, e in timeline]
-out.append(ev.StreamStatus("remote-1", "ended", "client closed"))
+out.append(ev.StreamStatus("remote-1", "ended", "client closed", "client_closed", remote=True))
 with open(Path(__file__).with_name("demo_events.jsonl"), "w") as f:
     for e in out:
         f.write(e.to_json() + "\n")
