@@ -16,7 +16,8 @@ from .audio import to_mono_16k
 from .calibration import OOD_K, apply_temperature, ood_score, shift_temperatures, short_factors, temper_for_ood
 from .checkpoint import load_model_dir
 from .config import ModelConfig
-from .frames import SAMPLE_RATE_HZ, num_frames, speech_mask, trim_to_speech
+from .frames import FRAME_STRIDE_SAMPLES, SAMPLE_RATE_HZ, num_frames, speech_mask, speech_span, trim_to_speech
+from .incremental import DEFAULT_TOLERANCE, EncoderState, encode
 from .knn import KnnDatastore, interpolate
 from .pitch import FEATURES as PITCH_FEATURES
 from .ser import SERModel
@@ -81,6 +82,7 @@ class Predictor:
         self.datastore = datastore
         self.device, self.dtype = device, dtype
         self.use_knn = use_knn and datastore is not None and self.config.knn.alpha > 0
+        self.tolerance = DEFAULT_TOLERANCE  # front-end drift before an interim reruns its segment (incremental)
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: torch.device = torch.device("cpu"),
@@ -115,21 +117,41 @@ class Predictor:
         waves = [self.prepare(a, sample_rate_hz) for a in audios]
         return self.predict_prepared(waves, [self.mask(w) for w in waves] if masks is None else masks)
 
-    def predict_prepared(self, waves: list[np.ndarray], masks: list[np.ndarray]) -> list[Prediction]:
+    @property
+    def incremental(self) -> bool:
+        """Interims can carry encoder state over (:mod:`.incremental`: the GE2E encoder without dereverb)."""
+        enc = self.config.encoder
+        return enc.kind == "ge2e" and not enc.dereverb
+
+    def predict_prepared(self, waves: list[np.ndarray], masks: list[np.ndarray],
+                         states: list[EncoderState | None] | None = None) -> list[Prediction]:
         """Predict waveforms already through :meth:`prepare`, with their :meth:`mask` (the engine's path:
-        it prepares and masks on its worker thread and must not pay for either twice)."""
+        it prepares and masks on its worker thread and must not pay for either twice). ``states``: per
+        item, None (the whole-segment path) or the :class:`EncoderState` of a growing segment, whose waveforms
+        are its audio from its start so far (interims; :meth:`incremental` says whether the model can)."""
         if not waves:
             return []
         for w, m in zip(waves, masks, strict=True):
             if len(m) != num_frames(len(w)):
                 raise ValueError(f"speech mask has {len(m)} frames; a {len(w)}-sample waveform has {num_frames(len(w))}")
         pad = self.config.speech_pad_s
+        offsets = [0] * len(waves)
         if pad is not None:
+            offsets = [0 if span == (0, len(m)) else span[0] * FRAME_STRIDE_SAMPLES
+                       for m in masks for span in [speech_span(m, pad)]]
             waves, masks = map(list, zip(*(trim_to_speech(w, m, pad) for w, m in zip(waves, masks))))
-        return self._forward(waves, masks)
+        if not states or not self.incremental or all(s is None for s in states):
+            return self._forward(waves, masks)
+        whole = [i for i, s in enumerate(states) if s is None]
+        grown = [i for i, s in enumerate(states) if s is not None]
+        out = dict(zip(whole, self._forward([waves[i] for i in whole], [masks[i] for i in whole]) if whole else []))
+        out |= dict(zip(grown, self._forward([waves[i] for i in grown], [masks[i] for i in grown],
+                                             ([offsets[i] for i in grown], [states[i] for i in grown]))))
+        return [out[i] for i in range(len(waves))]
 
     @torch.inference_mode()
-    def _forward(self, waves: list[np.ndarray], masks: list[np.ndarray]) -> list[Prediction]:
+    def _forward(self, waves: list[np.ndarray], masks: list[np.ndarray],
+                 carry: tuple[list[int], list[EncoderState]] | None = None) -> list[Prediction]:
         n = max(len(w) for w in waves)
         batch = np.zeros((len(waves), n), np.float32)
         speech = np.zeros((len(waves), num_frames(n)), bool)
@@ -140,7 +162,14 @@ class Predictor:
         lengths = torch.tensor([len(w) for w in waves], device=self.device)
         autocast = self.device.type == "cuda" and self.dtype in (torch.bfloat16, torch.float16)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
-            out = self.model(x, lengths, torch.from_numpy(speech).to(self.device))
+            speech_t = torch.from_numpy(speech).to(self.device)
+            if carry is None:
+                out = self.model(x, lengths, speech_t)
+            else:  # the encoder's frames carried over from the segment's previous interim; the rest as usual
+                frames = encode(self.model.encoder, waves, carry[0], carry[1], self.tolerance)
+                hidden = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True)  # (B, T, 768)
+                extra = self.model.spectral(x, lengths, speech_t) if self.model.spectral is not None else None
+                out = self.model.forward_frames(hidden, torch.tensor([len(f) for f in frames], device=self.device), speech_t, extra)
         emb = out.embedding.float().cpu().numpy()
         atyp = voiced = None
         if out.spectral is not None:  # RMS of the standardised spectral statistics (see calibration.py)

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--fairness-s", type=float, default=30.0,
                     help="fairness row: a real-time stream of this length alone, then beside a flooding "
                          "WebSocket sender (0: skip)")
+    ap.add_argument("--agreement", nargs="+", metavar="AUDIO",
+                    help="instead of the benchmark: incremental interims against whole-segment ones on these "
+                         "files or folders (needs --model)")
+    ap.add_argument("--tolerance", default="0,0.1,0.25,inf",
+                    help="--agreement: front-end drifts at which an interim reruns its segment (comma-separated)")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return ap
 
@@ -147,6 +152,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from .cli import resolve_device, resolve_dtype
 
+    if args.agreement:
+        from .agreement import run_agreement
+
+        return run_agreement(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if args.threads:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from serlive.model import Predictor
-from serlive.model.adapt import SpeakerAdapter
+from serlive.model.adapt import SpeakerAdapter, adapted
 
 from .chunks import SAMPLE_RATE_HZ
 from .config import EngineConfig
@@ -22,9 +22,13 @@ from .events import PROTOCOL_VERSION, Error, Event, Hello, PredictionEvent, Stat
 from .pipeline import InferenceRequest, StreamPipeline
 from .sources import Source
 from .state import LatencyWindow
-from .worker import BadAudio, InferenceWorker
+from .worker import BadAudio, InferenceWorker, Superseded
 
 log = logging.getLogger(__name__)
+
+MAX_INTERIM_SCALE = 8
+"""Under load a stream's interims come at most this many times further apart than ``interim_ms``: each one
+superseded in the queue doubles its spacing, each one served halves it again."""
 
 
 @dataclass(eq=False)
@@ -34,7 +38,7 @@ class _Stream:
     remote: bool
     task: asyncio.Task | None = None
     pending: set = field(default_factory=set)
-    interim_busy: bool = False
+    skipped_interims: int = 0  # interims superseded in the queue by a newer one of this stream
     last_final: asyncio.Task | None = None
     finalized: int = -1
     owed_samples: int = 0  # audio of this stream's finals waiting for the model
@@ -168,6 +172,7 @@ class Engine(Draining):
             self.emit(Error("source_ended", source.detail, source.name))
         reason = "source_failed" if source.failed else "shutdown" if stream.stopping else source.reason
         self.emit(StreamStatus(source.name, "ended", source.detail, reason, remote=stream.remote))
+        self.worker.forget(source.name)  # its open segment's encoder state, if any
         if stream.remote:
             self._streams.pop(source.name, None)
             self.worker.concurrent = len(self._streams) > 1 or self.ws is not None
@@ -180,12 +185,8 @@ class Engine(Draining):
                 self.emit(item)
 
     def _request(self, stream: _Stream, req: InferenceRequest) -> None:
-        if not req.final:
-            if stream.interim_busy:
-                self.skipped_interims += 1
-                return
-            stream.interim_busy = True
-        future = self.worker.submit(req.audio, urgent=req.final, stream=stream.source.name)
+        future = self.worker.submit(req.audio, urgent=req.final, stream=stream.source.name, segment=req.segment,
+                                    end_sample=req.end_sample)
         if req.final:
             stream.owed_finals += 1
             stream.owed_samples += len(req.audio)
@@ -201,12 +202,15 @@ class Engine(Draining):
                       previous: asyncio.Task | None) -> None:
         try:
             pred, failure = await future, None
+        except Superseded:  # the model is behind: this stream's interims come further apart
+            self.skipped_interims += 1
+            stream.skipped_interims += 1
+            stream.pipeline.interim_scale = min(2 * stream.pipeline.interim_scale, MAX_INTERIM_SCALE)
+            return
         except Exception as exc:  # noqa: BLE001 - reported as an event; the stream goes on
             pred, failure = None, exc
         finally:
-            if not req.final:
-                stream.interim_busy = False
-            else:  # the audio is no longer held for the model: the source may be read again
+            if req.final:  # the audio is no longer held for the model: the source may be read again
                 stream.owed_samples -= len(req.audio)
                 if stream.owed_samples < self._max_owed:
                     stream.room.set()
@@ -219,6 +223,8 @@ class Engine(Draining):
                     self.emit(state)
         elif req.final or req.segment > stream.finalized:  # a late interim would only confuse
             self._predicted(stream, req, pred)
+        if not req.final and stream.pipeline.interim_scale > 1:  # back towards the configured spacing
+            stream.pipeline.interim_scale = max(1, stream.pipeline.interim_scale // 2)
         if req.final:
             stream.owed_finals -= 1
 
@@ -251,7 +257,7 @@ class Engine(Draining):
         reset_samples = self.config.state.reset_after_s * SAMPLE_RATE_HZ
         if stream.adapter.count and req.start_sample - stream.adapted_until > reset_samples:
             stream.adapter.reset()
-        return self.predictor.adapt(pred, stream.adapter)
+        return adapted(self.predictor, pred, stream.adapter)  # shifted, and flatter for an unfamiliar voice
 
     def _failed(self, req: InferenceRequest, exc: Exception) -> None:
         if isinstance(exc, BadAudio):  # that segment alone; interims of it fail quietly, its final says why
@@ -284,7 +290,8 @@ class Engine(Draining):
         dropped = sum(s.source.dropped_samples for s in self._streams.values()) / SAMPLE_RATE_HZ
         return Stats(round(rtf, 4), self.latency.percentile(50), self.latency.percentile(95), worker.queue_depth,
                      round(dropped, 3), self.device, self.ws.client_count if self.ws else 0, len(self._streams),
-                     round(load, 3), self.skipped_interims)
+                     round(load, 3), self.skipped_interims,
+                     {name: s.skipped_interims for name, s in self._streams.items() if s.skipped_interims})
 
     async def _stats_loop(self) -> None:
         interval = self.config.stats_interval_s

@@ -188,7 +188,9 @@ class Stats(Event):
     ``rtf``: model compute seconds per second of audio it predicted (finals and interims); ``load``: the
     fraction of the last interval the model thread was busy; latencies are end of audio -> final emitted
     over recent finals; ``dropped_audio_s``: audio the sources lost to overflow; ``skipped_interims``:
-    interim predictions not run because the stream's previous one was still in flight.
+    interim predictions not run because a newer one of the same stream replaced them while they waited for
+    the model (under load: finals go first), in all and, in ``skipped_interims_by_stream``, per stream
+    (streams that skipped none are left out; None from an engine that does not count them).
     """
 
     type: ClassVar[str] = "stats"
@@ -202,6 +204,7 @@ class Stats(Event):
     streams: int
     load: float = 0.0
     skipped_interims: int = 0
+    skipped_interims_by_stream: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,13 @@ fill (up to ``max_batch``), takes requests in fair order over streams (equal sha
 finals before its interims, see :class:`FairQueue`), computes each waveform's SAP mask with
 :meth:`Predictor.mask` (the function training uses), groups requests of similar length so padding stays
 small, and runs the groups in the fair queue's order.
+
+Finals come before interims, across streams: an interim is taken only when no final waits, so interims never
+delay a final beyond the one forward pass already running. A stream has at most one interim queued: a newer one
+supersedes it (the oldest is skipped first; its future fails with :class:`Superseded`). An interim that names
+its segment (``submit(..., segment=, end_sample=)``) carries its encoder state over from the segment's previous
+interim (:mod:`serlive.model.incremental`), so it costs only its new audio; the segment's final drops that state
+and recomputes the whole segment, as training did.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import numpy as np
 
 from serlive.model import Prediction, Predictor
 
+
+from .carry import SegmentStates
 from .chunks import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
@@ -38,6 +47,12 @@ class _Request:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     taken_before: int = 0  # requests taken for a forward pass before this one was submitted
+    segment: int | None = None  # the segment an interim grows (its encoder state is kept), or None
+    end_sample: int | None = None  # where its audio ends on the stream's sample clock
+
+
+class Superseded(Exception):
+    """An interim replaced, while still queued, by a newer one of the same stream (it was skipped)."""
 
 
 class BadAudio(ValueError):
@@ -65,13 +80,19 @@ class FairQueue:
     def __len__(self) -> int:
         return self._size
 
-    def put(self, request: _Request) -> None:
+    def put(self, request: _Request) -> list[_Request]:
+        """Queue ``request``; returns the interims of its stream it supersedes (an interim replaces them)."""
         request.taken_before = self.taken
         finals, interims = self._queues.setdefault(request.stream, (deque(), deque()))
         if not finals and not interims:
             self._start[request.stream] = max(self._virtual, self._finish.get(request.stream, 0.0))
+        superseded = [] if request.final else list(interims)
+        if superseded:
+            interims.clear()
+            self._size -= len(superseded)
         (finals if request.final else interims).append(request)
         self._size += 1
+        return superseded
 
     def _head(self, stream: str) -> deque:
         finals, interims = self._queues[stream]
@@ -82,7 +103,11 @@ class FairQueue:
         out: list[_Request] = []
         while self._start and len(out) < n:
             finish, stream = None, ""
-            for name, start in self._start.items():  # in turn order: the first of equal finish tags wins
+            finals = [name for name in self._start if self._queues[name][0]]  # finals before any interim
+            if out and out[-1].final and not finals:
+                break  # a batch holds finals or interims, never both: interims never slow a final's pass
+            for name in finals or self._start:  # in turn order: the first of equal finish tags wins
+                start = self._start[name]
                 tag = start + max(len(self._head(name)[0].audio), 1)
                 if finish is None or tag < finish:
                     finish, stream = tag, name
@@ -115,6 +140,7 @@ class InferenceWorker:
         self._stopping = False
         self._seq = itertools.count(1)
         self._thread: threading.Thread | None = None
+        self.states = SegmentStates()
         self.compute_s = self.audio_s = 0.0
         self.batches = self.items = 0
         self.concurrent = True  # False: one stream only, nothing to wait for, so no batching delay
@@ -140,15 +166,29 @@ class InferenceWorker:
             self.compute_s = self.audio_s = 0.0
             self.batches = self.items = 0
 
-    def submit(self, audio: np.ndarray, urgent: bool = True, stream: str = "") -> asyncio.Future:
+    def submit(self, audio: np.ndarray, urgent: bool = True, stream: str = "", *, segment: int | None = None,
+               end_sample: int | None = None) -> asyncio.Future:
         """Queue a 16 kHz mono float32 waveform of ``stream``; the future resolves to its
-        :class:`Prediction`. Urgent requests (final predictions) come before the stream's interims."""
+        :class:`Prediction`. Urgent requests (final predictions) come before every interim. With ``segment``
+        (the segment's id in ``stream``, increasing) and ``end_sample`` (where ``audio`` ends on the
+        stream's sample clock), an interim's ``audio`` is the segment's audio from its start so far and its
+        encoder state is carried over to the next interim; the final of ``segment`` drops it. A queued
+        interim of ``stream`` is superseded by a newer one (its future fails with :class:`Superseded`)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         with self._cond:
-            self._queue.put(_Request(stream, urgent, next(self._seq), audio, future, loop))
+            if urgent and segment is not None:
+                self.states.close(stream, segment)
+            superseded = self._queue.put(_Request(stream, urgent, next(self._seq), audio, future, loop,
+                                                  segment=segment, end_sample=end_sample))
             self._cond.notify()
+        for r in superseded:
+            r.loop.call_soon_threadsafe(_resolve, r.future, None, Superseded(f"a newer interim of {stream} replaced it"))
         return future
+
+    def forget(self, stream: str) -> None:
+        """Drop every encoder state of ``stream`` (it ended or was reset; a new one may reuse its name)."""
+        self.states.forget(stream)
 
     def abandon(self) -> int:
         """Drop every queued request (their futures are cancelled); returns how many there were."""
@@ -212,9 +252,14 @@ class InferenceWorker:
                 r.loop.call_soon_threadsafe(_resolve, r.future, None, BadAudio(str(exc)))
         if not ready:
             return
+        states = self.states.claim([r for r, _, _ in ready]) if self.predictor.incremental else None
         try:
-            preds = self.predictor.predict_prepared([w for _, w, _ in ready], [m for _, _, m in ready])
+            preds = self.predictor.predict_prepared([w for _, w, _ in ready], [m for _, _, m in ready], states)
         except Exception as exc:  # noqa: BLE001 - isolate the culprit, or tell the one waiter
+            for state in states or []:
+                if state is not None:  # it may be half updated: the segment's next interim starts afresh
+                    state.reset()
+                    state.end_sample = -1
             if len(ready) > 1:
                 for r, _, _ in ready:
                     self._run([r])

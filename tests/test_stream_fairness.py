@@ -36,7 +36,7 @@ def request(stream: str, final: bool, seq: int) -> _Request:
     return _Request(stream, final, seq, np.zeros(1, np.float32), None, None)
 
 
-def test_fair_queue_serves_streams_round_robin_finals_first():
+def test_fair_queue_serves_streams_round_robin_finals_before_any_interim():
     q = FairQueue()
     for i in range(6):
         q.put(request("flood", True, i))
@@ -45,8 +45,20 @@ def test_fair_queue_serves_streams_round_robin_finals_first():
     q.put(request("other", True, 8))
     first = q.take(3)
     assert [(r.stream, r.seq) for r in first] == [("flood", 0), ("rt", 7), ("other", 8)]
-    assert [(r.stream, r.seq) for r in q.take(3)] == [("flood", 1), ("rt", 6), ("flood", 2)]
-    assert [r.seq for r in q.take(10)] == [3, 4, 5] and len(q) == 0
+    assert [(r.stream, r.seq) for r in q.take(3)] == [("flood", 1), ("flood", 2), ("flood", 3)]
+    assert [r.seq for r in q.take(10)] == [4, 5]  # a batch of finals is not topped up with interims
+    assert [r.seq for r in q.take(10)] == [6] and len(q) == 0
+
+
+def test_a_waiting_interim_is_superseded_by_its_streams_next_one():
+    q = FairQueue()
+    assert q.put(request("a", False, 1)) == []
+    q.put(request("b", False, 2))
+    old = q.put(request("a", False, 3))
+    assert [r.seq for r in old] == [1] and len(q) == 2  # the oldest goes, the newest waits
+    assert q.put(request("a", True, 4)) == []  # a final never supersedes anything
+    assert [r.seq for r in q.take(10)] == [4]
+    assert sorted(r.seq for r in q.take(10)) == [2, 3] and len(q) == 0
 
 
 def sized(stream: str, seconds: float, seq: int, final: bool = True) -> _Request:

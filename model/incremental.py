@@ -1,0 +1,204 @@
+"""Incremental GE2E frames for a segment that grows between its interim predictions.
+
+The whole-segment path (:meth:`.ge2e.GE2EEncoder.forward`) runs the three LSTM layers over every 10 ms frame
+of the segment, so a segment of n interims costs O(n^2). Here an open segment keeps an :class:`EncoderState`
+between its interims: each layer's LSTM hidden and cell state, the raw mel power of every frame seen (40
+numbers per 10 ms: the front end's running statistics are recomputed from it exactly), and the 20 ms frames
+already made. An interim then runs the LSTM over its new frames only.
+
+What makes the front end non-causal is one scalar and one vector, both taken over the whole item: the gain
+that brings it to -30 dBFS RMS (times the re-levelling after denoising), and each mel band's noise floor (the
+10th percentile, :mod:`.denoise`). The mel power of an item at unit gain is linear in its samples, so both are
+recomputed exactly, each interim, from the stored power: the *running front end*. New frames enter the LSTM
+with the current values; frames already through it keep the values they had. When the current values have
+drifted more than ``tolerance`` (relative) from those of the frames already committed, the LSTM is rerun over
+the whole segment with the current values (a *rebuild*): with ``tolerance`` 0 every interim equals the
+whole-segment prediction (to float rounding), with ``inf`` none rebuilds. Finals never use this path.
+
+The last one or two 10 ms frames of a prefix reach past its end (centred STFT, zero padding): they are run from
+a copy of the state and not committed, so the committed state is exactly what the longer segment will have.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .denoise import FLOOR, noise_floor
+from .ge2e import HIDDEN, HOP, MIN_RMS, N_FFT, TARGET_DBFS, GE2EEncoder
+
+DEFAULT_TOLERANCE = math.inf
+"""Interims never rebuild by default: see stream/BENCHMARKS.md for what that costs against the whole-segment
+prediction (labels and probabilities) on real speech."""
+
+_EDGE = N_FFT
+"""Samples before the commit point that a later request must repeat (what the next STFT frames overlap)."""
+
+
+@dataclass(slots=True)
+class EncoderState:
+    """One open segment's encoder state between its interims (mutable; one thread uses it at a time).
+    ``offset_samples``: where the encoder's input starts in the segment's audio (-1: nothing seen yet)."""
+
+    offset_samples: int = -1
+    end_sample: int = -1  # where the audio of the last request that used it ended (its owner's clock)
+    committed: int = 0  # 10 ms frames through the LSTM
+    power: torch.Tensor | None = None  # (frames seen, 40) raw mel power at unit gain, committed ones first
+    hc: list | None = None  # per layer (h, c), each (1, 1, 256)
+    pairs: torch.Tensor | None = None  # (P, 768) raw 20 ms frames made so far
+    loose: torch.Tensor | None = None  # (k, 768) committed 10 ms outputs from 2P + 1 on, not paired yet
+    ref: tuple[float, torch.Tensor] | None = None  # (scale, floor) the committed frames were made with
+    edge: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    rebuilds: int = 0  # times the LSTM was rerun over the whole segment
+    frames_run: int = 0  # 10 ms frames through the LSTM in all (rebuilds, tails and new ones)
+
+    def reset(self, offset_samples: int = -1, keep_power: bool = False) -> None:
+        """Forget the LSTM side (and, unless ``keep_power``, everything)."""
+        self.committed, self.hc, self.pairs, self.loose, self.ref = 0, None, None, None, None
+        if not keep_power:
+            self.offset_samples, self.power, self.edge = offset_samples, None, np.zeros(0, np.float32)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.power, self.pairs, self.loose] + [t for hc in self.hc or [] for t in hc]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None) + self.edge.nbytes
+
+
+def committable(n_samples: int) -> int:
+    """10 ms frames of an ``n_samples`` prefix whose STFT window lies inside it (the later ones reach past
+    its end, into zero padding that more audio will replace)."""
+    return 0 if n_samples < N_FFT // 2 else (n_samples - N_FFT // 2) // HOP + 1
+
+
+def raw_power(encoder: GE2EEncoder, wave: torch.Tensor, j0: int, j1: int) -> torch.Tensor:
+    """Mel power of 10 ms frames ``[j0, j1)`` of ``wave`` (N,) at unit gain, as ``torch.stft`` with centring
+    and zero padding frames the whole item: frame j covers samples ``[160 j - 200, 160 j + 200)``. (j1 - j0, 40)"""
+    if j1 <= j0:
+        return wave.new_zeros(0, encoder.fbank.shape[0])
+    n, lo, hi = len(wave), HOP * j0 - N_FFT // 2, HOP * (j1 - 1) + N_FFT // 2
+    x = torch.nn.functional.pad(wave[max(lo, 0):min(hi, n)], (max(0, -lo), max(0, hi - n)))
+    spec = torch.fft.rfft(x.unfold(0, N_FFT, HOP) * encoder.window)  # (j1 - j0, 201)
+    return spec.abs().pow(2) @ encoder.fbank.T
+
+
+def front_end(encoder: GE2EEncoder, wave: torch.Tensor, power: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """The whole-item front end from its raw ``power`` (T10, 40): (scale, floor (40,), LSTM input (T10, 40)),
+    with ``scale`` the -30 dBFS gain squared times the re-levelling after denoising."""
+    mean_square = float(wave.double().pow(2).mean()) if len(wave) else 0.0
+    gain2 = 10 ** (TARGET_DBFS / 10) / max(mean_square, MIN_RMS ** 2)
+    factor = encoder.cfg.denoise
+    if factor <= 0:
+        return gain2, power.new_zeros(power.shape[1]), gain2 * power
+    floor = noise_floor(power[None], torch.ones(1, len(power), dtype=torch.bool, device=power.device))[0]
+    clean = torch.maximum(power - factor * floor, FLOOR * power)
+    relevel = float(power.sum() / clean.sum().clamp(min=1e-12 / gain2))
+    return gain2 * relevel, floor, gain2 * relevel * clean
+
+
+def drift(encoder: GE2EEncoder, ref: tuple[float, torch.Tensor], scale: float, floor: torch.Tensor,
+          power: torch.Tensor) -> float:
+    """How far the current front end is from ``ref``: the relative change of the scale, or of an average
+    frame's cleaned power through the floor, whichever is larger."""
+    d_scale = abs(scale / ref[0] - 1.0)
+    energy = float(power.sum(1).mean()) if len(power) else 0.0
+    d_floor = encoder.cfg.denoise * float((floor - ref[1]).abs().sum()) / energy if energy > 0 else 0.0
+    return max(d_scale, d_floor)
+
+
+def run_lstm(encoder: GE2EEncoder, inputs: list[torch.Tensor], states: list) -> tuple[list, list]:
+    """The three layers over each item's ``inputs`` (k_i, 40) from its ``states`` (None: zeros): each item's
+    outputs (k_i, 768) and its state after its own last frame. Items of equal k share a batch (interims come
+    every ``interim_ms``, so most do); packing unequal ones would leave the fast CPU kernel (3x slower)."""
+    outs = [x.new_zeros(0, encoder.dim) for x in inputs]
+    new = list(states)
+    groups: dict[int, list[int]] = {}
+    for i, x in enumerate(inputs):
+        if len(x):
+            groups.setdefault(len(x), []).append(i)
+    zero = encoder.fbank.new_zeros(1, 1, HIDDEN)
+    for idx in groups.values():
+        h, layer_outs, layer_states = torch.stack([inputs[i] for i in idx]), [], []  # (B, k, 40)
+        for layer, lstm in enumerate(encoder.lstm):
+            h0 = torch.cat([states[i][layer][0] if states[i] else zero for i in idx], dim=1)  # (1, B, 256)
+            c0 = torch.cat([states[i][layer][1] if states[i] else zero for i in idx], dim=1)
+            h, (hn, cn) = lstm(h, (h0, c0))  # (B, k, 256)
+            layer_outs.append(h)
+            layer_states.append((hn, cn))
+        cat = torch.cat(layer_outs, dim=-1)  # (B, k, 768)
+        for b, i in enumerate(idx):
+            outs[i] = cat[b]
+            new[i] = [(hn[:, b:b + 1], cn[:, b:b + 1]) for hn, cn in layer_states]
+    return outs, new
+
+
+def run_cells(encoder: GE2EEncoder, inputs: list[torch.Tensor], states: list) -> list[torch.Tensor]:
+    """:func:`run_lstm`'s outputs for a few frames per item (a prefix's tail), a step at a time: one call of
+    ``nn.LSTM`` costs about as much as 25 steps of its cell, whatever it is given. States are not returned."""
+    zero = encoder.fbank.new_zeros(1, HIDDEN)
+    hc = [[(s[k][0][0], s[k][1][0]) if s else (zero, zero) for k in range(len(encoder.lstm))] for s in states]
+    outs: list[list[torch.Tensor]] = [[] for _ in inputs]
+    for step in range(max((len(x) for x in inputs), default=0)):
+        idx = [i for i, x in enumerate(inputs) if len(x) > step]
+        h, parts = torch.stack([inputs[i][step] for i in idx]), []  # (B, 40)
+        for layer, lstm in enumerate(encoder.lstm):
+            hx = (torch.cat([hc[i][layer][0] for i in idx]), torch.cat([hc[i][layer][1] for i in idx]))
+            h, c = torch.lstm_cell(h, hx, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
+            for b, i in enumerate(idx):
+                hc[i][layer] = (h[b:b + 1], c[b:b + 1])
+            parts.append(h)
+        cat = torch.cat(parts, dim=-1)  # (B, 768)
+        for b, i in enumerate(idx):
+            outs[i].append(cat[b])
+    return [torch.stack(o) if o else x.new_zeros(0, encoder.dim) for o, x in zip(outs, inputs)]
+
+
+def _pair(h10: torch.Tensor) -> torch.Tensor:
+    """(2k or 2k + 1, 768) 10 ms outputs -> (k, 768) 20 ms frames (the mean of each pair)."""
+    k = len(h10) // 2
+    return h10[: 2 * k].reshape(k, 2, h10.shape[-1]).mean(1)
+
+
+def encode(encoder: GE2EEncoder, waves: list[np.ndarray], offsets: list[int], states: list[EncoderState],
+           tolerance: float = DEFAULT_TOLERANCE) -> list[torch.Tensor]:
+    """Standardised 20 ms frames (n_i, 768) of each encoder input ``waves[i]`` (starting ``offsets[i]``
+    samples into its segment), carrying ``states[i]`` over from the segment's previous interim and leaving
+    it ready for the next."""
+    prep = []
+    for wave_np, offset, state in zip(waves, offsets, states):
+        wave = torch.from_numpy(np.ascontiguousarray(wave_np, np.float32)).to(encoder.window.device)
+        n = len(wave)
+        jc, t10 = committable(n), 1 + n // HOP
+        seen = 0 if state.power is None else len(state.power)
+        stale = (offset != state.offset_samples or state.committed > jc or seen > t10 + 2
+                 or not np.array_equal(wave_np[HOP * state.committed - len(state.edge): HOP * state.committed], state.edge))
+        if stale:
+            state.reset(offset)
+        keep = state.power[: state.committed] if state.power is not None else wave.new_zeros(0, encoder.fbank.shape[0])
+        power = torch.cat([keep, raw_power(encoder, wave, state.committed, t10)])  # (t10, 40)
+        scale, floor, inputs = front_end(encoder, wave, power)
+        if state.ref is not None and drift(encoder, state.ref, scale, floor, power) > tolerance:
+            state.reset(keep_power=True)
+            state.rebuilds += 1
+        if state.ref is None:
+            state.ref = (scale, floor)
+        state.power = power
+        prep.append((wave_np, n, jc, t10, inputs))
+    fresh, hcs = run_lstm(encoder, [p[4][s.committed:p[2]] for p, s in zip(prep, states)], [s.hc for s in states])
+    tails = run_cells(encoder, [p[4][p[2]:p[3]] for p in prep], hcs)
+    out = []
+    for (wave_np, n, jc, t10, _), state, new, hc, tail in zip(prep, states, fresh, hcs, tails):
+        state.frames_run += len(new) + len(tail)
+        if state.committed == 0:
+            new = new[1:]  # frame 0 is never paired (20 ms frame t is 10 ms frames 2t + 1 and 2t + 2)
+        loose = new if state.loose is None else torch.cat([state.loose, new])
+        made = _pair(loose)
+        state.pairs = made if state.pairs is None else torch.cat([state.pairs, made])
+        state.loose, state.hc, state.committed = loose[2 * len(made):], hc, jc
+        state.edge = np.array(wave_np[max(0, HOP * jc - _EDGE): HOP * jc], np.float32)
+        frames = torch.cat([state.pairs, _pair(torch.cat([state.loose, tail]))])
+        count = max(0, (n - 400) // 320 + 1)  # frames.frame_lengths for one item
+        out.append((frames[:count] - encoder.shift) / encoder.scale)
+    return out

@@ -1,0 +1,110 @@
+"""``ser-live bench --agreement FILE ...``: how far incremental interims are from whole-segment ones, on real speech.
+
+Each file runs through a stream's own pipeline (VAD, segmenter, the interim schedule), as fast as possible. Every
+interim it asks for is predicted twice: by the whole-segment path (the encoder over the whole open segment, as
+before incremental interims) and by the incremental one (encoder state carried over from the segment's previous
+interim, :mod:`serlive.model.incremental`), for each ``--tolerance``; finals drop the state, as the worker does.
+Printed: interims compared, how often their labels agree, the largest and 99th-percentile probability
+difference, how many interims reran their segment's LSTM (rebuilds), LSTM frames run against the whole path's,
+and the compute time of both paths in the same run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .chunks import AudioChunk
+from .config import EngineConfig, InferenceConfig
+from .pipeline import InferenceRequest, StreamPipeline
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+
+
+def audio_files(paths: list[str]) -> list[Path]:
+    """The audio files named, and those inside the folders named (recursively), sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        out += sorted(f for f in p.rglob("*") if f.suffix.lower() in AUDIO_SUFFIXES) if p.is_dir() else [p]
+    return out
+
+
+def requests_of(audio: np.ndarray, labels: tuple[str, ...], config: EngineConfig) -> list[InferenceRequest]:
+    """The interim and final requests a stream's pipeline makes for ``audio`` (16 kHz mono float32)."""
+    pipeline, out = StreamPipeline("agreement", labels, config), []
+    for i in range(0, len(audio), 320):
+        out += pipeline.push(AudioChunk(i, audio[i:i + 320]), 0.0)
+    out += pipeline.flush(0.0)
+    return [r for r in out if isinstance(r, InferenceRequest)]
+
+
+def compare(predictor, requests: list[InferenceRequest], tolerance: float, totals: dict) -> None:
+    """Both paths for every interim of ``requests``; adds to ``totals``."""
+    from serlive.model.incremental import EncoderState
+
+    predictor.tolerance = tolerance
+    states: dict[int, EncoderState] = {}
+    for r in requests:
+        if r.final:
+            states.pop(r.segment, None)
+            continue
+        wave = predictor.prepare(r.audio)
+        mask = predictor.mask(wave)
+        t0 = time.perf_counter()
+        whole = predictor.predict_prepared([wave], [mask])[0]
+        t1 = time.perf_counter()
+        state = states.setdefault(r.segment, EncoderState())
+        before = (state.rebuilds, state.frames_run)
+        grown = predictor.predict_prepared([wave], [mask], [state])[0]
+        t2 = time.perf_counter()
+        totals["whole_s"] += t1 - t0
+        totals["incremental_s"] += t2 - t1
+        totals["interims"] += 1
+        totals["same"] += whole.label == grown.label
+        totals["diffs"].append(max(abs(a - b) for a, b in zip(whole.probs, grown.probs)))
+        totals["rebuilds"] += state.rebuilds - before[0]
+        totals["frames"] += state.frames_run - before[1]
+        totals["whole_frames"] += 1 + len(wave) // 160
+
+
+def run_agreement(args) -> int:
+    """Print the agreement table for ``args.agreement`` (files or folders) with ``args.model``."""
+    import soundfile
+    import torch
+
+    from serlive.model import Predictor
+    from serlive.model.audio import to_mono_16k
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    files = audio_files(args.agreement)
+    if not files or not args.model:
+        raise SystemExit("ser-live bench --agreement: give --model DIR and at least one audio file or folder")
+    predictor = Predictor.from_dir(args.model)
+    if not predictor.incremental:
+        raise SystemExit(f"ser-live bench --agreement: {args.model} has no incremental encoder (GE2E without dereverb)")
+    config = EngineConfig(inference=InferenceConfig(interim_ms=args.interim_ms))
+    requests = []
+    for f in files:
+        audio, rate = soundfile.read(str(f), dtype="float32", always_2d=True)
+        requests.append(requests_of(to_mono_16k(audio.mean(1), rate), predictor.labels, config))
+    print(f"{len(files)} files, {sum(len(r) for r in requests)} requests, interim every {args.interim_ms} ms, "
+          f"torch threads={torch.get_num_threads()}")
+    print("| tolerance | interims | same label | max prob diff | p99 prob diff | rebuilds | LSTM frames vs whole "
+          "| time vs whole |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tol in (float(t) for t in args.tolerance.split(",")):
+        totals = dict(whole_s=0.0, incremental_s=0.0, interims=0, same=0, diffs=[], rebuilds=0, frames=0,
+                      whole_frames=0)
+        for reqs in requests:
+            compare(predictor, reqs, tol, totals)
+        n, d = max(totals["interims"], 1), np.array(totals["diffs"] or [0.0])
+        print(f"| {'inf (never rebuild)' if math.isinf(tol) else f'{tol:g}'} | {totals['interims']} | "
+              f"{100 * totals['same'] / n:.1f} % | {d.max():.4f} | {np.percentile(d, 99):.4f} | "
+              f"{totals['rebuilds']} ({100 * totals['rebuilds'] / n:.0f} %) | "
+              f"{totals['frames'] / max(totals['whole_frames'], 1):.2f} | "
+              f"{totals['incremental_s'] / max(totals['whole_s'], 1e-9):.2f} |", flush=True)
+    return 0
