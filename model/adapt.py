@@ -27,6 +27,8 @@ from collections import deque
 
 import numpy as np
 
+from .calibration import temper_prediction, voice_factor
+
 KINDS = ("none", "mean", "mixture", "prior", "guard")
 """Adaptation kinds :func:`build` knows; ``none`` is no adapter."""
 
@@ -63,6 +65,10 @@ class SpeakerAdapter:
         if not self._seen:
             return np.zeros_like(self.reference)
         return (self.speaker_mean() - self.reference).astype(np.float32)
+
+    def distance(self) -> float:
+        """How far the stream's (shrunk) mean lies from the reference; 0 before any utterance."""
+        return float(np.linalg.norm(self.speaker_mean() - self.reference)) if self._seen else 0.0
 
     def apply(self, embeddings: np.ndarray) -> np.ndarray:
         """Adapted embeddings ``(N, D)`` (or ``(D,)``) with the current shift."""
@@ -147,6 +153,19 @@ class GuardedAdapter(SpeakerAdapter):
         share = (np.bincount(labels, minlength=c) + 1.0) / (len(labels) + c)
         scale = float(-(share * np.log(share)).sum() / np.log(c))
         return (scale * super().shift()).astype(np.float32)
+
+
+def adapted(predictor, prediction, adapter: SpeakerAdapter | None):
+    """``prediction`` adapted to the stream as ``ser-live`` does it: shifted by ``adapter`` (what it learnt from
+    the stream's earlier finals) through ``predictor`` (a :class:`~serlive.model.predictor.Predictor`), then
+    flattened when the stream's voice is far from the training speakers' (``calibration.voice_beta``)."""
+    if adapter is None:
+        return prediction
+    out, cal = predictor.adapt(prediction, adapter), predictor.config.calibration
+    if cal.voice_beta > 0 and adapter.count:
+        out = temper_prediction(out, voice_factor(adapter.distance(), cal.voice_from, cal.voice_beta),
+                                cal.min_confidence)
+    return out
 
 
 def build(kind: str, reference_mean, prior: float, heads: tuple | None = None, class_means=None,

@@ -20,6 +20,9 @@
   ``speech_limit``, the 99th percentile of the speech (clean or degraded) the calibration was checked on,
   or no voice at all (voiced share under ``min_voiced``: noise alone); older model directories (no
   ``speech_limit``) use the OOD score past ``ood_threshold`` instead.
+* **A voice unlike the training speakers'** (another language, another microphone): a stream's speaker mean
+  far from the training speakers' mean embedding makes its later predictions flatter (``voice_beta``, applied
+  by :func:`serlive.model.adapt.adapted`); past a few utterances it is the strongest sign of a new domain.
 * ``uncertain`` is set when the input is far out of distribution, the calibrated confidence is under
   ``min_confidence`` (on unseen speakers such predictions are right less often than not), or the VAD heard
   no speech.
@@ -27,6 +30,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -34,7 +38,8 @@ import numpy as np
 from .config import CalibrationConfig
 
 __all__ = ["CalibrationConfig", "apply_temperature", "shift_temperatures", "fit_temperature", "fit_shift",
-           "expected_calibration_error", "reference_percentiles", "ood_score", "temper_for_ood"]
+           "expected_calibration_error", "reference_percentiles", "ood_score", "temper_for_ood",
+           "temper_prediction", "voice_factor"]
 
 OOD_K = 10
 """Neighbours whose mean distance is the ``knn_distance`` atypicality."""
@@ -111,6 +116,24 @@ def fit_shift(probs: np.ndarray, labels: np.ndarray, atypicality: np.ndarray, te
 
     beta = _golden(nll, 0.0, hi, 50)
     return round(beta, 4) if nll(beta) < nll(0.0) else 0.0
+
+
+def temper_prediction(prediction, factor: float, min_confidence: float):
+    """``prediction`` (a :class:`~serlive.model.predictor.Prediction`) with its probabilities' temperature
+    multiplied by ``factor`` (>= 1: flatter); label, confidence and ``uncertain`` follow."""
+    if factor == 1.0:
+        return prediction
+    probs = apply_temperature(np.array([prediction.probs]), factor)[0]
+    best = int(np.argmax(probs))
+    unsure = prediction.speech_frames == 0 or prediction.far or float(probs[best]) < min_confidence
+    return dataclasses.replace(prediction, probs=tuple(float(p) for p in probs), label=prediction.labels[best],
+                               confidence=float(probs[best]), uncertain=bool(unsure))
+
+
+def voice_factor(distance: float, start: float, beta: float) -> float:
+    """The temperature factor ``exp(beta * max(0, distance - start))`` of a stream whose speaker's mean lies
+    ``distance`` from the training speakers' (see ``CalibrationConfig.voice_beta``)."""
+    return float(math.exp(beta * max(0.0, distance - start)))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:

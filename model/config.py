@@ -148,7 +148,10 @@ class CalibrationConfig:
     n < ``short_frames`` speech frames (an interim over the first half second, a one-word answer: the model is
     right 40 % of the time there, at the confidence of a whole utterance; 0: off). ``adapt_prior``: pseudo-utterances of the reference mean in a speaker's running mean (the
     per-speaker adaptation's shrinkage); ``embedding_mean``: that reference, the training speakers' mean
-    embedding (empty: the model cannot adapt)."""
+    embedding (empty: the model cannot adapt). ``voice_from`` and ``voice_beta``: an adapting stream whose
+    speaker's running mean lies ``d`` from that reference gets its temperature times ``exp(voice_beta * (d -
+    voice_from))`` past ``voice_from`` (a voice, language or microphone unlike the training speakers': the
+    model is less often right there; 0: off)."""
 
     temperature: float = 1.0
     ood_statistic: str = "spectral_z"
@@ -164,6 +167,8 @@ class CalibrationConfig:
     short_gamma: float = 0.0
     adapt_prior: float = 4.0
     embedding_mean: tuple[float, ...] = ()
+    voice_from: float = 0.0
+    voice_beta: float = 0.0
 
     def __post_init__(self) -> None:
         choice("calibration.ood_statistic", self.ood_statistic, OOD_STATISTICS)
@@ -172,7 +177,7 @@ class CalibrationConfig:
         if self.ood_reference and (len(self.ood_reference) < 2 or any(
                 not math.isfinite(x) for x in self.ood_reference) or list(self.ood_reference) != sorted(self.ood_reference)):
             raise ConfigError("calibration.ood_reference must be finite, sorted percentiles (or empty)")
-        for name in ("shift_beta", "shift_from", "speech_limit", "short_frames", "short_gamma"):
+        for name in ("shift_beta", "shift_from", "speech_limit", "short_frames", "short_gamma", "voice_from", "voice_beta"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"calibration.{name} must be a number at least 0")
         for name in ("ood_threshold", "ood_mix", "min_confidence", "min_voiced"):

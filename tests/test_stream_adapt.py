@@ -49,3 +49,89 @@ def test_a_long_silence_forgets_the_voice(adaptable):
     config = EngineConfig(state=StateConfig(reset_after_s=0.4))  # every gap here is longer
     _, sink, _ = run_engine(adaptable, [ArraySource("a", audio)], config)
     assert [e.adapted for e in finals(sink)] == [False, False, False]
+
+
+# The adaptation kinds on real recordings, through the bundled model: causality, the EM priors, the voice term.
+
+from pathlib import Path  # noqa: E402
+
+import soundfile as sf  # noqa: E402
+
+from serlive.model import bundled_model_dir  # noqa: E402
+from serlive.model.adapt import KINDS, adapted, build, em_priors  # noqa: E402
+from serlive.model.calibration import apply_temperature, temper_prediction  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "data" / "ravdess"
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return Predictor.from_dir(bundled_model_dir())
+
+
+@pytest.fixture(scope="module")
+def recordings(bundled):
+    """The fixture recordings' unadapted predictions (26 utterances, 3 actors)."""
+    return [bundled.predict(*sf.read(p, dtype="float32")) for p in sorted(FIXTURES.glob("*.flac"))]
+
+
+def adapter_of(predictor, kind):
+    cal, clf = predictor.config.calibration, predictor.model.classifier
+    heads = (clf.weight.detach().double().numpy(), clf.bias.detach().double().numpy(), cal.temperature)
+    means = np.random.default_rng(0).normal(size=(4, predictor.config.embed_dim)) + np.array(cal.embedding_mean)
+    return build(kind, np.array(cal.embedding_mean), cal.adapt_prior, heads, means, np.full(4, 0.25))
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "none"])
+def test_no_kind_looks_ahead(bundled, recordings, kind):
+    """A stream's first utterances are predicted the same whatever follows them, and the first as alone."""
+    def stream(order):
+        adapter, out = adapter_of(bundled, kind), []
+        for i in order:
+            out.append(adapted(bundled, recordings[i], adapter))
+            adapter.update(recordings[i].embedding)
+        return out
+
+    head = [0, 5, 9, 13, 20, 24]
+    one, two = stream(head + [1, 2, 3, 4]), stream(head + [25, 18, 11, 7, 16])
+    for a, b in zip(one[:len(head)], two[:len(head)]):
+        assert a.probs == b.probs and a.label == b.label
+    assert one[0].probs == recordings[0].probs
+    assert any(a.probs != recordings[i].probs for a, i in zip(one[1:], head[1:]))  # it does adapt
+
+
+def test_em_recovers_the_label_priors_a_stream_was_drawn_with():
+    """Saerens et al.'s EM against the priors that drew the data (two-dimensional Gaussian classes, posteriors
+    computed under uniform priors as the class-weighted heads give them)."""
+    rng = np.random.default_rng(1)
+    centres = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]])
+    truth = np.array([0.1, 0.1, 0.7, 0.1])
+    y = rng.choice(4, 4000, p=truth)
+    x = centres[y] + rng.normal(size=(4000, 2))
+    logits = -0.5 * ((x[:, None, :] - centres[None]) ** 2).sum(-1)
+    post = np.exp(logits - logits.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    naive = post.mean(0)
+    est = em_priors(post, np.full(4, 0.25), 0.0)
+    assert np.abs(est - truth).max() < 0.03 < np.abs(naive - truth).max()
+
+
+def test_a_far_voice_flattens_the_stream_and_a_near_one_does_not(bundled, recordings):
+    """``voice_beta``: past ``voice_from`` the temperature grows with the stream's distance; nearer, nothing."""
+    far = bundled.with_calibration(voice_from=0.0, voice_beta=0.5)
+    near = bundled.with_calibration(voice_from=1e3, voice_beta=0.5)
+    for predictor, flatter in ((far, True), (near, False)):
+        adapter = predictor.new_adapter()
+        adapter.update(recordings[3].embedding + 5.0)  # a voice 5 * sqrt(32) away, as another language's
+        plain, got = predictor.adapt(recordings[0], adapter), adapted(predictor, recordings[0], adapter)
+        assert (got.confidence < plain.confidence) == flatter and got.label == plain.label
+    factor = float(np.exp(0.5 * adapter.distance()))
+    expected = apply_temperature(np.array([plain.probs]), factor)[0]
+    np.testing.assert_allclose(adapted(far, recordings[0], adapter).probs, expected, atol=1e-9)
+
+
+def test_a_flattened_prediction_under_the_confidence_floor_is_uncertain(recordings):
+    sure = recordings[0]
+    flat = temper_prediction(sure, 50.0, 0.4)
+    assert not sure.uncertain and flat.uncertain and flat.label == sure.label and flat.confidence < 0.4
+    assert temper_prediction(sure, 1.0, 0.4) is sure

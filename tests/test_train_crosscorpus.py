@@ -115,3 +115,37 @@ def test_bad_input_is_one_sentence_and_exit_2(args, words, tmp_path, capsys):
     assert main(["crosscorpus", "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ser-train: ") and words in err and "\n" not in err
+
+
+def test_a_skewed_stream_keeps_every_utterance_of_its_class_and_thins_the_rest():
+    from serlive.train.crosscorpus import Corpus, skewed
+    from serlive.train.data import Utterance
+
+    utts = [Utterance(Path(f"{s}-{i}.wav"), s, s, i % 4, LABELS[i % 4]) for s in ("a", "b") for i in range(40)]
+    corpus = Corpus("c", utts, list(range(len(utts))))
+    calm = skewed(corpus, ("neutral", 0.7), LABELS, np.random.default_rng(0))
+    assert calm.name == "c (neutral 70%)" and calm.preds == [utts.index(u) for u in calm.utts]
+    for s in ("a", "b"):
+        mine = [u for u in calm.utts if u.speaker == s]
+        assert sum(u.label == 2 for u in mine) == 10 and len(mine) == 14  # 10 / 0.7 rounded
+    moods = skewed(corpus, ("dominant", 0.6), LABELS, np.random.default_rng(0))
+    for s in ("a", "b"):
+        counts = np.bincount([u.label for u in moods.utts if u.speaker == s], minlength=4)
+        assert counts.max() == 10 and counts.sum() == 17
+
+
+def test_fit_voice_adds_cross_fitted_rows_and_apply_writes_the_model(report, tmp_path):
+    import shutil
+
+    from serlive.model import bundled_model_dir
+
+    tmp, specs, _, _ = report
+    model = tmp_path / "model"
+    shutil.copytree(bundled_model_dir(), model)
+    assert main(["crosscorpus", "--model", str(model), "--data", specs[0], "--label-map", "ravdess", "--orders", "2",
+                 "--fit-voice", "two=0.5", "--apply", str(model), "--out", str(tmp_path / "o")]) == 0
+    result = json.loads((tmp_path / "o" / "crosscorpus.json").read_text())
+    assert [t["mode"] for t in result["table"]] == ["alone", "online-mean", "online-mean+voice"]
+    cal = json.loads((model / "config.json").read_text())["model"]["calibration"]
+    assert cal["voice_from"] == 0.5 and cal["voice_beta"] == round(result["voice"]["voice_beta"], 4) >= 0
+    assert main(["crosscorpus", "--data", specs[0], "--fit-voice", "nobody=1", "--out", str(tmp_path / "p")]) == 2

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from serlive.model import SAMPLE_RATE_HZ, ConfigError, KnnConfig, Predictor, load_model_dir
-from serlive.model.adapt import SpeakerAdapter
+from serlive.model.adapt import SpeakerAdapter, adapted
 from serlive.model.calibration import (apply_temperature, expected_calibration_error, fit_temperature, ood_score,
                                        reference_percentiles)
 from serlive.model.checkpoint import CONFIG_FILE as MODEL_CONFIG, METRICS_FILE, write_json
@@ -81,7 +81,7 @@ def online_labels(predictor: Predictor, preds: list, rng: np.random.Generator, p
     adapter = SpeakerAdapter(np.array(predictor.config.calibration.embedding_mean), prior)
     y_pred = np.zeros(len(preds), np.int64)
     for i in rng.permutation(len(preds)):
-        y_pred[i] = predictor.labels.index(predictor.adapt(preds[i], adapter).label)
+        y_pred[i] = predictor.labels.index(adapted(predictor, preds[i], adapter).label)
         if preds[i].speech_frames > 0 and not preds[i].far:  # as the engine: no voice, no learning
             adapter.update(preds[i].embedding)
     return y_pred

@@ -53,6 +53,12 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--train-data", default=None, metavar="MANIFEST.csv",
                     help="the model's training manifest (the mixture adaptation's class means)")
     cc.add_argument("--train-label-map", default="", help="label map of --train-data")
+    cc.add_argument("--skew", action="append", default=[], metavar="CLASS=SHARE",
+                    help="also each corpus with every speaker's stream thinned to SHARE of CLASS (or dominant=SHARE: "
+                    "a class drawn per speaker), e.g. neutral=0.7 (repeat)")
+    cc.add_argument("--fit-voice", default=None, metavar="NAME=FROM",
+                    help="fit calibration.voice_beta on corpus NAME's online predictions past speaker-mean distance FROM")
+    cc.add_argument("--apply", default=None, metavar="MODEL_DIR", help="write the fitted voice_from / voice_beta here")
     cc.add_argument("--device", default="auto")
     cc.add_argument("--batch-size", type=int, default=16)
     bl = sub.add_parser("baseline", help="classic baseline (logistic regression on log-mel statistics) on the same folds")
@@ -198,7 +204,7 @@ def _dispatch(args) -> int:
 def _crosscorpus(args, device) -> int:
     from serlive.model.adapt import KINDS
 
-    from .crosscorpus import markdown, parse_corpora, run
+    from .crosscorpus import markdown, parse_corpora, parse_skews, parse_voice, run
 
     kinds = tuple(k.strip() for k in args.adapt.split(",") if k.strip())
     bad = [k for k in kinds if k not in KINDS]
@@ -206,8 +212,18 @@ def _crosscorpus(args, device) -> int:
         raise ConfigError(f"--adapt takes {', '.join(KINDS)}, --orders 0 or more and --batch-size 1 or more "
                           f"(got {args.adapt!r}, {args.orders}, {args.batch_size})")
     train = (Path(args.train_data), args.train_label_map) if args.train_data else None
-    result = run(args.model, parse_corpora(args.data), Path(args.out), args.label_map, args.label_column, kinds,
-                 args.orders, device=device, batch_size=args.batch_size, train_data=train)
+    corpora, voice = parse_corpora(args.data), parse_voice(args.fit_voice)
+    if voice and (voice[0] not in [n for n, _ in corpora] or not args.orders or kinds in ((), ("none",))):
+        raise ConfigError(f"--fit-voice needs a --data name ({', '.join(n for n, _ in corpora)}), --orders and an "
+                          f"--adapt kind, not {args.fit_voice!r}")
+    if args.apply and not voice:
+        raise ConfigError("--apply writes what --fit-voice fits: give --fit-voice NAME=FROM")
+    result = run(args.model, corpora, Path(args.out), args.label_map, args.label_column, kinds, args.orders,
+                 device=device, batch_size=args.batch_size, train_data=train, skews=parse_skews(args.skew), voice=voice)
+    if args.apply:
+        from .voice import apply
+
+        apply(Path(args.apply), result["voice"]["voice_from"], result["voice"]["voice_beta"])
     print(markdown(result), end="")
     return 0
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from serlive.model import ConfigError, Predictor
-from serlive.model.adapt import build
+from serlive.model.adapt import adapted, build
 from serlive.model.calibration import expected_calibration_error
 
 from .data import load_audio, read_manifest
@@ -58,6 +58,38 @@ def parse_corpora(specs: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
+def parse_voice(spec: str | None) -> tuple[str, float] | None:
+    """``NAME=FROM``: fit the voice term on corpus NAME past distance FROM (None: no fit)."""
+    if spec is None:
+        return None
+    name, _, start = spec.partition("=")
+    try:
+        value = float(start)
+    except ValueError:
+        value = -1.0
+    if not name or not 0 <= value < 1e3:
+        raise ConfigError(f"--fit-voice takes NAME=FROM (a corpus name, a distance of 0 or more), not {spec!r}")
+    return name, value
+
+
+def parse_skews(specs: list[str]) -> tuple:
+    """``CLASS=SHARE`` (a model class or ``dominant``) pairs for :func:`skewed`."""
+    from serlive.model import ModelConfig
+
+    out = []
+    for spec in specs:
+        which, _, share = spec.partition("=")
+        try:
+            value = float(share)
+        except ValueError:
+            value = -1.0
+        if which not in (*ModelConfig().labels, "dominant") or not 0.25 <= value < 1:
+            raise ConfigError(f"--skew takes CLASS=SHARE (a model class or 'dominant', a share from 0.25 to below 1), "
+                              f"not {spec!r}")
+        out.append((which, value))
+    return tuple(out)
+
+
 def predict(predictor: Predictor, name: str, manifest: Path, label_map: str = "", label_column: str = "emotion",
             batch_size: int = 16) -> Corpus:
     """Every utterance of ``manifest`` through the Predictor (the live path), unadapted."""
@@ -70,20 +102,42 @@ def predict(predictor: Predictor, name: str, manifest: Path, label_map: str = ""
     return Corpus(name, utts, preds)
 
 
-def online(predictor: Predictor, corpus: Corpus, new_adapter: Callable, rng: np.random.Generator) -> list:
+def skewed(corpus: Corpus, spec: tuple[str, float], labels: tuple[str, ...], rng: np.random.Generator) -> Corpus:
+    """Each speaker's stream thinned so that one class makes up ``share`` of it, as in natural talk where a
+    speaker is mostly calm, or in one mood: ``spec`` is (class, share) or ("dominant", share) for a class drawn
+    per speaker. Every utterance of that class is kept and the others drawn at random; a stream that cannot
+    reach the share keeps what it has."""
+    which, share = spec
+    keep = []
+    for speaker in dict.fromkeys(u.speaker for u in corpus.utts):
+        rows = [i for i, u in enumerate(corpus.utts) if u.speaker == speaker]
+        target = labels.index(which) if which != "dominant" else int(rng.integers(len(labels)))
+        main = [i for i in rows if corpus.utts[i].label == target]
+        rest = [i for i in rows if corpus.utts[i].label != target]
+        n_rest = min(len(rest), int(round(len(main) * (1 - share) / share)))
+        keep += main + [rest[j] for j in sorted(rng.choice(len(rest), n_rest, replace=False))]
+    keep.sort()
+    return Corpus(f"{corpus.name} ({which} {share:.0%})", [corpus.utts[i] for i in keep], [corpus.preds[i] for i in keep])
+
+
+def online(predictor: Predictor, corpus: Corpus, new_adapter: Callable, rng: np.random.Generator,
+           distances: list | None = None) -> list:
     """One random order per speaker: each utterance adapted by that speaker's earlier ones only (as the engine:
-    an utterance with no voice or far out of distribution teaches nothing). Predictions in manifest order."""
+    an utterance with no voice or far out of distribution teaches nothing). Predictions in manifest order;
+    ``distances``, when given, receives each one's adapter distance (the voice's, see :mod:`.voice`)."""
     by_speaker: dict[str, list[int]] = {}
     for i, u in enumerate(corpus.utts):
         by_speaker.setdefault(u.speaker, []).append(i)
-    out = [None] * len(corpus.utts)
+    out, dist = [None] * len(corpus.utts), [0.0] * len(corpus.utts)
     for rows in by_speaker.values():
         adapter = new_adapter()
         for i in (rows[j] for j in rng.permutation(len(rows))):
             raw = corpus.preds[i]
-            out[i] = predictor.adapt(raw, adapter)
+            out[i], dist[i] = adapted(predictor, raw, adapter), adapter.distance()
             if raw.speech_frames > 0 and not raw.far:
                 adapter.update(raw.embedding)
+    if distances is not None:
+        distances[:] = dist
     return out
 
 
@@ -145,12 +199,19 @@ def table(rows: list[dict], labels: tuple[str, ...]) -> list[dict]:
 
 def run(model_dir, corpora: list[tuple[str, Path]], out: Path, label_map: str = "", label_column: str = "emotion",
         adapt: tuple[str, ...] = ("mean",), orders: int = 10, seed: int = 0, device=torch.device("cpu"),
-        batch_size: int = 16, train_data: tuple[Path, str] | None = None) -> dict:
+        batch_size: int = 16, train_data: tuple[Path, str] | None = None, skews: tuple = (),
+        voice: tuple[str, float] | None = None) -> dict:
     """The table over ``corpora`` (name, manifest), written into ``out`` (predictions.csv, crosscorpus.json|.md);
-    ``train_data`` (manifest, label map): the model's training data, for the ``mixture`` adaptation."""
+    ``train_data`` (manifest, label map): the model's training data, for the ``mixture`` adaptation; each of
+    ``skews`` (class or "dominant", share) adds every corpus again with its streams thinned (:func:`skewed`);
+    ``voice`` (corpus name, voice_from): fit ``calibration.voice_beta`` on that corpus (:mod:`.voice`), which
+    adds its ``online-<kind>+voice`` rows, cross-fitted, and the fit to the result."""
     from .evaluate import load_predictor
 
+    from .voice import cross_fitted, online_with_distances
+
     predictor = load_predictor(model_dir, device)
+    fitted = None
     class_means = train_priors = None
     if train_data is not None and "mixture" in adapt:
         train = predict(predictor, "train", train_data[0], train_data[1], label_column, batch_size)
@@ -158,16 +219,22 @@ def run(model_dir, corpora: list[tuple[str, Path]], out: Path, label_map: str = 
     factories = {k: adapter_factory(predictor, k, class_means, train_priors) for k in adapt if k != "none"} if orders else {}
     rows = []
     for name, manifest in corpora:
-        corpus = predict(predictor, name, manifest, label_map, label_column, batch_size)
-        rows += rows_of(corpus, "alone", 0, corpus.preds)
-        for kind, factory in factories.items():
-            rng = np.random.default_rng(seed)
-            for order in range(orders):
-                rows += rows_of(corpus, f"online-{kind}", order, online(predictor, corpus, factory, rng))
+        whole = predict(predictor, name, manifest, label_map, label_column, batch_size)
+        for corpus in [whole] + [skewed(whole, s, predictor.labels, np.random.default_rng(seed)) for s in skews]:
+            rows += rows_of(corpus, "alone", 0, corpus.preds)
+            for kind, factory in factories.items():
+                rng = np.random.default_rng(seed)
+                for order in range(orders):
+                    rows += rows_of(corpus, f"online-{kind}", order, online(predictor, corpus, factory, rng))
+            if voice is not None and corpus is whole and name == voice[0] and factories:
+                kind, factory = next(iter(factories.items()))
+                runs = online_with_distances(predictor, corpus, factory, orders, seed)
+                voice_rows, fitted = cross_fitted(predictor, corpus, runs, voice[1], f"online-{kind}+voice")
+                rows += voice_rows
     out.mkdir(parents=True, exist_ok=True)
     write_rows(out / "predictions.csv", rows)
     result = {"model": str(predictor_dir(model_dir)), "labels": list(predictor.labels), "orders": orders, "seed": seed,
-              "table": table(rows, predictor.labels)}
+              "table": table(rows, predictor.labels)} | ({"voice": fitted} if fitted else {})
     (out / "crosscorpus.json").write_text(json.dumps(result, indent=1))
     (out / "crosscorpus.md").write_text(markdown(result))
     return result
