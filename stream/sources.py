@@ -1,6 +1,8 @@
 """Audio sources behind one async interface: ``async for chunk in source.chunks()``.
 
-Every source yields 16 kHz mono :class:`AudioChunk` objects stamped on its own sample clock, counts audio
+Every source yields 16 kHz mono :class:`AudioChunk` objects stamped on its own sample clock, all made by one
+conversion (:class:`~serlive.stream.chunks.StreamResampler`: downmix, resample, round onto the int16 grid), so
+a recording gives the same samples and segments whichever way it comes in; each counts audio
 it had to drop in ``dropped_samples``, and says why it ended in ``detail``. The microphone lives in
 :mod:`serlive.stream.mic` so that a file-only run never imports sounddevice.
 """
