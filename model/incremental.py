@@ -28,7 +28,10 @@ import numpy as np
 import torch
 
 from .denoise import FLOOR, noise_floor
+from .frames import FRAME_STRIDE_SAMPLES, num_frames
 from .ge2e import HIDDEN, HOP, MIN_RMS, N_FFT, TARGET_DBFS, GE2EEncoder
+from .pitch import WINDOW_SAMPLES as PITCH_WINDOW_SAMPLES, track
+from .spectral import N_MELS as N_SPECTRAL_MELS, SpectralStats
 
 DEFAULT_TOLERANCE = math.inf
 """Interims never rebuild by default: see stream/BENCHMARKS.md for what that costs against the whole-segment
@@ -52,6 +55,8 @@ class EncoderState:
     loose: torch.Tensor | None = None  # (k, 768) committed 10 ms outputs from 2P + 1 on, not paired yet
     ref: tuple[float, torch.Tensor] | None = None  # (scale, floor) the committed frames were made with
     edge: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    spectral: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # the statistics branch's complete
+    # 20 ms frames: mel power (T, 64), and (pitch) f0 and correlation (T',) each (see :func:`spectral_stats`)
     rebuilds: int = 0  # times the LSTM was rerun over the whole segment
     frames_run: int = 0  # 10 ms frames through the LSTM in all (rebuilds, tails and new ones)
 
@@ -60,10 +65,11 @@ class EncoderState:
         self.committed, self.hc, self.pairs, self.loose, self.ref = 0, None, None, None, None
         if not keep_power:
             self.offset_samples, self.power, self.edge = offset_samples, None, np.zeros(0, np.float32)
+            self.spectral = None
 
     @property
     def nbytes(self) -> int:
-        tensors = [self.power, self.pairs, self.loose] + [t for hc in self.hc or [] for t in hc]
+        tensors = [self.power, self.pairs, self.loose, *(self.spectral or ())] + [t for hc in self.hc or [] for t in hc]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None) + self.edge.nbytes
 
 
@@ -202,3 +208,32 @@ def encode(encoder: GE2EEncoder, waves: list[np.ndarray], offsets: list[int], st
         count = max(0, (n - 400) // 320 + 1)  # frames.frame_lengths for one item
         out.append((frames[:count] - encoder.shift) / encoder.scale)
     return out
+
+
+def spectral_stats(spectral: SpectralStats, waves: list[np.ndarray], states: list[EncoderState],
+                   speech: torch.Tensor) -> torch.Tensor:
+    """The statistics branch's standardised output (B, out_dim) for the encoder inputs ``waves`` (after
+    :func:`encode`, which checked each state against its wave), computing only the 20 ms frames each state
+    does not hold yet: the statistics over all of them equal the whole-segment ones (the frames are local;
+    the floor and the gain are taken over the kept frames each time). ``speech`` (B, T) as the heads get it."""
+    dev = spectral.shift.device
+    counts = [num_frames(len(w)) for w in waves]
+    t = max(counts)
+    power = torch.zeros(len(waves), t, N_SPECTRAL_MELS, device=dev)
+    f0 = torch.ones(len(waves), t, device=dev)  # padding: a finite log2, masked out like the whole path's
+    corr = torch.zeros(len(waves), t, device=dev)
+    for i, (wave_np, state, n) in enumerate(zip(waves, states, counts)):
+        wave = torch.from_numpy(np.ascontiguousarray(wave_np, np.float32)).to(dev)
+        kept = state.spectral or (wave.new_zeros(0, N_SPECTRAL_MELS), wave.new_zeros(0), wave.new_zeros(0))
+        tail = wave[FRAME_STRIDE_SAMPLES * len(kept[0]):]
+        new = spectral.frontend.power(tail[None])[0] if n > len(kept[0]) else kept[0][:0]
+        p = torch.cat([kept[0], new])[:n]
+        power[i, :n] = p
+        if spectral.pitch:
+            done = len(kept[1])
+            new_f0, new_corr = track(wave[FRAME_STRIDE_SAMPLES * done:][None], max(n - done, 0))
+            f0[i, :n], corr[i, :n] = torch.cat([kept[1], new_f0[0]])[:n], torch.cat([kept[2], new_corr[0]])[:n]
+        whole = min(n, max(0, (len(wave) - PITCH_WINDOW_SAMPLES) // FRAME_STRIDE_SAMPLES + 1))  # no zero padding
+        state.spectral = (p, f0[i, :whole].clone(), corr[i, :whole].clone())
+    raw = spectral.stats(power, torch.tensor(counts, device=dev), speech, (f0, corr) if spectral.pitch else None)
+    return torch.nan_to_num((raw - spectral.shift) / spectral.scale, nan=0.0)

@@ -77,11 +77,13 @@ def track(waveforms: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.T
     return (SAMPLE_RATE_HZ / period).squeeze(-1), mid.squeeze(-1)
 
 
-def pitch_stats(waveforms: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def pitch_stats(waveforms: torch.Tensor | None, keep: torch.Tensor,
+                tracked: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``(B, N)`` waveforms and the frames to use ``keep`` ``(B, T)`` (speech frames inside the item) ->
     ``(B, 8)`` statistics named by :data:`FEATURES`. Items with fewer than 3 voiced frames get NaN for
-    the F0 statistics (there is no F0 to describe; their voiced share says why)."""
-    f0, corr = track(waveforms, keep.shape[1])
+    the F0 statistics (there is no F0 to describe; their voiced share says why). ``tracked``: the
+    waveforms' :func:`track` (f0, correlation) when already computed (then ``waveforms`` is not used)."""
+    f0, corr = track(waveforms, keep.shape[1]) if tracked is None else tracked
     keep = keep.bool()
     voiced = keep & (corr >= VOICED_CORRELATION)
     n_keep = keep.sum(1).clamp(min=1).float()

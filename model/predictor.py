@@ -17,7 +17,7 @@ from .calibration import OOD_K, apply_temperature, ood_score, shift_temperatures
 from .checkpoint import load_model_dir
 from .config import ModelConfig
 from .frames import FRAME_STRIDE_SAMPLES, SAMPLE_RATE_HZ, num_frames, speech_mask, speech_span, trim_to_speech
-from .incremental import DEFAULT_TOLERANCE, EncoderState, encode
+from .incremental import DEFAULT_TOLERANCE, EncoderState, encode, spectral_stats
 from .knn import KnnDatastore, interpolate
 from .pitch import FEATURES as PITCH_FEATURES
 from .ser import SERModel
@@ -168,7 +168,8 @@ class Predictor:
             else:  # the encoder's frames carried over from the segment's previous interim; the rest as usual
                 frames = encode(self.model.encoder, waves, carry[0], carry[1], self.tolerance)
                 hidden = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True)  # (B, T, 768)
-                extra = self.model.spectral(x, lengths, speech_t) if self.model.spectral is not None else None
+                spectral = self.model.spectral
+                extra = None if spectral is None else spectral_stats(spectral, waves, carry[1], speech_t)
                 out = self.model.forward_frames(hidden, torch.tensor([len(f) for f in frames], device=self.device), speech_t, extra)
         emb = out.embedding.float().cpu().numpy()
         atyp = voiced = None

@@ -30,7 +30,7 @@ from .denoise import subtract_floor
 from .dereverb import filter_frames, wpe
 from .encoders import fit_mask, frame_lengths, length_mask
 from .frames import FRAME_STRIDE_SAMPLES, SAMPLE_RATE_HZ
-from .pitch import FEATURES as PITCH_FEATURES, pitch_stats
+from .pitch import FEATURES as PITCH_FEATURES, pitch_stats, track
 from .pooling import masked_mean, masked_std
 
 N_MELS = 64
@@ -70,6 +70,13 @@ class SpectralStats(nn.Module):
             return wpe(spec.transpose(1, 2), length_mask(n, spec.shape[1]), *hop).transpose(1, 2)
 
         power = self.frontend.power(waveforms, dereverb if self.dereverb else None)  # (B, T, 64)
+        tracked = track(waveforms, power.shape[1]) if self.pitch else None
+        return self.stats(power, n, speech, tracked)
+
+    def stats(self, power: torch.Tensor, n: torch.Tensor, speech: torch.Tensor,
+              tracked: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """:meth:`raw` from the frames' mel power (B, T, 64), frame counts (B,), the speech mask and, with
+        ``pitch``, :func:`.pitch.track`'s (f0, correlation) (B, T) each (incremental interims keep the frames)."""
         valid = length_mask(n, power.shape[1])
         mel = self.gain(torch.log(subtract_floor(power, valid, self.denoise) + 1e-6), valid)
         keep = fit_mask(speech, mel.shape[1]) & valid
@@ -79,6 +86,6 @@ class SpectralStats(nn.Module):
         both = keep[:, 1:] & keep[:, :-1]
         parts = [mean, masked_std(mel, keep, mean), masked_std(delta, both)]
         if self.pitch:
-            parts.append(pitch_stats(waveforms, keep))
+            parts.append(pitch_stats(None, keep, tracked))
         return torch.cat(parts, dim=-1).float()
 

@@ -99,7 +99,7 @@ def test_the_worker_keeps_a_segments_state_until_its_final_and_a_new_segment_sta
         await worker.start(warm_up=False)
         await worker.submit(audio[:24000], urgent=False, stream="s", segment=0, end_sample=24000)
         state = worker.states.get("s", 0)
-        assert state is not None and state.committed > 0
+        assert state is not None and state.committed > 0 and len(state.spectral[0]) > 0  # LSTM and statistics
         ran = state.frames_run
         await worker.submit(audio[:32000], urgent=False, stream="s", segment=0, end_sample=32000)
         assert worker.states.get("s", 0) is state and state.frames_run - ran < 60  # only the new 0.5 s
