@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--drain-s", type=number(float, 0, 600, "from 0 to 600 s"), default=5.0, metavar="S",
                     help="on Ctrl-C/SIGTERM/SIGHUP, time allowed to predict what is owed before exiting")
     ap.add_argument("--connect", metavar="URL", type=ws_url, help="show a running engine's WebSocket feed in the TUI")
+    from .cluster.options import add_nats_options
+
+    add_nats_options(ap)  # --nats: run as a gateway of a cluster (`ser-live worker -h`, `ser-live feed -h`)
     return ap
 
 
@@ -104,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args = bench_parser().parse_args(argv[1:])
         args.command = "bench"
         return args
+    from .cluster.cli import COMMANDS as CLUSTER_COMMANDS
+
+    if argv[:1] and argv[0] in CLUSTER_COMMANDS:
+        from .cluster.cli import parse
+
+        return parse(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command = "run"
@@ -260,6 +269,10 @@ def build_engine(args: argparse.Namespace):
     """The :class:`Engine` the arguments describe (sources opened, model loaded, ``--jsonl`` attached);
     raises :class:`CliError` with one sentence on bad input."""
     config = engine_config(args)  # before importing the engine (torch): bad arguments fail in a blink
+    if args.nats:
+        from .cluster.gateway import attach_gateway, check_gateway_args
+
+        cluster = check_gateway_args(args)  # the broker is up and takes our credentials, before the model loads
     report = check_report_path(args.report) if args.report else None
     sources = build_sources(args)
     from .engine import Engine
@@ -267,6 +280,8 @@ def build_engine(args: argparse.Namespace):
 
     predictor, model_dir = load_predictor(args, use_knn=not args.no_knn)
     engine = Engine(predictor, config, sources, model_name=predictor.config.description or model_dir.name)
+    if args.nats:
+        attach_gateway(engine, cluster)
     if args.jsonl:
         try:
             sink = JsonlSink(args.jsonl)
@@ -286,6 +301,12 @@ def setup_logging(level: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run headless (or the benchmark); returns the process exit code."""
+    from .cluster.cli import COMMANDS as CLUSTER_COMMANDS
+
+    if args.command in CLUSTER_COMMANDS:
+        from .cluster.cli import run as run_cluster
+
+        return run_cluster(args)
     setup_logging(getattr(args, "log_level", "warning"))
     try:
         if args.command == "bench":

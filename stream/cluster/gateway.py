@@ -1,0 +1,261 @@
+"""The gateway: the single-process engine, with its model owner replaced by :class:`RemoteWorker`.
+
+Sources, VAD, segmenter, per-stream state and per-speaker adaptation stay here, next to the audio (the
+gateway loads ``--model`` for its labels, heads and calibration, which adaptation re-applies; it runs no
+forward pass). A final request is a JetStream publish to the work queue, de-duplicated by its id; its
+prediction comes back on this gateway's own results subject through a durable consumer, so neither a
+worker's death nor a broker restart loses it. Interims are plain publishes to the workers' queue group and
+expire after :data:`INTERIM_TTL_S` (the engine skips the stream's interims meanwhile).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import worker as _worker
+from ..worker import BadAudio
+from .broker import check_broker, connect, ensure_streams, fetch, retry
+from .options import Names, connect_options, names_of, process_name
+from .publish import ClusterSink, heartbeat, heartbeats
+from .wire import WireError, WireRequest, chunk_bytes, decode_result
+
+log = logging.getLogger(__name__)
+
+INTERIM_TTL_S = 3.0
+"""An interim not answered within this is given up (a worker may have dropped it under load)."""
+
+RESULT_FETCH = 256
+
+
+Superseded = getattr(_worker, "Superseded", BadAudio)
+"""How an interim fails quietly: replaced by a newer one, or not answered in time (the engine then spaces
+the stream's interims further apart)."""
+
+
+@dataclass(eq=False)
+class _Segment:
+    chunks: list[int] = field(default_factory=list)  # sequence numbers in the audio stream, in order
+    sent: int = 0  # samples of the segment already queued as chunks
+    last: float = 0.0  # the last sample sent: a request that does not extend the same audio starts afresh
+
+
+class RemoteWorker:
+    """The engine's model owner, over the broker: the same ``submit`` / ``start`` / ``stop`` /
+    ``abandon`` as :class:`serlive.stream.worker.InferenceWorker`."""
+
+    def __init__(self, options: dict, names: Names, gateway: str, prediction_type, sink: ClusterSink,
+                 hello=None) -> None:
+        self.options, self.names, self.gateway = options, names, gateway
+        self.prediction_type, self.sink, self.hello = prediction_type, sink, hello
+        self.compute_s = self.audio_s = 0.0
+        self.batches = self.items = 0
+        self.concurrent = True
+        self.served = None
+        self.current = None  # the InferenceRequest the engine is submitting (set around its submit call)
+        self.bytes_out = 0  # audio and request bytes published
+        self.garbage = self.duplicates = 0
+        self._waiting: dict[str, tuple[asyncio.Future, float]] = {}
+        self._segments: dict[tuple[str, int], _Segment] = {}
+        self._stream_numbers: dict[str, int] = {}
+        self._interims: dict[str, str] = {}  # stream -> id of its interim still waiting
+        self._anonymous = itertools.count(1)
+        self._outbox: asyncio.Queue | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.nc = self.js = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    async def start(self, warm_up: bool = True) -> None:
+        """Connect, make sure the streams exist, start publishing and receiving (``warm_up``: workers warm
+        themselves)."""
+        self.nc = await connect(self.options, f"ser-live gateway {self.gateway}")
+        self.js = self.nc.jetstream()
+        await ensure_streams(self.js, self.names)
+        self._outbox = asyncio.Queue()
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        durable = f"gw_{self.gateway}"
+        self._results = await self.js.pull_subscribe(
+            self.names.result_subject(self.gateway), durable=durable, stream=self.names.results,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW,
+                                  ack_wait=30, inactive_threshold=3600))
+        await self.nc.subscribe(self.names.interim_result_subject(self.gateway), cb=self._on_interim_result)
+        self._tasks = [asyncio.create_task(self._publish_requests(), name="cluster-requests"),
+                       asyncio.create_task(self._receive_results(), name="cluster-results"),
+                       asyncio.create_task(self.sink.run(self.nc, self.js), name="cluster-events")]
+        if self.hello is not None:
+            self._tasks.append(asyncio.create_task(heartbeats(self.nc, self.names, self.gateway, self.hello, self.sink)))
+
+    def submit(self, audio: np.ndarray, urgent: bool = True, stream: str = "", *, segment: int | None = None,
+               end_sample: int | None = None) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        req = self.current
+        if req is None:  # not called through the engine's request path
+            seg = -next(self._anonymous) if segment is None else segment
+            end = len(audio) if end_sample is None else end_sample
+            key, start, final = (stream, seg), end - len(audio), urgent
+        else:
+            key, start, end, final = (req.stream, req.segment), req.start_sample, req.end_sample, req.final
+        segment = self._segments.setdefault(key, _Segment())
+        n = len(audio)
+        if not segment.sent:
+            new = audio
+        elif n < segment.sent:  # a final trimmed back over its trailing silence: already sent
+            new = audio[:0]
+        elif float(audio[segment.sent - 1]) == segment.last:  # the same audio, extended
+            new = audio[segment.sent:]
+        else:  # not the audio sent before: start the segment's chunks afresh
+            segment = self._segments[key] = _Segment()
+            new = audio
+        if len(new):
+            segment.sent, segment.last = n, float(audio[n - 1])
+        if final:
+            self._segments.pop(key, None)
+        number = self._stream_numbers.setdefault(key[0], len(self._stream_numbers) + 1)
+        request_id = f"{self.sink.incarnation}:{number}:{key[1]}:" + ("f" if final else f"i{end}")
+        self._waiting[request_id] = (future, loop.time())
+        self.audio_s += len(new) / 16_000
+        self._outbox.put_nowait((segment, new, request_id, key, start, end, final, n))
+        if not final:
+            self._expire(self._interims.pop(key[0], ""))  # a newer interim of the stream replaces it
+            self._interims[key[0]] = request_id
+            loop.call_later(INTERIM_TTL_S, self._expire, request_id)
+        return future
+
+    def forget(self, stream: str) -> None:
+        """The stream ended: its open segments' bookkeeping goes."""
+        for key in [k for k in self._segments if k[0] == stream]:
+            del self._segments[key]
+        self._interims.pop(stream, None)
+
+    def _expire(self, request_id: str) -> None:
+        waiting = self._waiting.pop(request_id, None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_exception(Superseded("no worker answered in time"))
+
+    async def _publish_requests(self) -> None:
+        names = self.names
+        while True:
+            segment, new, request_id, key, start, end, final, n = await self._outbox.get()
+            try:
+                if len(new):
+                    data = chunk_bytes(new)
+                    ack = await retry(lambda: self.js.publish(names.audio_subject(self.gateway), data),
+                                      what="audio publish")  # (a retried chunk may be stored twice: harmless)
+                    segment.chunks.append(ack.seq)
+                    self.bytes_out += len(data)
+                wire = WireRequest(request_id, self.gateway, key[0], key[1], start, end, final,
+                                   tuple(segment.chunks), n, self._reply(final), time.time()).encode()
+                self.bytes_out += len(wire)
+                if final:
+                    await retry(lambda: self.js.publish(names.final_subject(self.gateway), wire,
+                                                        headers={"Nats-Msg-Id": request_id}), what="request publish")
+                else:
+                    await self.nc.publish(names.interim_subject, wire)
+            except Exception as exc:  # noqa: BLE001 - an interim that cannot go out now fails quietly
+                log.debug("request %s not sent: %s", request_id, exc)
+                self._expire(request_id)
+
+    def _reply(self, final: bool) -> str:
+        return (self.names.result_subject if final else self.names.interim_result_subject)(self.gateway)
+
+    async def _receive_results(self) -> None:
+        while True:
+            for msg in await fetch(self._results, RESULT_FETCH, 1.0, "results"):
+                self._resolve(msg.data)
+                try:
+                    await msg.ack()
+                except Exception as exc:  # noqa: BLE001 - redelivered later: a duplicate, dropped by id
+                    log.debug("result ack: %s", exc)
+
+    async def _on_interim_result(self, msg) -> None:
+        self._resolve(msg.data)
+
+    def _resolve(self, data: bytes) -> None:
+        try:
+            request_id, prediction, failure = decode_result(data, self.prediction_type)
+        except WireError as exc:
+            self.garbage += 1
+            log.warning("dropped a message on the results subject that is not a result (%d so far): %s",
+                        self.garbage, exc)
+            return
+        waiting = self._waiting.pop(request_id, None)
+        if waiting is None:
+            self.duplicates += 1  # a redelivered final already answered, or an interim given up
+            return
+        future, _ = waiting
+        if future.done():
+            return
+        if failure is None:
+            self.items += 1
+            future.set_result(prediction)
+        else:
+            code, message = failure
+            kind = {"bad_audio": BadAudio, "superseded": Superseded}.get(code, RuntimeError)
+            future.set_exception(kind(message))
+
+    def abandon(self) -> int:
+        """Give up every request still waiting (their futures are cancelled)."""
+        waiting, self._waiting = self._waiting, {}
+        for future, _ in waiting.values():
+            future.cancel()
+        return len(waiting)
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Publish the events still queued, say goodbye, close the connection."""
+        if self.nc is None:
+            return
+        if not await self.sink.flush(max(timeout_s or 0.0, 2.0)):
+            log.warning("%d events could not be published before exit", self.sink._queue.qsize())
+        if self.hello is not None:
+            await heartbeat(self.nc, self.names.heartbeat_subject(self.gateway), self.gateway, self.hello,
+                            self.sink, 0.0, bye=True)
+        for task in self._tasks:
+            task.cancel()
+        try:
+            await self.js.delete_consumer(self.names.results, f"gw_{self.gateway}")
+        except Exception as exc:  # noqa: BLE001 - it expires by itself
+            log.debug("delete consumer: %s", exc)
+        await self.nc.close()  # (everything owed is published and acknowledged by now)
+        self.nc = None
+
+
+def check_gateway_args(args: argparse.Namespace) -> tuple[dict, Names, str]:
+    """The connection options, names and gateway name; the broker is asked now (one sentence if it is down
+    or refuses us), before the model loads."""
+    options, names = connect_options(args), names_of(args)
+    gateway = process_name(args, "gateway")
+    check_broker(options, names)
+    return options, names, gateway
+
+
+def attach_gateway(engine, checked: tuple[dict, Names, str]) -> RemoteWorker:
+    """Make ``engine`` a gateway: requests go to the cluster's workers, events also to the cluster."""
+    from serlive.model import Prediction
+
+    options, names, gateway = checked
+    sink = ClusterSink(names, gateway)
+    worker = RemoteWorker(options, names, gateway, Prediction, sink, hello=engine.hello)
+    engine.worker = worker
+    engine.add_sink(sink)
+    original = engine._request
+
+    def request(stream, req):  # the worker needs the request's segment, not only its audio
+        worker.current = req
+        try:
+            original(stream, req)
+        finally:
+            worker.current = None
+
+    engine._request = request
+    return worker
