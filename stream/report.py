@@ -58,6 +58,7 @@ def check_report_path(path: str) -> Path:
 class _StreamLog:
     finals: list[PredictionEvent] = field(default_factory=list)
     detail: str = ""
+    remote: bool = False
 
     @property
     def duration_s(self) -> float:
@@ -76,7 +77,8 @@ class ReportSink:
         if isinstance(event, PredictionEvent) and event.final:
             self.streams.setdefault(event.stream, _StreamLog()).finals.append(event)
         elif isinstance(event, StreamStatus):
-            self.streams.setdefault(event.stream, _StreamLog()).detail = event.detail
+            log_ = self.streams.setdefault(event.stream, _StreamLog())
+            log_.detail, log_.remote = event.detail, log_.remote or event.remote
 
     def close(self) -> None:
         try:
@@ -143,8 +145,8 @@ def _table(log_: _StreamLog, labels: tuple[str, ...]) -> str:
         cells = "".join(f"<td>{p.probs.get(k, 0.0):.2f}</td>" for k in labels)
         rows.append(f'<tr><td>{p.segment}</td><td>{p.start_s:.2f}</td><td>{p.end_s:.2f}</td>'
                     f'<td>{html.escape(p.label)}</td><td>{p.confidence:.2f}</td>{cells}<td>{flags}</td></tr>')
-    return (f'<table><thead><tr><th>#</th><th>start s</th><th>end s</th><th>label</th><th>confidence</th>'
-            f'{head}<th></th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return (f'<div class="table-wrap"><table><thead><tr><th>#</th><th>start s</th><th>end s</th><th>label</th>'
+            f'<th>confidence</th>{head}<th></th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>')
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2330;max-width:1100px}
@@ -153,7 +155,10 @@ h1{font-size:1.4rem}h2{font-size:1.1rem;margin-top:2rem;overflow-wrap:anywhere}.
 .grid{stroke:#d9dde3}.tick{font-size:11px;fill:#667085}.legend,.summary{display:flex;flex-wrap:wrap;gap:.3rem 1rem;
 list-style:none;padding:0}.sw{display:inline-block;width:.8rem;height:.8rem;border-radius:2px;margin-right:.3rem;
 vertical-align:-1px}table{border-collapse:collapse;font-size:.85rem;margin-top:.8rem;font-variant-numeric:tabular-nums}
-td,th{padding:.15rem .6rem;border-bottom:1px solid #eef0f3;text-align:right}td:nth-child(4),th:nth-child(4){text-align:left}"""
+td,th{padding:.15rem .6rem;border-bottom:1px solid #eef0f3;text-align:right}td:nth-child(4),th:nth-child(4){text-align:left}
+.table-wrap{overflow-x:auto;max-width:100%}.remote{font-size:.75rem;font-weight:600;color:#7a4b00;background:#ffefc2;
+padding:0 .4rem;border-radius:1rem;vertical-align:2px}
+@media (max-width:600px){body{margin:.8rem}table{font-size:.75rem}td,th{padding:.15rem .35rem}}"""
 
 
 def render_html(streams: dict[str, _StreamLog], labels: tuple[str, ...], model_name: str) -> str:
@@ -162,7 +167,8 @@ def render_html(streams: dict[str, _StreamLog], labels: tuple[str, ...], model_n
                      for k in labels)
     body = []
     for name, log_ in streams.items():
-        body.append(f'<section class="stream"><h2>{html.escape(name)}</h2>'
+        mark = ' <span class="remote" title="audio and name from a WebSocket client">⇄ remote</span>' if log_.remote else ""
+        body.append(f'<section class="stream"><h2>{html.escape(name)}{mark}</h2>'
                     f'<p class="muted">{len(log_.finals)} segments over {log_.duration_s:.1f} s'
                     f'{" · " + html.escape(log_.detail) if log_.detail else ""}</p>'
                     f'{_svg_timeline(log_, labels)}{_summary(log_, labels)}{_table(log_, labels)}</section>')

@@ -35,6 +35,7 @@ class App {
       const wait = this.backoffMs;
       this.backoffMs = Math.min(this.backoffMs * 2, RECONNECT_MAX_MS);
       this.status(false, `disconnected — reconnecting in ${(wait / 1000).toFixed(1)} s`);
+      this.sendError('');  // what the engine that has gone said no longer holds
       for (const s of this.streams.values()) s.active = false;
       this.view.health(null);
       this.touch();
@@ -51,7 +52,7 @@ class App {
   stream(name) {
     let s = this.streams.get(name);
     if (!s) {
-      s = { name, active: true, detail: '', segs: new Map(), last: null, clock: 0, version: 0 };
+      s = { name, active: true, remote: false, detail: '', segs: new Map(), last: null, clock: 0, version: 0 };
       this.streams.set(name, s);
       if (!this.selected) this.selected = name;
     }
@@ -66,6 +67,7 @@ class App {
         if (known && !known.active && m.state === 'started') this.streams.delete(m.stream);  // a new stream, same name
         const s = this.stream(m.stream);
         s.active = m.state === 'started';
+        s.remote = m.remote === true;  // a client chose this name: the page marks it (view.js)
         s.detail = m.detail || m.reason || '';
         break;
       }
@@ -95,11 +97,14 @@ class App {
     this.hello = m;
     this.labels = m.labels || [];
     this.backoffMs = RECONNECT_MIN_MS;
-    byId('model').textContent = `${m.model} · protocol ${m.protocol}`;
+    byId('model').textContent = window.SerView.shortModel(m.model);
+    byId('model-full').textContent = `${m.model} · protocol ${m.protocol}`;
     this.status(true, 'connected');
+    if (m.accepts_audio !== false) this.sendError('');
     const running = new Set(m.streams || []);
+    const remote = new Set(m.remote_streams || []);
     for (const s of this.streams.values()) s.active = running.has(s.name);
-    for (const name of running) this.stream(name).active = true;
+    for (const name of running) Object.assign(this.stream(name), { active: true, remote: remote.has(name) });
     if (this.selected && !this.streams.has(this.selected)) this.selected = null;
     if (!this.selected && running.size) this.selected = [...running][0];
     this.touch();
@@ -140,7 +145,12 @@ class App {
 
   sendStatus(text) { byId('send-status').textContent = text; }
 
-  sendError(text) { const e = byId('send-error'); e.textContent = text; e.hidden = !text; }
+  /** ``parts``: strings, and ``{code: '...'}`` for what must not break across lines (an option, a URL part). */
+  sendError(...parts) {
+    const e = byId('send-error');
+    e.replaceChildren(...parts.map((p) => (typeof p === 'string' ? p : window.SerView.code(p.code))));
+    e.hidden = !e.textContent;
+  }
 
   sender(name, onEnded) {
     return new window.SerAudio.AudioSender(socketUrl(), name, {
@@ -150,7 +160,8 @@ class App {
 
   refusesAudio() {
     if (this.hello && this.hello.protocol >= 2 && this.hello.accepts_audio === false) {
-      this.sendError('This engine does not accept audio from the page: start it with --accept-audio (or open the page with its ?token=).');
+      this.sendError('This engine does not accept audio from the page: start it with ', { code: '--accept-audio' },
+        ', or open the page with its ', { code: '?token=' }, '.');
       return true;
     }
     return false;

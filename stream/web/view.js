@@ -25,14 +25,42 @@ function colour(label, labels) {
   return SPARE_COLOURS[i % SPARE_COLOURS.length];
 }
 
-const pct = (p) => `${Math.round(p * 100)} %`;
-const secs = (s) => `${s.toFixed(2)} s`;
+/** The model's name without its recipe: the description up to its first parenthesis, "+" or comma. */
+function shortModel(description) {
+  const head = String(description || '').split(/ \(| \+ |, | trained /)[0].trim() || 'unknown model';
+  return head.length <= 40 ? head : `${head.slice(0, 39).replace(/\s+\S*$/, '')}…`;
+}
+
+/** A piece of a message that must not break across lines (an option, part of a URL). */
+function code(text) { return el('code', '', text); }
+
+/** The OOD score in words. It is the share of held-out speech of the kind the model was trained on that
+ * is more typical than this segment (a percentile rank, serlive.model.calibration.ood_score). */
+function oodWords(ood) {
+  return ood >= 0.99 ? 'unlike the speech it was trained on'
+    : `less typical than ${Math.round(ood * 100)}\u00a0% of its training speech`;
+}
+
+function oodTip(ood) {
+  return `Out-of-distribution (OOD) score ${ood.toFixed(2)}: ${Math.round(ood * 100)} % of held-out speech like the `
+    + 'speech this model was trained on is more typical than this segment. Near 1 the speech is unlike anything '
+    + 'it was trained on (another language, a child, noise, a phone line): trust the label less.';
+}
+
+function oodNote(ood, short) {
+  const note = el('abbr', 'ood', short ? `OOD ${ood.toFixed(2)}` : oodWords(ood));
+  note.title = oodTip(ood);
+  return note;
+}
+
+const pct = (p) => `${Math.round(p * 100)}\u00a0%`;  // no-break spaces: a number keeps its unit
+const secs = (s) => `${s.toFixed(2)}\u00a0s`;
 const isUncertain = (p) => p && p.uncertain === true;
 
 function describe(seg) {
   const lines = [`segment ${seg.segment}  ${secs(seg.start)} – ${secs(seg.end)}`];
   if (seg.label) lines.push(`${seg.final ? 'final' : 'interim'}: ${seg.label} ${pct(seg.confidence)}${isUncertain(seg) ? ' (uncertain)' : ''}`);
-  if (typeof seg.ood === 'number') lines.push(`out of distribution: ${seg.ood.toFixed(2)}`);
+  if (typeof seg.ood === 'number') lines.push(`${oodWords(seg.ood)} (OOD ${seg.ood.toFixed(2)})`);
   for (const [k, v] of Object.entries(seg.probs || {}).sort((a, b) => b[1] - a[1])) lines.push(`  ${k}  ${pct(v)}`);
   return lines.join('\n');
 }
@@ -77,11 +105,17 @@ class View {
     for (const s of app.streams.values()) {
       const li = el('li', s.active ? '' : 'ended');
       if (s.name === app.selected) li.classList.add('selected');
-      const dot = el('span', 'dot');
+      // The dot: filled in the last label's colour while the stream runs; an ended stream's is an empty
+      // ring and one with no prediction yet a dashed ring, so neither reads as a label (neutral is grey too).
       const last = s.last;
-      if (last && last.label) dot.style.background = colour(isUncertain(last) ? 'uncertain' : last.label, app.labels);
+      const dot = el('span', !s.active ? 'dot ended' : last && last.label ? 'dot' : 'dot none');
+      if (s.active && last && last.label) dot.style.background = colour(isUncertain(last) ? 'uncertain' : last.label, app.labels);
       li.append(dot, el('span', 'name', s.name));
-      if (app.own.has(s.name)) li.append(el('span', 'own', 'this page'));
+      const tags = el('span', 'tags');
+      if (app.own.has(s.name)) tags.append(el('span', 'tag own', 'this page'));
+      else if (s.remote) tags.append(remoteTag());
+      if (!s.active) tags.append(el('span', 'tag ended', 'ended'));
+      li.append(tags);
       if (!s.active) li.title = `ended${s.detail ? ': ' + s.detail : ''}`;
       li.addEventListener('click', () => app.select(s.name));
       ul.append(li);
@@ -90,13 +124,16 @@ class View {
   }
 
   current(app, s) {
-    $('sel-name').textContent = s ? s.name + (s.active ? '' : ' (ended)') : '–';
+    $('sel-name').textContent = s ? s.name + (s.active ? '' : ' (ended)') : 'No stream selected';
+    $('sel-remote').replaceChildren(...(s && s.remote && !app.own.has(s.name) ? [remoteTag()] : []));
     const p = s && s.last;
     const label = $('label'), kind = $('sel-kind');
     label.className = 'label';
     kind.className = 'kind';
-    if (!p) {
-      label.textContent = '–'; kind.textContent = ''; $('confidence').textContent = '';
+    if (!p) {  // words, not a dash: a lone "–" at this size reads as a stray black bar
+      label.textContent = s ? 'No prediction yet' : 'Pick a stream, or send audio';
+      label.classList.add('empty');
+      kind.textContent = ''; $('confidence').textContent = '';
       $('bars').replaceChildren();
       this.dims(app, null);
       return;
@@ -107,9 +144,8 @@ class View {
     if (unsure) label.classList.add('uncertain');
     kind.textContent = unsure ? 'uncertain' : (p.final ? 'final' : 'interim');
     kind.classList.add(unsure ? 'uncertain' : (p.final ? 'final' : 'interim'));
-    let text = `${unsure ? 'leaning ' + p.label + ', ' : ''}confidence ${pct(p.confidence)} · segment ${p.segment} · ${secs(p.start)} – ${secs(p.end)}`;
-    if (typeof p.ood === 'number') text += ` · out of distribution ${p.ood.toFixed(2)}`;
-    $('confidence').textContent = text;
+    const text = `${unsure ? 'leaning ' + p.label + ', ' : ''}confidence ${pct(p.confidence)} · segment ${p.segment} · ${secs(p.start)} – ${secs(p.end)}`;
+    $('confidence').replaceChildren(text, ...(typeof p.ood === 'number' ? [' · ', oodNote(p.ood)] : []));
     const bars = $('bars');
     bars.replaceChildren();
     for (const name of app.labels) {
@@ -189,14 +225,22 @@ class View {
     const rows = finals.slice(-LOG_ROWS).reverse().map((g) => {
       const tr = el('tr');
       tr.dataset.segment = String(g.segment);
-      const note = [isUncertain(g) ? 'uncertain' : '', typeof g.ood === 'number' ? `OOD ${g.ood.toFixed(2)}` : ''];
-      for (const v of [g.segment, secs(g.start), secs(g.end), g.label, pct(g.confidence), note.filter(Boolean).join(', ')]) {
-        tr.append(el('td', '', String(v)));
-      }
+      for (const v of [g.segment, secs(g.start), secs(g.end), g.label, pct(g.confidence)]) tr.append(el('td', '', String(v)));
+      const note = el('td', 'note', isUncertain(g) ? 'uncertain' : '');
+      if (typeof g.ood === 'number') note.append(isUncertain(g) ? ', ' : '', oodNote(g.ood, true));
+      tr.append(note);
       return tr;
     });
     $('log').tBodies[0].replaceChildren(...rows);
+    $('ood-legend').hidden = !finals.some((g) => typeof g.ood === 'number');
   }
 }
 
-window.SerView = { View, colour };
+function remoteTag() {
+  const tag = el('span', 'tag remote', '⇄ remote');
+  tag.title = 'A remote stream: its audio and its name come from a WebSocket client. A client can copy a local '
+    + "stream's name letter for letter (in another alphabet), but not this mark.";
+  return tag;
+}
+
+window.SerView = { View, colour, shortModel, code };
