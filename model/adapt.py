@@ -155,13 +155,25 @@ class GuardedAdapter(SpeakerAdapter):
         return (scale * super().shift()).astype(np.float32)
 
 
+def familiarity_gate(distance: float, near: float) -> float:
+    """The share of the shift a stream gets: 0 within ``near`` of the reference, whole from twice ``near`` on,
+    linear between (``near`` 0: always whole)."""
+    return 1.0 if near <= 0 else float(np.clip(distance / near - 1.0, 0.0, 1.0))
+
+
 def adapted(predictor, prediction, adapter: SpeakerAdapter | None):
     """``prediction`` adapted to the stream as ``ser-live`` does it: shifted by ``adapter`` (what it learnt from
-    the stream's earlier finals) through ``predictor`` (a :class:`~serlive.model.predictor.Predictor`), then
-    flattened when the stream's voice is far from the training speakers' (``calibration.voice_beta``)."""
+    the stream's earlier finals) through ``predictor`` (a :class:`~serlive.model.predictor.Predictor`), as much
+    as :func:`familiarity_gate` allows (``calibration.adapt_near``), then flattened when the stream's voice is
+    far from the training speakers' (``calibration.voice_beta``)."""
     if adapter is None:
         return prediction
-    out, cal = predictor.adapt(prediction, adapter), predictor.config.calibration
+    cal = predictor.config.calibration
+    gate = familiarity_gate(adapter.distance(), cal.adapt_near)
+    if gate == 1.0 or adapter.count == 0 or not predictor.can_adapt:
+        out = predictor.adapt(prediction, adapter)
+    else:
+        out = predictor.refinish([prediction], shift=gate * adapter.shift())[0]
     if cal.voice_beta > 0 and adapter.count:
         out = temper_prediction(out, voice_factor(adapter.distance(), cal.voice_from, cal.voice_beta),
                                 cal.min_confidence)

@@ -151,7 +151,9 @@ class CalibrationConfig:
     embedding (empty: the model cannot adapt). ``voice_from`` and ``voice_beta``: an adapting stream whose
     speaker's running mean lies ``d`` from that reference gets its temperature times ``exp(voice_beta * (d -
     voice_from))`` past ``voice_from`` (a voice, language or microphone unlike the training speakers': the
-    model is less often right there; 0: off)."""
+    model is less often right there; 0: off). ``adapt_near``: a stream whose speaker mean lies within that
+    distance of the reference is not shifted, and the shift grows to whole at twice it (a voice like the
+    training speakers' needs no centring, and its running mean is mostly its emotions; 0: always whole)."""
 
     temperature: float = 1.0
     ood_statistic: str = "spectral_z"
@@ -169,6 +171,7 @@ class CalibrationConfig:
     embedding_mean: tuple[float, ...] = ()
     voice_from: float = 0.0
     voice_beta: float = 0.0
+    adapt_near: float = 0.0
 
     def __post_init__(self) -> None:
         choice("calibration.ood_statistic", self.ood_statistic, OOD_STATISTICS)
@@ -177,7 +180,8 @@ class CalibrationConfig:
         if self.ood_reference and (len(self.ood_reference) < 2 or any(
                 not math.isfinite(x) for x in self.ood_reference) or list(self.ood_reference) != sorted(self.ood_reference)):
             raise ConfigError("calibration.ood_reference must be finite, sorted percentiles (or empty)")
-        for name in ("shift_beta", "shift_from", "speech_limit", "short_frames", "short_gamma", "voice_from", "voice_beta"):
+        for name in ("shift_beta", "shift_from", "speech_limit", "short_frames", "short_gamma", "voice_from", "voice_beta",
+                     "adapt_near"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"calibration.{name} must be a number at least 0")
         for name in ("ood_threshold", "ood_mix", "min_confidence", "min_voiced"):

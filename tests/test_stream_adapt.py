@@ -135,3 +135,18 @@ def test_a_flattened_prediction_under_the_confidence_floor_is_uncertain(recordin
     flat = temper_prediction(sure, 50.0, 0.4)
     assert not sure.uncertain and flat.uncertain and flat.label == sure.label and flat.confidence < 0.4
     assert temper_prediction(sure, 1.0, 0.4) is sure
+
+
+def test_a_voice_near_the_training_speakers_is_shifted_less(bundled, recordings):
+    """``adapt_near``: no shift within it, half at 1.5 times it, whole from twice it on."""
+    from serlive.model.adapt import familiarity_gate
+
+    assert [familiarity_gate(d, 2.0) for d in (0.0, 2.0, 3.0, 4.0, 9.0)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert familiarity_gate(0.1, 0.0) == 1.0
+    adapter = bundled.new_adapter()
+    adapter.update(recordings[3].embedding)
+    d = adapter.distance()
+    for near, share in ((2 * d, 0.0), (d / 1.5, 0.5), (d / 2, 1.0)):
+        gated = bundled.with_calibration(adapt_near=near)
+        expected = bundled.refinish([recordings[0]], shift=share * adapter.shift())[0]
+        np.testing.assert_allclose(adapted(gated, recordings[0], adapter).probs, expected.probs, atol=1e-12)
