@@ -11,7 +11,7 @@ import sys
 from ..argcheck import EXIT_USAGE, CliError, Parser, number
 from .options import add_nats_options, connect_options, names_of, process_name
 
-COMMANDS = ("worker", "feed")
+COMMANDS = ("worker", "feed", "cluster-bench")
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:

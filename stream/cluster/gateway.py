@@ -32,6 +32,8 @@ INTERIM_TTL_S = 3.0
 """An interim not answered within this is given up (a worker may have dropped it under load)."""
 
 RESULT_FETCH = 256
+CHUNK_MAX_SAMPLES = 4 * 16_000
+"""Audio chunks hold at most 4 s (256 kB of float32; NATS refuses messages over its max_payload, 1 MB by default)."""
 
 
 Superseded = getattr(_worker, "Superseded", BadAudio)
@@ -60,6 +62,8 @@ class RemoteWorker:
         self.served = None
         self.current = None  # the InferenceRequest the engine is submitting (set around its submit call)
         self.bytes_out = 0  # audio and request bytes published
+        self.bytes_whole = 0  # what sending each request's whole audio would have published
+        self.requests = 0
         self.garbage = self.duplicates = 0
         self._waiting: dict[str, tuple[asyncio.Future, float]] = {}
         self._segments: dict[tuple[str, int], _Segment] = {}
@@ -125,6 +129,8 @@ class RemoteWorker:
         request_id = f"{self.sink.incarnation}:{number}:{key[1]}:" + ("f" if final else f"i{end}")
         self._waiting[request_id] = (future, loop.time())
         self.audio_s += len(new) / 16_000
+        self.bytes_whole += 4 * n
+        self.requests += 1
         self._outbox.put_nowait((segment, new, request_id, key, start, end, final, n))
         if not final:
             self._expire(self._interims.pop(key[0], ""))  # a newer interim of the stream replaces it
@@ -148,14 +154,17 @@ class RemoteWorker:
         while True:
             segment, new, request_id, key, start, end, final, n = await self._outbox.get()
             try:
-                if len(new):
-                    data = chunk_bytes(new)
+                tail = b""
+                if final and 0 < len(new) <= CHUNK_MAX_SAMPLES:  # the segment's last audio rides with its final
+                    tail, new = chunk_bytes(new), new[:0]
+                for i in range(0, len(new), CHUNK_MAX_SAMPLES):  # (a message stays far below max_payload)
+                    data = chunk_bytes(new[i:i + CHUNK_MAX_SAMPLES])
                     ack = await retry(lambda: self.js.publish(names.audio_subject(self.gateway), data),
                                       what="audio publish")  # (a retried chunk may be stored twice: harmless)
                     segment.chunks.append(ack.seq)
                     self.bytes_out += len(data)
                 wire = WireRequest(request_id, self.gateway, key[0], key[1], start, end, final,
-                                   tuple(segment.chunks), n, self._reply(final), time.time()).encode()
+                                   tuple(segment.chunks), n, self._reply(final), time.time(), tail).encode()
                 self.bytes_out += len(wire)
                 if final:
                     await retry(lambda: self.js.publish(names.final_subject(self.gateway), wire,

@@ -59,7 +59,7 @@ class AudioCache:
         found = await asyncio.gather(*(self._fetch(s, req.gateway) for s in missing))
         for seq, samples in zip(missing, found):
             self._put(seq, samples)
-        parts = [self._chunks[s] for s in req.chunks]
+        parts = [self._chunks[s] for s in req.chunks] + ([req.tail_samples] if req.tail else [])
         for s in req.chunks:
             self._chunks.move_to_end(s)
         audio = np.concatenate(parts) if len(parts) > 1 else parts[0]

@@ -18,6 +18,7 @@ import numpy as np
 
 MAX_REQUEST_BYTES = 64 << 10
 MAX_CHUNKS = 4096
+MAX_TAIL_BYTES = 4 * 16_000 * 4
 
 
 class WireError(ValueError):
@@ -40,23 +41,31 @@ class WireRequest:
     samples: int
     reply: str
     sent_s: float  # wall clock (time.time()) at publish: workers drop interims that waited too long
+    tail: bytes = b""  # a final's last audio (float32), carried in the request itself: one round trip less
 
     def encode(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":")).encode()
+        head = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tail"}
+        return json.dumps(head, separators=(",", ":")).encode() + b"\n" + self.tail
+
+    @property
+    def tail_samples(self) -> np.ndarray:
+        return chunk_samples(self.tail)
 
     @classmethod
     def decode(cls, data: bytes) -> "WireRequest":
-        if len(data) > MAX_REQUEST_BYTES:
-            raise WireError(f"request of {len(data)} bytes")
+        head, _, tail = data.partition(b"\n")  # (JSON escapes newlines: the first one ends the head)
+        if len(head) > MAX_REQUEST_BYTES or len(tail) > MAX_TAIL_BYTES or len(tail) % 4:
+            raise WireError(f"a request of {len(head)} + {len(tail)} bytes")
         try:
-            raw = json.loads(data)
+            raw = json.loads(head)
             req = cls(str(raw["id"]), str(raw["gateway"]), str(raw["stream"]), int(raw["segment"]),
                       int(raw["start_sample"]), int(raw["end_sample"]), bool(raw["final"]),
                       tuple(int(c) for c in raw["chunks"]), int(raw["samples"]), str(raw["reply"]),
-                      float(raw["sent_s"]))
+                      float(raw["sent_s"]), tail)
         except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
             raise WireError(f"not a request: {exc}") from exc
-        if not 0 < len(req.chunks) <= MAX_CHUNKS or req.samples <= 0 or min(req.chunks) <= 0:
+        if len(req.chunks) > MAX_CHUNKS or req.samples <= 0 or (req.chunks and min(req.chunks) <= 0) \
+                or not (req.chunks or req.tail):
             raise WireError("a request without audio")
         if not req.reply or any(c in req.reply for c in " *>\t\r\n"):
             raise WireError("a request without a valid reply subject")

@@ -1,0 +1,133 @@
+"""What crosses the broker, without a broker: request and result encoding, garbage refused, and the
+gateway's chunking (each sample of a segment published once, whatever the interims)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("nats")
+
+from serlive.model import Prediction  # noqa: E402
+from serlive.stream.cluster.gateway import CHUNK_MAX_SAMPLES, RemoteWorker  # noqa: E402
+from serlive.stream.cluster.options import Names  # noqa: E402
+from serlive.stream.cluster.publish import ClusterSink  # noqa: E402
+from serlive.stream.cluster.wire import (WireError, WireRequest, chunk_bytes, decode_result,  # noqa: E402
+                                         encode_failure, encode_prediction)
+from serlive.stream.pipeline import InferenceRequest  # noqa: E402
+
+
+def request(**kw) -> WireRequest:
+    base = dict(id="g:1:0:f", gateway="g", stream="a.flac", segment=0, start_sample=10, end_sample=20, final=True,
+                chunks=(3, 4), samples=9, reply="serlive.res.g", sent_s=1.5, tail=chunk_bytes(np.ones(2, np.float32)))
+    return WireRequest(**{**base, **kw})
+
+
+def test_a_request_round_trips_with_its_tail():
+    req = request()
+    back = WireRequest.decode(req.encode())
+    assert back == req and back.tail_samples.tolist() == [1.0, 1.0]
+    assert WireRequest.decode(request(tail=b"", final=False).encode()).tail == b""
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xfe", b"[]", b'{"id": 1}', b"null\n",
+                                  request(chunks=(), tail=b"").encode(), request(samples=0).encode(),
+                                  request(reply="a b").encode(), request(chunks=(0,)).encode(),
+                                  request().encode() + b"x"])  # a tail that is not float32
+def test_garbage_is_not_a_request(data):
+    with pytest.raises(WireError):
+        WireRequest.decode(data)
+
+
+def prediction() -> Prediction:
+    return Prediction("sad", ("angry", "sad"), (0.25, 0.75), 0.75, None, None, np.arange(4, dtype=np.float32), True,
+                      12, 15, ood=0.5, uncertain=False, atypicality=1.25, voiced=0.5)
+
+
+def test_a_prediction_round_trips_exactly():
+    request_id, back, failure = decode_result(encode_prediction("r1", prediction()), Prediction)
+    assert request_id == "r1" and failure is None
+    for f in dataclasses.fields(Prediction):
+        a, b = getattr(prediction(), f.name), getattr(back, f.name)
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, f.name
+    assert decode_result(encode_failure("r2", "bad_audio", "NaN samples"), Prediction) == \
+        ("r2", None, ("bad_audio", "NaN samples"))
+    for bad in (b"{", json.dumps({"id": "x", "prediction": {"label": "sad"}}).encode()):
+        with pytest.raises(WireError):
+            decode_result(bad, Prediction)
+
+
+def published(audio_requests) -> tuple[list, list]:
+    """Submit (audio, final, segment) through a RemoteWorker without a broker: what its publisher would send."""
+    async def run():
+        names = Names()
+        worker = RemoteWorker({}, names, "g", Prediction, ClusterSink(names, "g"))
+        worker._outbox = asyncio.Queue()
+        for audio, final, segment in audio_requests:
+            worker.current = InferenceRequest("s", segment, 0, len(audio), audio, final, 0.0, 0.0)
+            worker.submit(audio, urgent=final, stream="s")
+        items = [worker._outbox.get_nowait() for _ in range(worker._outbox.qsize())]
+        return [len(item[1]) for item in items], [item[7] for item in items]
+    return asyncio.run(run())
+
+
+def test_each_sample_of_a_segment_is_published_once():
+    audio = np.random.default_rng(0).standard_normal(40_000).astype(np.float32)
+    # interims at 8000, 16000, 24000 samples, then the final trimmed back to 22000 (its trailing silence)
+    new, total = published([(audio[:8000], False, 0), (audio[:16000], False, 0), (audio[:24000], False, 0),
+                            (audio[:22000], True, 0), (audio[:5000], True, 1)])
+    assert new == [8000, 8000, 8000, 0, 5000]  # the next segment starts afresh
+    assert total == [8000, 16000, 24000, 22000, 5000]
+
+
+def test_audio_that_does_not_extend_the_segment_is_sent_whole():
+    audio = np.random.default_rng(1).standard_normal(20_000).astype(np.float32)
+    other = audio.copy()
+    other[7999] += 1.0
+    new, _ = published([(audio[:8000], False, 0), (other[:16000], False, 0)])
+    assert new == [8000, 16000]
+
+
+class FakeBroker:
+    """Records publishes; JetStream acks count sequence numbers up."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+
+    async def publish(self, subject, data, headers=None):
+        self.messages.append((subject, data))
+        return type("Ack", (), {"seq": len(self.messages)})()
+
+
+def test_a_long_final_goes_out_in_chunks_under_the_payload_limit_and_a_short_tail_inline():
+    async def run(requests):
+        names = Names()
+        worker = RemoteWorker({}, names, "g", Prediction, ClusterSink(names, "g"))
+        worker._outbox, worker.js = asyncio.Queue(), FakeBroker()
+        worker.nc = worker.js
+        for audio, final in requests:
+            worker.current = InferenceRequest("s", 0, 0, len(audio), audio, final, 0.0, 0.0)
+            worker.submit(audio, urgent=final, stream="s")
+        task = asyncio.create_task(worker._publish_requests())
+        while not worker._outbox.empty():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        return worker.js.messages
+
+    audio = np.random.default_rng(2).standard_normal(19 * 16_000).astype(np.float32)
+    messages = asyncio.run(run([(audio, True)]))
+    chunks = [d for s, d in messages if s == "serlive.audio.g"]
+    assert [len(d) for d in chunks] == [CHUNK_MAX_SAMPLES * 4] * 4 + [(len(audio) - 4 * CHUNK_MAX_SAMPLES) * 4]
+    req = WireRequest.decode(messages[-1][1])
+    assert messages[-1][0] == "serlive.req.final.g" and req.chunks == (1, 2, 3, 4, 5) and req.tail == b""
+    assert np.array_equal(np.concatenate([np.frombuffer(d, "<f4") for d in chunks]), audio)
+
+    messages = asyncio.run(run([(audio[:16_000], False), (audio[:40_000], True)]))
+    assert [s for s, _ in messages] == ["serlive.audio.g", "serlive.req.interim", "serlive.req.final.g"]
+    req = WireRequest.decode(messages[-1][1])
+    assert req.chunks == (1,) and np.array_equal(req.tail_samples, audio[16_000:40_000])
