@@ -5,6 +5,7 @@ and to a real ``ser-live --connect`` process on a pseudo-terminal."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import os
@@ -24,7 +25,7 @@ from serlive.stream import events as ev
 from serlive.tui import feed
 from serlive.tui.app import MonitorApp
 from serlive.tui.source import WebSocketSource
-from serlive.tui.state import FeedStatus
+from serlive.tui.state import MAX_STREAMS, FeedStatus, MonitorState
 from serlive.tui.widgets import HealthPanel
 
 from .test_tui_app import SIZE, log_labels, shown, sync
@@ -235,3 +236,48 @@ def test_ser_live_connect_process_quits_without_a_traceback(messages):
     if messages:
         assert "1 malformed message dropped" in screen
     assert server.server.close_codes == [1000]
+
+
+def flood() -> list[str]:
+    """A feed that opens a new stream and reports an error in every other message."""
+    messages = [dataclasses.replace(recorded()[0], streams=()).to_json()]
+    for i in range(MAX_STREAMS + 44):
+        messages += [ev.StreamStatus(f"s{i}", "started").to_json(), ev.Error("bad_audio", f"stream s{i} NaN").to_json()]
+    return messages
+
+
+@sync
+async def test_a_flood_of_streams_and_errors_stays_bounded_on_screen():
+    server = FeedServer(flood())
+    async with serve(server.handler, "127.0.0.1", 0) as ws_server:
+        app = MonitorApp(WebSocketSource(f"ws://127.0.0.1:{ws_server.sockets[0].getsockname()[1]}"))
+        async with app.run_test(size=SIZE) as pilot:
+            await eventually(lambda: app.state.unshown == 44, pilot, app)
+            assert len(app.state.streams) == MAX_STREAMS and "s255" in app.state.streams
+            assert "44 events of others not shown" in shown(app, HealthPanel)
+            assert app.state.error.message == f"stream s{MAX_STREAMS + 43} NaN"  # the latest, in the panel
+            assert len(app._notifications) <= 3  # toasts spaced a second apart, not 300 of them
+            await pilot.press("q")
+    assert app.return_code == 0
+
+
+def test_an_ended_stream_makes_room_for_a_new_one():
+    state = MonitorState()
+    for i in range(MAX_STREAMS):
+        state.apply(ev.StreamStatus(f"s{i}", "started"))
+    state.apply(ev.Level("late", 0, -20.0, False))
+    assert "late" not in state.streams and state.unshown == 1
+    state.apply(ev.StreamStatus("s7", "ended", reason="client_closed"))
+    state.apply(ev.Level("late", 0, -20.0, False))
+    assert "late" in state.streams and "s7" not in state.streams and len(state.streams) == MAX_STREAMS
+    assert state.selected == "s0"  # the selected stream is never the one forgotten
+
+
+@pytest.mark.parametrize("line, problem", [('{"type":"prediction"}', "line 2: prediction without 'stream'"),
+                                           ("{", "line 2: not JSON")])
+def test_replay_of_a_bad_recording_is_one_sentence_and_exit_2(tmp_path, line, problem):
+    recording = tmp_path / "events.jsonl"
+    recording.write_text(recorded()[0].to_json() + "\n" + line + "\n")
+    proc = subprocess.run([sys.executable, "-m", "serlive.tui.replay", str(recording)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr == f"replay: error: {recording}, {problem}\n"

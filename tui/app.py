@@ -39,6 +39,9 @@ COMPACT_BELOW = (72, 22)
 QUIT_WAIT_S = 2.0
 """How long ``q`` waits for the event source to stop before the app exits anyway."""
 
+ERROR_TOAST_GAP_S = 1.0
+"""At most one error toast this often."""
+
 HELD_MAX = 200_000
 """Events kept while the display is paused (about ten hours of one stream's levels); older ones are lost."""
 
@@ -63,6 +66,7 @@ class MonitorApp(App[int]):
         self.paused = False
         self._held: deque[ev.Event | FeedStatus] = deque(maxlen=HELD_MAX)
         self._dirty = True
+        self._toasted_s = float("-inf")
 
     def compose(self) -> ComposeResult:
         s = self.state
@@ -105,7 +109,9 @@ class MonitorApp(App[int]):
             return
         self.state.apply(event)
         self._dirty = True
-        if isinstance(event, ev.Error):
+        if isinstance(event, ev.Error) and time.monotonic() - self._toasted_s >= ERROR_TOAST_GAP_S:
+            # The health panel shows the latest error; toasts are spaced so a flood of errors cannot bury the screen.
+            self._toasted_s = time.monotonic()
             self.notify(printable(event.message), title=printable(event.code), severity="error", markup=False)
 
     async def _tick(self) -> None:

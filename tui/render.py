@@ -237,6 +237,8 @@ def health(state: MonitorState) -> Text:
         noun = "message" if feed.dropped == 1 else "messages"
         out.append(f"\n{feed.dropped} malformed {noun} dropped\n", style="bold yellow")
         out.append(f"last: {printable(feed.problem)}", style="yellow")
+    if state.unshown:
+        out.append(f"\nover {len(state.streams)} streams: {state.unshown} events of others not shown", style="yellow")
     if state.error is not None:
         out.append(f"\n{printable(state.error.code)}: {printable(state.error.message)}", style="red")
     return out

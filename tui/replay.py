@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .app import MonitorApp
-from .source import ReplaySource
+from .source import ReplayError, ReplaySource
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,8 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("events", help="a JSON-lines file of events")
     parser.add_argument("--delay-s", type=float, default=0.05, help="pause between events (default 0.05)")
     args = parser.parse_args(argv)
-    app = MonitorApp(ReplaySource.from_jsonl(args.events, delay_s=args.delay_s))
-    return int(app.run() or 0)
+    try:
+        source = ReplaySource.from_jsonl(args.events, delay_s=args.delay_s)
+    except ReplayError as exc:
+        sys.stderr.write(f"replay: error: {exc}\n")
+        return 2
+    return int(MonitorApp(source).run() or 0)
 
 
 if __name__ == "__main__":

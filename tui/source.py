@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +27,10 @@ BACKOFF_START_S = 0.5
 """First wait before reconnecting a dropped feed; doubled per failure up to :data:`BACKOFF_MAX_S`."""
 
 BACKOFF_MAX_S = 10.0
+
+
+class ReplayError(ValueError):
+    """A recording that cannot be replayed; the message is one sentence."""
 
 
 class EventSource(Protocol):
@@ -82,8 +85,23 @@ class ReplaySource:
 
     @classmethod
     def from_jsonl(cls, path: str | Path, **kwargs) -> ReplaySource:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        return cls([ev.from_dict(json.loads(line)) for line in lines if line.strip()], **kwargs)
+        """The events of a JSON-lines file, each checked as a feed message is (unknown types skipped);
+        raises :class:`ReplayError` naming the first line that is not an event."""
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ReplayError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        events = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                events.append(feed.parse(line))
+            except feed.Unknown:
+                continue
+            except feed.BadMessage as exc:
+                raise ReplayError(f"{path}, line {number}: {exc}") from None
+        return cls(events, **kwargs)
 
     async def run(self, emit: Emit) -> int:
         emit(FeedStatus(True, "replay"))

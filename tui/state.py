@@ -26,6 +26,10 @@ TIMELINE_MIN_WINDOW_S = 30.0
 MAX_LOG_ROWS = 1000
 """Segment-log rows kept per stream; the oldest go first (the CSV holds what is kept)."""
 
+MAX_STREAMS = 256
+"""Streams the monitor keeps at once: a feed that names a new stream in every message must not grow the
+list without bound. Past it the oldest ended stream makes room; with none ended, new streams are not shown."""
+
 CSV_COLUMNS = ("stream", "segment", "start_s", "duration_s", "label", "confidence", "latency_ms", "knn", "uncertain")
 
 
@@ -175,6 +179,8 @@ class MonitorState:
         self.error: ev.Error | None = None
         self.finished: int | None = None
         """The source's exit code once it has ended (a file fully processed), else None."""
+        self.unshown = 0
+        """Events of streams past :data:`MAX_STREAMS` that were not shown."""
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -188,12 +194,23 @@ class MonitorState:
     def view(self) -> StreamView | None:
         return self.streams.get(self.selected) if self.selected is not None else None
 
-    def stream(self, name: str) -> StreamView:
+    def stream(self, name: str) -> StreamView | None:
+        """The view of stream ``name``, made on first sight; None when :data:`MAX_STREAMS` are shown and
+        none of them has ended (the oldest ended one makes room)."""
         if name not in self.streams:
+            if len(self.streams) >= MAX_STREAMS and not self._forget_an_ended_stream():
+                self.unshown += 1
+                return None
             self.streams[name] = StreamView(name)
             if self.selected is None:
                 self.selected = name
         return self.streams[name]
+
+    def _forget_an_ended_stream(self) -> bool:
+        ended = next((name for name, view in self.streams.items() if not view.active and name != self.selected), None)
+        if ended is not None:
+            del self.streams[ended]
+        return ended is not None
 
     def apply(self, event: ev.Event | FeedStatus) -> None:
         """Fold one event into the view state."""
@@ -203,24 +220,31 @@ class MonitorState:
             case ev.Hello():
                 self.hello = event
                 for name in event.streams:
-                    self.stream(name).remote = name in event.remote_streams
-            case ev.StreamStatus():
-                view = self.stream(event.stream)
-                view.active, view.remote = event.state != "ended", event.remote
-            case ev.SegmentStart():
-                self.stream(event.stream).on_segment_start(event)
-            case ev.SegmentEnd():
-                self.stream(event.stream).on_segment_end(event)
-            case ev.PredictionEvent():
-                self.stream(event.stream).on_prediction(event)
-            case ev.State():
-                self.stream(event.stream).rolling = event
-            case ev.Level():
-                self.stream(event.stream).on_level(event)
+                    if view := self.stream(name):
+                        view.remote = name in event.remote_streams
             case ev.Stats():
                 self.stats = event
             case ev.Error():
                 self.error = event
+            case ev.StreamStatus() | ev.SegmentStart() | ev.SegmentEnd() | ev.PredictionEvent() | ev.State() | ev.Level():
+                if view := self.stream(event.stream):
+                    self._apply_to(view, event)
+
+    @staticmethod
+    def _apply_to(view: StreamView, event: ev.Event) -> None:
+        match event:
+            case ev.StreamStatus():
+                view.active, view.remote = event.state != "ended", event.remote
+            case ev.SegmentStart():
+                view.on_segment_start(event)
+            case ev.SegmentEnd():
+                view.on_segment_end(event)
+            case ev.PredictionEvent():
+                view.on_prediction(event)
+            case ev.State():
+                view.rolling = event
+            case ev.Level():
+                view.on_level(event)
 
     def select_next(self) -> str | None:
         """Move the selection to the next stream (wrapping) and return it."""
