@@ -194,7 +194,7 @@ class ServerThread:
 
 def run_on_a_terminal(url: str, wait_for: bytes, timeout_s: float = 90.0) -> tuple[int, str]:
     """``ser-live --connect url`` on a 120x36 pseudo-terminal: wait until the screen shows ``wait_for``,
-    press q, return the exit code and everything written to the terminal."""
+    press q, return the exit code and everything written to the terminal (-1 if it never showed it)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 36, 120, 0, 0))
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "36"}
@@ -215,7 +215,7 @@ def run_on_a_terminal(url: str, wait_for: bytes, timeout_s: float = 90.0) -> tup
                 pressed = True
             if pressed and proc.poll() is not None and not ready:
                 break
-        return proc.wait(10), out.decode("utf-8", "replace")
+        return (proc.wait(10) if pressed else -1), out.decode("utf-8", "replace")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -223,18 +223,21 @@ def run_on_a_terminal(url: str, wait_for: bytes, timeout_s: float = 90.0) -> tup
         os.close(master)
 
 
-@pytest.mark.parametrize("messages", [[], [PRED | {"confidence": "high"}]], ids=["idle", "bad-confidence"])
-def test_ser_live_connect_process_quits_without_a_traceback(messages):
-    hello = recorded()[0].to_json()
-    with ServerThread([hello] + [json.dumps(m) for m in messages]) as server:
-        code, screen = run_on_a_terminal(f"ws://127.0.0.1:{server.port}", b"connected to ws://127.0.0.1")
+FEEDS = {"idle": ([], ""), "bad-confidence": ([json.dumps(PRED | {"confidence": "high"})], "1 malformed message dropped"),
+         "hostile": (hostile_feed()[1:], f"{len(MALFORMED)} malformed messages dropped")}
+
+
+@pytest.mark.parametrize("kind", list(FEEDS))
+def test_ser_live_connect_process_quits_without_a_traceback(kind):
+    messages, note = FEEDS[kind]
+    with ServerThread([recorded()[0].to_json()] + messages) as server:
+        shows = note.encode() if note else b"connected to ws://127.0.0.1"  # q only once the screen says so
+        code, screen = run_on_a_terminal(f"ws://127.0.0.1:{server.port}", shows)
         deadline = time.monotonic() + 5
         while not server.server.close_codes and time.monotonic() < deadline:
             time.sleep(0.05)
     assert code == 0, screen[-2000:]
     assert "Traceback" not in screen and "1011" not in screen and "never retrieved" not in screen, screen[-3000:]
-    if messages:
-        assert "1 malformed message dropped" in screen
     assert server.server.close_codes == [1000]
 
 
