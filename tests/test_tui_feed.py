@@ -284,3 +284,25 @@ def test_replay_of_a_bad_recording_is_one_sentence_and_exit_2(tmp_path, line, pr
     proc = subprocess.run([sys.executable, "-m", "serlive.tui.replay", str(recording)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr == f"replay: error: {recording}, {problem}\n"
+
+
+@sync
+async def test_stop_while_a_server_never_answers_the_handshake_returns_at_once():
+    held: list = []
+
+    async def hold(reader, writer):  # accepts the TCP connection, never answers the upgrade
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    errors = LoopErrors()
+    async with server:
+        client = WebSocketSource(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", open_timeout_s=30)
+        task = asyncio.create_task(client.run(lambda e: None))
+        await eventually(lambda: held)
+        started = time.monotonic()
+        client.stop()
+        assert await asyncio.wait_for(task, 5) == 0
+        assert time.monotonic() - started < 0.5  # not the 30 s handshake timeout, nor the app's 2 s quit wait
+        for writer in held:
+            writer.close()
+    assert errors.reports == []

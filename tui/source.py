@@ -140,11 +140,13 @@ class WebSocketSource:
         backoff_s = BACKOFF_START_S
         while not self._stopped.is_set():
             try:
-                ws = await connect(self.url, additional_headers=headers, open_timeout=self.open_timeout_s,
-                                   max_size=2**22)
+                ws = await self._unless_stopped(connect(self.url, additional_headers=headers, max_size=2**22,
+                                                        open_timeout=self.open_timeout_s))
             except Exception as exc:  # OSError, TimeoutError, websockets' InvalidStatus, InvalidURI, ...
                 reason = _why(exc)
             else:
+                if ws is None:  # stopped while connecting (a server that never answers must not hold up q)
+                    break
                 self._note(emit, FeedStatus(True, f"connected to {self.url}"))
                 backoff_s = BACKOFF_START_S
                 try:
@@ -167,6 +169,18 @@ class WebSocketSource:
             backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
         return 0
 
+    async def _unless_stopped(self, awaitable):
+        """``await awaitable``, or None as soon as :meth:`stop` is called."""
+        task, stop = asyncio.ensure_future(awaitable), asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(_reap)
+        return task.result() if task.done() and not task.cancelled() else None
+
     def _note(self, emit: Emit, status: FeedStatus) -> None:
         self._status = dataclasses.replace(status, dropped=self.dropped, problem=self._status.problem)
         emit(self._status)
@@ -185,20 +199,8 @@ class WebSocketSource:
             emit(self._status)
 
     async def _pump(self, ws, emit: Emit) -> None:
-        stop = asyncio.ensure_future(self._stopped.wait())
-        recv: asyncio.Future | None = None
-        try:
-            while True:
-                recv = asyncio.ensure_future(ws.recv())
-                done, _ = await asyncio.wait({recv, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if recv not in done:
-                    return
-                self._take(recv.result(), emit)
-        finally:
-            stop.cancel()
-            if recv is not None and not recv.done():
-                recv.cancel()
-                recv.add_done_callback(_reap)
+        while (message := await self._unless_stopped(ws.recv())) is not None:
+            self._take(message, emit)
 
     def stop(self) -> None:
         self._stopped.set()
