@@ -107,3 +107,13 @@ async def test_a_remote_stream_named_like_a_local_one_is_marked_everywhere(predi
     assert any(line.startswith(f"[remote] {LOOKALIKE}: ended") for line in lines)
     remote_finals = [line for line in lines if "#0 " in line and LOOKALIKE in line]
     assert remote_finals and all(line.startswith("[remote] ") for line in remote_finals)
+
+
+def test_a_client_cannot_put_the_marks_in_its_name():
+    from serlive.stream.names import client_stream_name
+    from serlive.stream.sinks import REMOTE_MARK as TEXT_MARK
+
+    for mark in (render.REMOTE_MARK, TEXT_MARK, "⇄ remote"):
+        assert client_stream_name(mark + LOCAL, "x") != mark + LOCAL
+        assert mark.strip() not in client_stream_name(mark + LOCAL, "x")
+    assert client_stream_name(LOOKALIKE, "x") == LOOKALIKE  # letters of any script pass: hence the marks
