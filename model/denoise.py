@@ -31,6 +31,12 @@ def noise_floor(power: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     b, t, f = power.shape
     if t == 0:
         return power.new_zeros(b, f)
+    if b == 1:  # one item (the incremental interims' running front end): a selection, not a sort
+        n = int(valid.sum())
+        if n == 0:
+            return power.new_zeros(1, f)
+        k = int((QUANTILE * torch.tensor(n - 1, dtype=power.dtype)).floor()) + 1  # as the batched path rounds
+        return power[0][valid[0]].kthvalue(k, dim=0).values[None]
     inf = torch.full((), float("inf"), dtype=power.dtype, device=power.device)
     ranked = torch.where(valid[..., None], power, inf).sort(dim=1).values  # valid frames first, ascending
     n = valid.sum(1)

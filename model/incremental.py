@@ -40,6 +40,9 @@ prediction (labels and probabilities) on real speech."""
 _EDGE = N_FFT
 """Samples before the commit point that a later request must repeat (what the next STFT frames overlap)."""
 
+SPREAD_FRAMES = 8
+"""Interims whose new frames differ by at most this many share one LSTM call (the rest step through cells)."""
+
 
 @dataclass(slots=True)
 class EncoderState:
@@ -140,11 +143,13 @@ def run_lstm(encoder: GE2EEncoder, inputs: list[torch.Tensor], states: list) -> 
     return outs, new
 
 
-def run_cells(encoder: GE2EEncoder, inputs: list[torch.Tensor], states: list) -> list[torch.Tensor]:
-    """:func:`run_lstm`'s outputs for a few frames per item (a prefix's tail), a step at a time: one call of
-    ``nn.LSTM`` costs about as much as 25 steps of its cell, whatever it is given. States are not returned."""
+def run_cells(encoder: GE2EEncoder, inputs: list[torch.Tensor], states: list,
+              commit: list[int]) -> tuple[list[torch.Tensor], list]:
+    """:func:`run_lstm` for a few frames per item, a step at a time (one call of ``nn.LSTM`` costs about as much
+    as 25 steps of its cell, whatever it is given): each item's outputs, and its state after ``commit[i]`` steps."""
     zero = encoder.fbank.new_zeros(1, HIDDEN)
     hc = [[(s[k][0][0], s[k][1][0]) if s else (zero, zero) for k in range(len(encoder.lstm))] for s in states]
+    saved = [s if k == 0 else None for s, k in zip(states, commit)]
     outs: list[list[torch.Tensor]] = [[] for _ in inputs]
     for step in range(max((len(x) for x in inputs), default=0)):
         idx = [i for i, x in enumerate(inputs) if len(x) > step]
@@ -158,7 +163,22 @@ def run_cells(encoder: GE2EEncoder, inputs: list[torch.Tensor], states: list) ->
         cat = torch.cat(parts, dim=-1)  # (B, 768)
         for b, i in enumerate(idx):
             outs[i].append(cat[b])
-    return [torch.stack(o) if o else x.new_zeros(0, encoder.dim) for o, x in zip(outs, inputs)]
+            if step + 1 == commit[i]:
+                saved[i] = [(h[None], c[None]) for h, c in hc[i]]  # (1, 1, 256) each, as nn.LSTM gives
+    return [torch.stack(o) if o else x.new_zeros(0, encoder.dim) for o, x in zip(outs, inputs)], saved
+
+
+def blocks(counts: list[int], spread: int = SPREAD_FRAMES) -> list[int]:
+    """How many of each item's ``counts`` new frames go through one ``nn.LSTM`` call with others: items whose
+    counts lie within ``spread`` of each other share the smallest (the rest go through :func:`run_cells`)."""
+    out, start = [0] * len(counts), None
+    for i in sorted(range(len(counts)), key=counts.__getitem__):
+        if counts[i] == 0:
+            continue
+        if start is None or counts[i] > start + spread:
+            start = counts[i]
+        out[i] = start
+    return out
 
 
 def _pair(h10: torch.Tensor) -> torch.Tensor:
@@ -192,10 +212,15 @@ def encode(encoder: GE2EEncoder, waves: list[np.ndarray], offsets: list[int], st
             state.ref = (scale, floor)
         state.power = power
         prep.append((wave_np, n, jc, t10, inputs))
-    fresh, hcs = run_lstm(encoder, [p[4][s.committed:p[2]] for p, s in zip(prep, states)], [s.hc for s in states])
-    tails = run_cells(encoder, [p[4][p[2]:p[3]] for p in prep], hcs)
+    counts = [p[2] - s.committed for p, s in zip(prep, states)]
+    block = blocks(counts)
+    fresh, hcs = run_lstm(encoder, [p[4][s.committed:s.committed + k] for p, s, k in zip(prep, states, block)],
+                          [s.hc for s in states])
+    rest, hcs = run_cells(encoder, [p[4][s.committed + k:] for p, s, k in zip(prep, states, block)], hcs,
+                          [c - k for c, k in zip(counts, block)])  # the last few new frames, then the tail
     out = []
-    for (wave_np, n, jc, t10, _), state, new, hc, tail in zip(prep, states, fresh, hcs, tails):
+    for (wave_np, n, jc, t10, _), state, first, hc, more, c, k in zip(prep, states, fresh, hcs, rest, counts, block):
+        new, tail = torch.cat([first, more[:c - k]]), more[c - k:]
         state.frames_run += len(new) + len(tail)
         if state.committed == 0:
             new = new[1:]  # frame 0 is never paired (20 ms frame t is 10 ms frames 2t + 1 and 2t + 2)
@@ -231,8 +256,11 @@ def spectral_stats(spectral: SpectralStats, waves: list[np.ndarray], states: lis
         power[i, :n] = p
         if spectral.pitch:
             done = len(kept[1])
-            new_f0, new_corr = track(wave[FRAME_STRIDE_SAMPLES * done:][None], max(n - done, 0))
-            f0[i, :n], corr[i, :n] = torch.cat([kept[1], new_f0[0]])[:n], torch.cat([kept[2], new_corr[0]])[:n]
+            if n > done:
+                new_f0, new_corr = track(wave[FRAME_STRIDE_SAMPLES * done:][None], n - done)
+                f0[i, :n], corr[i, :n] = torch.cat([kept[1], new_f0[0]]), torch.cat([kept[2], new_corr[0]])
+            else:  # nothing new (the segment grew by silence the trim leaves out)
+                f0[i, :n], corr[i, :n] = kept[1][:n], kept[2][:n]
         whole = min(n, max(0, (len(wave) - PITCH_WINDOW_SAMPLES) // FRAME_STRIDE_SAMPLES + 1))  # no zero padding
         state.spectral = (p, f0[i, :whole].clone(), corr[i, :whole].clone())
     raw = spectral.stats(power, torch.tensor(counts, device=dev), speech, (f0, corr) if spectral.pitch else None)

@@ -3,7 +3,8 @@
 Each file runs through a stream's own pipeline (VAD, segmenter, the interim schedule), as fast as possible. Every
 interim it asks for is predicted twice: by the whole-segment path (the encoder over the whole open segment, as
 before incremental interims) and by the incremental one (encoder state carried over from the segment's previous
-interim, :mod:`serlive.model.incremental`), for each ``--tolerance``; finals drop the state, as the worker does.
+interim, :mod:`serlive.model.incremental`), for each ``--tolerance``; finals drop the state, as the worker does (the last column: what a final
+that finished its segment's state, instead of recomputing the segment, would have given).
 Printed: interims compared, how often their labels agree, the largest and 99th-percentile probability
 difference, how many interims reran their segment's LSTM (rebuilds), LSTM frames run against the whole path's,
 and the compute time of both paths in the same run.
@@ -48,11 +49,17 @@ def compare(predictor, requests: list[InferenceRequest], tolerance: float, total
     predictor.tolerance = tolerance
     states: dict[int, EncoderState] = {}
     for r in requests:
-        if r.final:
-            states.pop(r.segment, None)
-            continue
         wave = predictor.prepare(r.audio)
         mask = predictor.mask(wave)
+        if r.final:  # what a final that finished its segment's state would give (the worker recomputes instead)
+            state = states.pop(r.segment, None)
+            if state is not None:
+                whole = predictor.predict_prepared([wave], [mask])[0]
+                grown = predictor.predict_prepared([wave], [mask], [state])[0]
+                totals["finals"] += 1
+                totals["finals_same"] += whole.label == grown.label
+                totals["finals_diff"] = max(totals["finals_diff"], max(abs(a - b) for a, b in zip(whole.probs, grown.probs)))
+            continue
         t0 = time.perf_counter()
         whole = predictor.predict_prepared([wave], [mask])[0]
         t1 = time.perf_counter()
@@ -94,11 +101,11 @@ def run_agreement(args) -> int:
     print(f"{len(files)} files, {sum(len(r) for r in requests)} requests, interim every {args.interim_ms} ms, "
           f"torch threads={torch.get_num_threads()}")
     print("| tolerance | interims | same label | max prob diff | p99 prob diff | rebuilds | LSTM frames vs whole "
-          "| time vs whole |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| time vs whole | finals from the state: same label, max prob diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for tol in (float(t) for t in args.tolerance.split(",")):
         totals = dict(whole_s=0.0, incremental_s=0.0, interims=0, same=0, diffs=[], rebuilds=0, frames=0,
-                      whole_frames=0)
+                      whole_frames=0, finals=0, finals_same=0, finals_diff=0.0)
         for reqs in requests:
             compare(predictor, reqs, tol, totals)
         n, d = max(totals["interims"], 1), np.array(totals["diffs"] or [0.0])
@@ -106,5 +113,7 @@ def run_agreement(args) -> int:
               f"{100 * totals['same'] / n:.1f} % | {d.max():.4f} | {np.percentile(d, 99):.4f} | "
               f"{totals['rebuilds']} ({100 * totals['rebuilds'] / n:.0f} %) | "
               f"{totals['frames'] / max(totals['whole_frames'], 1):.2f} | "
-              f"{totals['incremental_s'] / max(totals['whole_s'], 1e-9):.2f} |", flush=True)
+              f"{totals['incremental_s'] / max(totals['whole_s'], 1e-9):.2f} | "
+              f"{totals['finals']}: {100 * totals['finals_same'] / max(totals['finals'], 1):.1f} %, "
+              f"{totals['finals_diff']:.4f} |", flush=True)
     return 0

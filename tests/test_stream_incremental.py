@@ -78,6 +78,22 @@ def test_with_tolerance_0_every_interim_equals_the_whole_segment_prediction(pred
         assert np.allclose(grown.probs, whole.probs, atol=1e-5)
 
 
+def test_a_segment_that_stops_growing_is_predicted_as_the_whole_segment(predictor):
+    """Past ``max_duration_s``, or grown only by silence the trim leaves out, an interim brings no new frame:
+    every branch must cope with nothing new (a cut 300 samples past a frame leaves the pitch tracker none)."""
+    audio = speech("03-01-03-01-01-02-03.flac")
+    start = int(np.flatnonzero(np.abs(audio) > 0.05)[0])
+    predictor.tolerance = 0.0
+    for frames in (30, 45):
+        wave = audio[start:start + 320 * frames + 400 + 300]
+        mask = predictor.mask(wave)
+        state = EncoderState()
+        whole = predictor.predict_prepared([wave], [mask])[0]
+        for _ in range(2):
+            grown = predictor.predict_prepared([wave], [mask], [state])[0]
+            assert np.allclose(grown.probs, whole.probs, atol=1e-5)
+
+
 def test_the_running_front_end_stays_within_its_documented_tolerance(predictor):
     """The default (never rebuild): measured on all 26 fixture files, 99 % same label and at most 0.12
     probability apart (stream/BENCHMARKS.md); the LSTM runs well under half the whole path's frames."""
@@ -143,3 +159,15 @@ def test_waiting_interims_never_go_before_a_final_and_the_oldest_is_skipped(pred
     assert worker.served[0][:2] == ("rt", True)  # submitted last, served first
     assert worker.batches >= 3  # the final's forward pass held the final alone, then two batches of interims
     assert [s for s, final, _ in worker.served].count("s0") == 1  # only the newer of s0's two interims ran
+
+
+def test_one_items_noise_floor_is_the_batched_one():
+    """The running front end takes each interim's floor by selection (one item); a batch sorts."""
+    from serlive.model.denoise import noise_floor
+
+    gen = torch.Generator().manual_seed(0)
+    for t in (1, 2, 11, 150, 301):
+        power = torch.rand(1, t, 40, generator=gen)
+        valid = torch.rand(1, t, generator=gen) > 0.2
+        batched = noise_floor(torch.cat([power, power]), torch.cat([valid, valid]))[:1]
+        assert torch.equal(noise_floor(power, valid), batched)
