@@ -11,6 +11,7 @@ import dataclasses
 from serlive.stream import events as ev
 from serlive.tui.app import MonitorApp
 from serlive.tui.source import ReplaySource
+from serlive.tui.state import FeedStatus
 
 from .test_tui_state import pred, recorded
 
@@ -48,3 +49,26 @@ def test_interim_without_dimensional_output(snap_compare):
 def test_help(snap_compare):
     assert snap_compare(MonitorApp(ReplaySource(recorded())), press=["question_mark"], terminal_size=(110, 32),
                         run_before=_drawn)
+
+
+def test_remote_lookalike_and_dropped_messages(snap_compare):
+    """A remote ``ѕpeech.wav`` (Cyrillic ``ѕ``) beside the local ``speech.wav``: the remote one carries the
+    yellow ⇄ in the list and the title; the engine panel counts two malformed feed messages."""
+    hello = dataclasses.replace(recorded()[0], streams=("speech.wav",))
+    lookalike = "\u0455peech.wav"
+    events = [hello, FeedStatus(True, "connected to ws://127.0.0.1:8765"),
+              ev.StreamStatus("speech.wav", "started", "speech.wav"),
+              ev.StreamStatus(lookalike, "started", "", None, remote=True),
+              ev.SegmentStart(lookalike, 0, 0, 4800), pred(0, 0, 2.0, "angry", True, lookalike),
+              FeedStatus(True, "connected to ws://127.0.0.1:8765", dropped=2,
+                         problem="prediction.confidence is not a number")]
+    assert snap_compare(MonitorApp(ReplaySource(events, hold=True)), press=["n"], terminal_size=(110, 32),
+                        run_before=_settled)
+
+
+async def _settled(pilot) -> None:
+    """For a source that holds: wait for its events to be folded in, then draw."""
+    while pilot.app.state.feed.dropped != 2:
+        await pilot.pause(0.01)
+    await pilot.app.redraw()
+    await pilot.pause()

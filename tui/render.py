@@ -235,8 +235,8 @@ def health(state: MonitorState) -> Text:
                style="green" if feed.connected else "bold yellow")
     if feed.dropped:
         noun = "message" if feed.dropped == 1 else "messages"
-        out.append(f"\n{feed.dropped} malformed {noun} dropped\n", style="bold yellow")
-        out.append(f"last: {printable(feed.problem)}", style="yellow")
+        out.append(f"\n{feed.dropped} malformed {noun} dropped", style="bold yellow")
+        out.append(f" · last: {printable(feed.problem)}", style="yellow")  # cut in a narrow panel
     if state.unshown:
         out.append(f"\nover {len(state.streams)} streams: {state.unshown} events of others not shown", style="yellow")
     if state.error is not None:
