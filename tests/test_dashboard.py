@@ -194,3 +194,19 @@ def test_report_bad_path_is_one_sentence_and_exit_2(tmp_path, capsys, path, mess
     code = cli.run(cli.parse_args(["--no-tui", "--input", "demo", "--ws", "off", "--report", str(tmp_path / path)]))
     err = capsys.readouterr().err
     assert code == cli.EXIT_USAGE and message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_report_marks_a_remote_stream_named_like_a_local_one(tmp_path):
+    from serlive.stream.events import PredictionEvent, StreamStatus
+
+    report, lookalike = tmp_path / "both.html", "\u0455peech.wav"
+    sink = ReportSink(report, ("angry", "sad"), "random model")
+    for name, remote in (("speech.wav", False), (lookalike, True)):
+        sink.put(StreamStatus(name, "started", "", None, remote=remote))
+        sink.put(PredictionEvent(name, 0, 0, 16_000, final=True, label="sad", probs={"angry": 0.2, "sad": 0.8},
+                                 confidence=0.8))
+        sink.put(StreamStatus(name, "ended", "done", "end_of_input", remote=remote))
+    sink.close()
+    titles = re.findall(r"<h2>(.*?)</h2>", report.read_text())
+    assert titles == ["speech.wav", f'{lookalike} <span class="remote" title="audio and name from a WebSocket '
+                                    f'client">⇄ remote</span>']
