@@ -32,16 +32,18 @@ def cluster(tmp_path_factory):
     reference = gateway(tmp, None, "reference", files, "--fast")  # the single process, meanwhile
     workers = [worker(tmp, broker, f"w{i}", "--ack-wait-s", str(ACK_WAIT_S)) for i in (1, 2)]
     the_feed = feed(tmp, broker, "feed", "--gateway-ttl-s", str(TTL_S))
+    other = feed(tmp, broker, "other", "--nats-prefix", "other")  # another deployment on the same broker
     the_feed.wait_line("dashboard at", 30)
+    other.wait_line("dashboard at", 30)
     for w in workers:
         w.wait_line("ready", 120)
     assert reference.wait(180) == 0, reference.stderr
     ref = {e["stream"]: [] for e in finals(tmp / "reference.jsonl")}
     for e in finals(tmp / "reference.jsonl"):
         ref[e["stream"]].append(e)
-    state = dict(tmp=tmp, broker=broker, workers=workers, feed=the_feed, reference=ref)
+    state = dict(tmp=tmp, broker=broker, workers=workers, feed=the_feed, reference=ref, other=other)
     yield state
-    for proc in [*workers, the_feed]:
+    for proc in [*workers, the_feed, other]:
         proc.kill(signal.SIGTERM)
     broker.stop()
     for proc in [*workers, the_feed]:
@@ -85,6 +87,7 @@ def test_two_gateways_give_the_single_process_finals_once(cluster):
              and e["stream"].split("/")[0] in ("ga", "gb")]
     assert sorted(local(e["stream"]) for e in ended) == sorted(f.name for f in GATEWAY_A + GATEWAY_B)
     assert {e["reason"] for e in ended} == {"end_of_input"}
+    assert events(tmp / "other.jsonl") == []  # --nats-prefix: the other deployment saw none of it
 
 
 def test_a_late_dashboard_gets_the_recent_window(cluster):

@@ -57,3 +57,39 @@ def test_bad_cluster_options_are_one_sentence(tmp_path, option, value, words):
 
 def test_a_bad_nats_url_is_one_sentence(tmp_path):
     one_sentence(Proc(tmp_path, "w", "worker", "--nats", "http://127.0.0.1:4222"), "--nats takes nats://HOST:PORT")
+
+
+def test_a_token_is_passed_through(tmp_path):
+    broker = Broker(tmp_path / "store", "--auth", "s3cret")
+    try:
+        one_sentence(Proc(tmp_path, "bad", "feed", "--nats", broker.url, "--nats-token", "wrong", "--ws", "127.0.0.1:0"),
+                     "refused the credentials")
+        good = feed(tmp_path, broker, "good", "--nats-token", "s3cret")
+        good.wait_line("dashboard at", 30)
+        good.kill(signal.SIGTERM)
+        assert good.proc.returncode == 0
+    finally:
+        broker.stop()
+
+
+def test_tls_is_passed_through(tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    broker = Broker(tmp_path / "store", "--tls", "--tlscert", str(cert), "--tlskey", str(key))
+    url = broker.url.replace("nats://", "tls://")
+    try:
+        unverified = Proc(tmp_path, "unverified", "feed", "--nats", url, "--ws", "127.0.0.1:0")
+        one_sentence(unverified, "TLS")
+        verified = Proc(tmp_path, "verified", "feed", "--nats", url, "--nats-tls-ca", str(cert), "--ws", "127.0.0.1:0")
+        verified.wait_line("dashboard at", 30)
+        verified.kill(signal.SIGTERM)
+        assert verified.proc.returncode == 0 and "Traceback" not in verified.stderr
+    finally:
+        broker.stop()
