@@ -306,3 +306,21 @@ async def test_stop_while_a_server_never_answers_the_handshake_returns_at_once()
         for writer in held:
             writer.close()
     assert errors.reports == []
+
+
+@sync
+async def test_a_token_in_the_url_is_not_shown_on_screen():
+    server = FeedServer([recorded()[0].to_json()])
+    seen: list = []
+    async with serve(server.handler, "127.0.0.1", 0) as ws_server:
+        port = ws_server.sockets[0].getsockname()[1]
+        client = WebSocketSource(f"ws://127.0.0.1:{port}/?token=s3cret-token")
+        task = asyncio.create_task(client.run(seen.append))
+        await eventually(lambda: any(isinstance(e, FeedStatus) for e in seen))
+        ws_server.close()
+        await eventually(lambda: any(isinstance(e, FeedStatus) and not e.connected for e in seen))
+        client.stop()
+        assert await asyncio.wait_for(task, 5) == 0
+    notes = [e.message for e in seen if isinstance(e, FeedStatus)]
+    assert notes[0] == f"connected to ws://127.0.0.1:{port}/?token=[redacted]"
+    assert not any("s3cret" in note for note in notes)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from serlive.stream import events as ev
+from serlive.stream.redact import redact
 
 from . import feed
 from .state import FeedStatus
@@ -182,7 +183,9 @@ class WebSocketSource:
         return task.result() if task.done() and not task.cancelled() else None
 
     def _note(self, emit: Emit, status: FeedStatus) -> None:
-        self._status = dataclasses.replace(status, dropped=self.dropped, problem=self._status.problem)
+        # The screen is seen by others than the user: a ?token= in the URL (or quoted in an error) is hidden.
+        self._status = dataclasses.replace(status, message=redact(status.message), dropped=self.dropped,
+                                           problem=self._status.problem)
         emit(self._status)
 
     def _take(self, message, emit: Emit) -> None:
