@@ -17,7 +17,8 @@ from .clusterkit import DATA, Broker, events, feed, finals, gateway, local, summ
 
 FILES = sorted(DATA.glob("*.flac"))
 GATEWAY_A, GATEWAY_B = FILES[0:3], FILES[3:6]
-LOAD = FILES[6:14]
+DEMO = DATA.parent.parent.parent / "stream" / "demo" / "demo.flac"
+LOAD = FILES[6:14] + [DEMO]  # (the demo's four segments, read fast, make a backlog: its later finals go bulk)
 REALTIME = FILES[14:16]
 ACK_WAIT_S = 3.0
 TTL_S = 2.0
@@ -113,8 +114,8 @@ def test_garbage_on_every_subject_is_dropped_and_counted(cluster):
 
         nc = await nats.connect(cluster["broker"].url)
         js = nc.jetstream()
-        await js.publish("serlive.req.final.intruder", b"\xff\x00 not json")
-        await js.publish("serlive.req.final.intruder", json.dumps({"id": "x", "chunks": [1]}).encode())
+        await js.publish("serlive.req.final.live.intruder", b"\xff\x00 not json")
+        await js.publish("serlive.req.final.bulk.intruder", json.dumps({"id": "x", "chunks": [1]}).encode())
         await nc.publish("serlive.req.interim", b"{{{{")
         await js.publish("serlive.ev.intruder", b"<html>")
         await js.publish("serlive.ev.intruder", json.dumps({"type": "prediction", "segment": "x"}).encode())
@@ -132,6 +133,16 @@ def test_garbage_on_every_subject_is_dropped_and_counted(cluster):
         assert proc.proc.poll() is None and "Traceback" not in proc.stderr
 
 
+async def delivered(url: str, consumer: str) -> int:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        return (await nc.jetstream().consumer_info("serlive_REQ", consumer)).delivered.consumer_seq
+    finally:
+        await nc.close()
+
+
 def test_a_worker_killed_under_load_loses_and_repeats_no_final(cluster):
     tmp = cluster["tmp"]
     g = gateway(tmp, cluster["broker"], "gload", LOAD, "--fast")
@@ -141,6 +152,7 @@ def test_a_worker_killed_under_load_loses_and_repeats_no_final(cluster):
     wait_for(lambda: len(feed_finals(cluster, "gload")) >= len(expected(cluster, LOAD)), 20, "every final")
     time.sleep(0.5)
     assert_exactly_once(cluster, "gload", LOAD)
+    assert asyncio.run(delivered(cluster["broker"].url, "workers_bulk")) > 0  # the backlog went to the bulk lane
     worst_ms = max(e["latency_ms"] for e in finals(tmp / "gload.jsonl"))
     latencies["kill"] = worst_ms
     assert worst_ms < (ACK_WAIT_S + 30) * 1000
@@ -160,7 +172,7 @@ def test_a_broker_restart_loses_no_final(cluster):
 
 def test_a_killed_gateway_ends_its_streams_with_a_reason(cluster):
     tmp = cluster["tmp"]
-    doomed = gateway(tmp, cluster["broker"], "gdoomed", [DATA.parent.parent.parent / "stream/demo/demo.flac"])
+    doomed = gateway(tmp, cluster["broker"], "gdoomed", [DEMO])
     survivor = gateway(tmp, cluster["broker"], "gsurvivor", REALTIME[:1])
     feed_events = lambda: events(tmp / "feed.jsonl")  # noqa: E731
     wait_for(lambda: any(e["type"] == "stream" and e["stream"] == "gdoomed/demo.flac" for e in feed_events()),

@@ -124,10 +124,41 @@ def test_a_long_final_goes_out_in_chunks_under_the_payload_limit_and_a_short_tai
     chunks = [d for s, d in messages if s == "serlive.audio.g"]
     assert [len(d) for d in chunks] == [CHUNK_MAX_SAMPLES * 4] * 4 + [(len(audio) - 4 * CHUNK_MAX_SAMPLES) * 4]
     req = WireRequest.decode(messages[-1][1])
-    assert messages[-1][0] == "serlive.req.final.g" and req.chunks == (1, 2, 3, 4, 5) and req.tail == b""
+    assert messages[-1][0] == "serlive.req.final.live.g" and req.chunks == (1, 2, 3, 4, 5) and req.tail == b""
     assert np.array_equal(np.concatenate([np.frombuffer(d, "<f4") for d in chunks]), audio)
 
     messages = asyncio.run(run([(audio[:16_000], False), (audio[:40_000], True)]))
-    assert [s for s, _ in messages] == ["serlive.audio.g", "serlive.req.interim", "serlive.req.final.g"]
+    assert [s for s, _ in messages] == ["serlive.audio.g", "serlive.req.interim", "serlive.req.final.live.g"]
     req = WireRequest.decode(messages[-1][1])
     assert req.chunks == (1,) and np.array_equal(req.tail_samples, audio[16_000:40_000])
+
+
+def test_a_stream_with_a_backlog_sends_its_finals_to_the_bulk_lane():
+    async def run():
+        names = Names()
+        worker = RemoteWorker({}, names, "g", Prediction, ClusterSink(names, "g"))
+        worker._outbox, worker.js = asyncio.Queue(), FakeBroker()
+        worker.nc = worker.js
+        audio = np.zeros(24_000, np.float32)  # 1.5 s
+        futures = []
+        for stream, segment in (("fast", 0), ("fast", 1), ("fast", 2), ("live", 0)):
+            worker.current = InferenceRequest(stream, segment, 0, len(audio), audio, True, 0.0, 0.0)
+            futures.append(worker.submit(audio, urgent=True, stream=stream))
+        task = asyncio.create_task(worker._publish_requests())
+        while not worker._outbox.empty():
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
+        lanes = [s.split(".")[3] for s, _ in worker.js.messages if ".req.final." in s]
+        first = WireRequest.decode(worker.js.messages[0][1])
+        worker._resolve(encode_failure(first.id, "bad_audio", "answered"))  # the first final is answered
+        worker.current = InferenceRequest("fast", 3, 0, len(audio), audio, True, 0.0, 0.0)
+        worker.submit(audio, urgent=True, stream="fast")
+        await asyncio.sleep(0.05)
+        task.cancel()
+        return lanes, worker.js.messages[-1][0], futures[0]
+
+    lanes, last, answered = asyncio.run(run())
+    # 0 s then 1.5 s owed: live; 3 s owed: bulk; another stream: live
+    assert lanes == ["live", "live", "bulk", "live"]
+    assert last == "serlive.req.final.bulk.g"  # 3 s still owed after the first answer
+    assert isinstance(answered.exception(), ValueError)

@@ -96,7 +96,7 @@ async def ensure_streams(js, names: Names) -> None:
     from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
     wanted = [
-        StreamConfig(name=names.requests, subjects=[f"{names.prefix}.req.final.>"],
+        StreamConfig(name=names.requests, subjects=[f"{names.prefix}.req.final.{lane}.>" for lane in ("live", "bulk")],
                      retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                      duplicate_window=DUPLICATE_WINDOW_S),
         StreamConfig(name=names.audio, subjects=[f"{names.prefix}.audio.>"], retention=RetentionPolicy.LIMITS,

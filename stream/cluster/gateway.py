@@ -32,6 +32,10 @@ INTERIM_TTL_S = 3.0
 """An interim not answered within this is given up (a worker may have dropped it under load)."""
 
 RESULT_FETCH = 256
+LIVE_OWED_S = 2.0
+"""A final goes to the live lane while its stream has less than this much audio in finals still unanswered
+(a stream read in real time); past it (a backlog: a file read fast, a client catching up), to the bulk lane.
+Workers keep room for live finals, so a real-time stream's final does not queue behind another's backlog."""
 CHUNK_MAX_SAMPLES = 4 * 16_000
 """Audio chunks hold at most 4 s (256 kB of float32; NATS refuses messages over its max_payload, 1 MB by default)."""
 
@@ -69,6 +73,7 @@ class RemoteWorker:
         self._segments: dict[tuple[str, int], _Segment] = {}
         self._stream_numbers: dict[str, int] = {}
         self._interims: dict[str, str] = {}  # stream -> id of its interim still waiting
+        self._owed: dict[str, int] = {}  # stream -> samples of its finals not answered yet
         self._anonymous = itertools.count(1)
         self._outbox: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
@@ -127,11 +132,16 @@ class RemoteWorker:
             self._segments.pop(key, None)
         number = self._stream_numbers.setdefault(key[0], len(self._stream_numbers) + 1)
         request_id = f"{self.sink.incarnation}:{number}:{key[1]}:" + ("f" if final else f"i{end}")
-        self._waiting[request_id] = (future, loop.time())
+        lane = "live"
+        if final:
+            owed = self._owed.get(key[0], 0)
+            lane = "live" if owed < LIVE_OWED_S * 16_000 else "bulk"
+            self._owed[key[0]] = owed + n
+        self._waiting[request_id] = (future, key[0] if final else None, n)
         self.audio_s += len(new) / 16_000
         self.bytes_whole += 4 * n
         self.requests += 1
-        self._outbox.put_nowait((segment, new, request_id, key, start, end, final, n))
+        self._outbox.put_nowait((segment, new, request_id, key, start, end, final, n, lane))
         if not final:
             self._expire(self._interims.pop(key[0], ""))  # a newer interim of the stream replaces it
             self._interims[key[0]] = request_id
@@ -144,15 +154,27 @@ class RemoteWorker:
             del self._segments[key]
         self._interims.pop(stream, None)
 
-    def _expire(self, request_id: str) -> None:
+    def _answered(self, request_id: str):
+        """The waiting future of ``request_id`` (None if it is not waited for), no longer owed."""
         waiting = self._waiting.pop(request_id, None)
-        if waiting is not None and not waiting[0].done():
-            waiting[0].set_exception(Superseded("no worker answered in time"))
+        if waiting is None:
+            return None
+        future, stream, samples = waiting
+        if stream is not None:
+            self._owed[stream] = self._owed.get(stream, 0) - samples
+            if self._owed[stream] <= 0:
+                del self._owed[stream]
+        return future
+
+    def _expire(self, request_id: str) -> None:
+        future = self._answered(request_id)
+        if future is not None and not future.done():
+            future.set_exception(Superseded("no worker answered in time"))
 
     async def _publish_requests(self) -> None:
         names = self.names
         while True:
-            segment, new, request_id, key, start, end, final, n = await self._outbox.get()
+            segment, new, request_id, key, start, end, final, n, lane = await self._outbox.get()
             try:
                 tail = b""
                 if final and 0 < len(new) <= CHUNK_MAX_SAMPLES:  # the segment's last audio rides with its final
@@ -167,7 +189,7 @@ class RemoteWorker:
                                    tuple(segment.chunks), n, self._reply(final), time.time(), tail).encode()
                 self.bytes_out += len(wire)
                 if final:
-                    await retry(lambda: self.js.publish(names.final_subject(self.gateway), wire,
+                    await retry(lambda: self.js.publish(names.final_subject(self.gateway, lane), wire,
                                                         headers={"Nats-Msg-Id": request_id}), what="request publish")
                 else:
                     await self.nc.publish(names.interim_subject, wire)
@@ -198,11 +220,10 @@ class RemoteWorker:
             log.warning("dropped a message on the results subject that is not a result (%d so far): %s",
                         self.garbage, exc)
             return
-        waiting = self._waiting.pop(request_id, None)
-        if waiting is None:
+        future = self._answered(request_id)
+        if future is None:
             self.duplicates += 1  # a redelivered final already answered, or an interim given up
             return
-        future, _ = waiting
         if future.done():
             return
         if failure is None:
@@ -216,7 +237,8 @@ class RemoteWorker:
     def abandon(self) -> int:
         """Give up every request still waiting (their futures are cancelled)."""
         waiting, self._waiting = self._waiting, {}
-        for future, _ in waiting.values():
+        self._owed.clear()
+        for future, _, _ in waiting.values():
             future.cancel()
         return len(waiting)
 

@@ -3,7 +3,9 @@
 its interims, equal shares of audio across streams).
 
 Finals come from the JetStream work queue in batches no larger than what this worker can start soon, so
-other workers take the rest; each is acknowledged only after its prediction is stored in the results
+other workers take the rest, from two lanes: "live" (streams keeping up with real time) and "bulk" (streams
+with a backlog), the bulk lane never filling the last ``max_batch`` places, so a real-time stream's final
+does not wait in the broker behind another stream's backlog; each is acknowledged only after its prediction is stored in the results
 stream (published with the request id as ``Nats-Msg-Id``, so a redelivered request's second answer is
 dropped by the broker), and marked in progress while it waits, so only a dead worker's requests are
 redelivered, after the consumer's ack deadline. Interims come through a core NATS queue group and are
@@ -119,16 +121,16 @@ class ModelWorker:
         self.inference.concurrent = True
         from nats.js.api import AckPolicy, ConsumerConfig
 
-        finals = await self.js.pull_subscribe(
-            f"{self.names.prefix}.req.final.>", durable="workers", stream=self.names.requests,
+        lanes = [await self.js.pull_subscribe(
+            f"{self.names.prefix}.req.final.{lane}.>", durable=f"workers_{lane}", stream=self.names.requests,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait_s, max_deliver=-1,
-                                  max_ack_pending=-1))
+                                  max_ack_pending=-1)) for lane in ("live", "bulk")]
         await self.nc.subscribe(self.names.interim_subject, queue="workers", cb=self._on_interim)
         keepalive = asyncio.create_task(self._keep_alive())
         self.ready.set()
         log.warning("worker %s ready", self.name)
         try:
-            await self._pull(finals)
+            await asyncio.gather(self._pull(lanes[0], 0), self._pull(lanes[1], self.inference.max_batch))
         finally:
             keepalive.cancel()
             if self._inflight:
@@ -141,9 +143,11 @@ class ModelWorker:
         while self._inflight:
             await asyncio.sleep(0.05)
 
-    async def _pull(self, finals) -> None:
+    async def _pull(self, finals, reserve: int) -> None:
+        """Take finals from one lane while fewer than ``max_inflight - reserve`` are being served (the bulk
+        lane leaves ``max_batch`` of room to the live one)."""
         while not self._stop.is_set():
-            room = self.max_inflight - len(self._inflight)
+            room = self.max_inflight - reserve - len(self._inflight)
             if room <= 0:
                 self._room.clear()
                 await self._room.wait()

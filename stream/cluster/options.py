@@ -60,8 +60,10 @@ class Names:
     def events(self) -> str:  # stream of every gateway's events, read by feeds
         return f"{self.prefix}_EVENTS"
 
-    def final_subject(self, gateway: str) -> str:
-        return f"{self.prefix}.req.final.{gateway}"
+    def final_subject(self, gateway: str, lane: str = "live") -> str:
+        """``lane``: "live" for a stream keeping up with real time, "bulk" for one with a backlog (see
+        :data:`serlive.stream.cluster.gateway.LIVE_OWED_S`): workers keep room for live finals."""
+        return f"{self.prefix}.req.final.{lane}.{gateway}"
 
     @property
     def interim_subject(self) -> str:  # core NATS, queue group of the workers: interims may be lost
