@@ -15,7 +15,7 @@ import soundfile
 import torch
 
 from serlive.model import Predictor
-from serlive.model.incremental import EncoderState
+from serlive.model.incremental import DEFAULT_TOLERANCE, EncoderState
 from serlive.stream.agreement import requests_of
 from serlive.stream.config import EngineConfig, InferenceConfig
 from serlive.stream.worker import InferenceWorker, Superseded
@@ -94,16 +94,19 @@ def test_a_segment_that_stops_growing_is_predicted_as_the_whole_segment(predicto
             assert np.allclose(grown.probs, whole.probs, atol=1e-5)
 
 
-def test_the_running_front_end_stays_within_its_documented_tolerance(predictor):
-    """The default (never rebuild): measured on all 26 fixture files, 99 % same label and at most 0.12
-    probability apart (stream/BENCHMARKS.md); the LSTM runs well under half the whole path's frames."""
-    predictor.tolerance = float("inf")
+@pytest.mark.parametrize("tolerance, same_at_least, diff_at_most, frames_below", [
+    (DEFAULT_TOLERANCE, 0.99, 0.10, 0.7),  # measured on the 26 fixture files: 100 %, 0.055, 0.60
+    (float("inf"), 0.97, 0.15, 0.5),  # never rebuild: 99.1 %, 0.114, 0.41
+])
+def test_the_running_front_end_stays_within_its_documented_tolerance(predictor, tolerance, same_at_least,
+                                                                     diff_at_most, frames_below):
+    predictor.tolerance = tolerance
     pairs, run, whole_frames = both_paths(predictor, sorted(p.name for p in DATA.glob("*.flac")))
     same = np.mean([w.label == g.label for w, g in pairs])
     diff = max(max(abs(a - b) for a, b in zip(w.probs, g.probs)) for w, g in pairs)
-    assert len(pairs) >= 100 and same >= 0.97 and diff <= 0.15
+    assert len(pairs) >= 100 and same >= same_at_least and diff <= diff_at_most
     assert any(max(abs(a - b) for a, b in zip(w.probs, g.probs)) > 1e-3 for w, g in pairs)  # it is not exact
-    assert run < 0.5 * whole_frames
+    assert run < frames_below * whole_frames
 
 
 def test_the_worker_keeps_a_segments_state_until_its_final_and_a_new_segment_starts_afresh(predictor):
