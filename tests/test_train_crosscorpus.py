@@ -149,3 +149,45 @@ def test_fit_voice_adds_cross_fitted_rows_and_apply_writes_the_model(report, tmp
     cal = json.loads((model / "config.json").read_text())["model"]["calibration"]
     assert cal["voice_from"] == 0.5 and cal["voice_beta"] == round(result["voice"]["voice_beta"], 4) >= 0
     assert main(["crosscorpus", "--data", specs[0], "--fit-voice", "nobody=1", "--out", str(tmp_path / "p")]) == 2
+
+
+def test_cv_folds_make_one_more_corpus_of_unseen_speakers(tmp_path):
+    """--cv: each finished fold's model on its own test speakers, adapted around its training speakers' mean."""
+    import torch
+
+    from serlive.model import Predictor, bundled_model_dir
+    from serlive.train.crosscv import fold_corpora
+    from serlive.train.config import load_json
+    from serlive.train.data import columns_of, load_audio, read_manifest
+    from serlive.train.protocols import make_folds
+
+    from .test_train_fit import TINY
+
+    torch.set_num_threads(1)
+    sets = [a for s in TINY + [f"data.cache_dir='{tmp_path / 'vad'}'", "protocol.max_folds=2"] for a in ("--set", s)]
+    assert main(["fit", *sets, "--out", str(tmp_path / "cv")]) == 0
+    assert main(["crosscorpus", "--data", f"fix={FIXTURES / 'manifest.csv'}", "--label-map", "ravdess", "--orders", "2",
+                 "--cv", str(tmp_path / "cv"), "--out", str(tmp_path / "o")]) == 0
+    result = json.loads((tmp_path / "o" / "crosscorpus.json").read_text())
+    cv = [t for t in result["table"] if t["corpus"].endswith("(2 folds, unseen speakers)")]
+    assert [t["mode"] for t in cv] == ["alone", "online-mean"] and cv[0]["speakers"] == 2 and cv[1]["orders"] == 2
+    shipped = Predictor.from_dir(bundled_model_dir())
+    folds = fold_corpora(tmp_path / "cv", shipped)
+    assert cv[0]["n"] == sum(len(c.utts) for _, c in folds)
+    predictor, corpus = folds[0]
+    assert predictor.config.calibration.temperature == shipped.config.calibration.temperature
+    cfg = load_json(tmp_path / "cv" / "train_config.json")
+    utts = read_manifest(cfg.data.manifest, cfg.model.labels, cfg.data.label_map, columns_of(cfg.data))
+    fold = make_folds(utts, cfg.protocol)[0]
+    assert [u.path for u in corpus.utts] == [utts[i].path for i in fold.test]
+    plain = Predictor.from_dir(tmp_path / "cv" / "fold_0" / "model", use_knn=False)
+    mean = np.mean([plain.predict(load_audio(utts[i].path, plain.max_samples)).embedding for i in fold.train], 0)
+    np.testing.assert_allclose(predictor.config.calibration.embedding_mean, mean, atol=1e-4)
+
+
+def test_calibrate_keeps_the_slowest_adaptation_within_a_point_of_the_best():
+    from serlive.train.calibrate import choose_prior
+
+    assert choose_prior({0.0: 0.70, 2.0: 0.80, 8.0: 0.795, 16.0: 0.78}) == 8.0
+    assert choose_prior({0.0: 0.70, 2.0: 0.80, 8.0: 0.785}) == 2.0
+    assert choose_prior({2.0: 0.5, 4.0: 0.5}) == 4.0

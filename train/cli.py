@@ -56,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
     cc.add_argument("--skew", action="append", default=[], metavar="CLASS=SHARE",
                     help="also each corpus with every speaker's stream thinned to SHARE of CLASS (or dominant=SHARE: "
                     "a class drawn per speaker), e.g. neutral=0.7 (repeat)")
+    cc.add_argument("--cv", default=None, metavar="CV_RUN",
+                    help="also a cross-validation run's fold models on their own test speakers (one more corpus)")
     cc.add_argument("--fit-voice", default=None, metavar="NAME=FROM",
                     help="fit calibration.voice_beta on corpus NAME's online predictions past speaker-mean distance FROM")
     cc.add_argument("--apply", default=None, metavar="MODEL_DIR", help="write the fitted voice_from / voice_beta here")
@@ -219,7 +221,8 @@ def _crosscorpus(args, device) -> int:
     if args.apply and not voice:
         raise ConfigError("--apply writes what --fit-voice fits: give --fit-voice NAME=FROM")
     result = run(args.model, corpora, Path(args.out), args.label_map, args.label_column, kinds, args.orders,
-                 device=device, batch_size=args.batch_size, train_data=train, skews=parse_skews(args.skew), voice=voice)
+                 device=device, batch_size=args.batch_size, train_data=train, skews=parse_skews(args.skew), voice=voice,
+                 cv=Path(args.cv) if args.cv else None)
     if args.apply:
         from .voice import apply
 

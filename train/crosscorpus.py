@@ -94,12 +94,17 @@ def predict(predictor: Predictor, name: str, manifest: Path, label_map: str = ""
             batch_size: int = 16) -> Corpus:
     """Every utterance of ``manifest`` through the Predictor (the live path), unadapted."""
     utts = read_manifest(manifest, predictor.labels, label_map or None, {"label": label_column})
+    return Corpus(name, utts, predict_utts(predictor, utts, batch_size))
+
+
+def predict_utts(predictor: Predictor, utts: list, batch_size: int = 16) -> list:
+    """Unadapted predictions of ``utts``, each read whole from its file (as a microphone delivers it)."""
     preds = []
     for start in range(0, len(utts), batch_size):
         waves = [load_audio(u.path, predictor.max_samples) for u in utts[start: start + batch_size]]
         preds += predictor.predict_prepared(waves, [predictor.mask(w) for w in waves])
-    log.info("%s: %d utterances predicted", name, len(utts))
-    return Corpus(name, utts, preds)
+    log.info("%d utterances predicted", len(utts))
+    return preds
 
 
 def skewed(corpus: Corpus, spec: tuple[str, float], labels: tuple[str, ...], rng: np.random.Generator) -> Corpus:
@@ -200,12 +205,13 @@ def table(rows: list[dict], labels: tuple[str, ...]) -> list[dict]:
 def run(model_dir, corpora: list[tuple[str, Path]], out: Path, label_map: str = "", label_column: str = "emotion",
         adapt: tuple[str, ...] = ("mean",), orders: int = 10, seed: int = 0, device=torch.device("cpu"),
         batch_size: int = 16, train_data: tuple[Path, str] | None = None, skews: tuple = (),
-        voice: tuple[str, float] | None = None) -> dict:
+        voice: tuple[str, float] | None = None, cv: Path | None = None) -> dict:
     """The table over ``corpora`` (name, manifest), written into ``out`` (predictions.csv, crosscorpus.json|.md);
     ``train_data`` (manifest, label map): the model's training data, for the ``mixture`` adaptation; each of
     ``skews`` (class or "dominant", share) adds every corpus again with its streams thinned (:func:`skewed`);
     ``voice`` (corpus name, voice_from): fit ``calibration.voice_beta`` on that corpus (:mod:`.voice`), which
-    adds its ``online-<kind>+voice`` rows, cross-fitted, and the fit to the result."""
+    adds its ``online-<kind>+voice`` rows, cross-fitted, and the fit to the result; ``cv``: a cross-validation
+    run whose fold models, each on its own test speakers with this model's calibration, make one more corpus."""
     from .evaluate import load_predictor
 
     from .voice import cross_fitted, online_with_distances
@@ -216,21 +222,23 @@ def run(model_dir, corpora: list[tuple[str, Path]], out: Path, label_map: str = 
     if train_data is not None and "mixture" in adapt:
         train = predict(predictor, "train", train_data[0], train_data[1], label_column, batch_size)
         class_means, train_priors = class_statistics(train, len(predictor.labels))
-    factories = {k: adapter_factory(predictor, k, class_means, train_priors) for k in adapt if k != "none"} if orders else {}
+    kinds = [k for k in adapt if k != "none"] if orders else []
+    factories = {k: adapter_factory(predictor, k, class_means, train_priors) for k in kinds}
     rows = []
     for name, manifest in corpora:
         whole = predict(predictor, name, manifest, label_map, label_column, batch_size)
-        for corpus in [whole] + [skewed(whole, s, predictor.labels, np.random.default_rng(seed)) for s in skews]:
-            rows += rows_of(corpus, "alone", 0, corpus.preds)
-            for kind, factory in factories.items():
-                rng = np.random.default_rng(seed)
-                for order in range(orders):
-                    rows += rows_of(corpus, f"online-{kind}", order, online(predictor, corpus, factory, rng))
-            if voice is not None and corpus is whole and name == voice[0] and factories:
-                kind, factory = next(iter(factories.items()))
-                runs = online_with_distances(predictor, corpus, factory, orders, seed)
-                voice_rows, fitted = cross_fitted(predictor, corpus, runs, voice[1], f"online-{kind}+voice")
-                rows += voice_rows
+        rows += corpus_rows(predictor, whole, factories, skews, orders, seed)
+        if voice is not None and name == voice[0] and factories:
+            kind, factory = next(iter(factories.items()))
+            runs = online_with_distances(predictor, whole, factory, orders, seed)
+            voice_rows, fitted = cross_fitted(predictor, whole, runs, voice[1], f"online-{kind}+voice")
+            rows += voice_rows
+    if cv is not None:
+        from .crosscv import fold_corpora
+
+        for fold_predictor, corpus in fold_corpora(cv, predictor, batch_size):
+            rows += corpus_rows(fold_predictor, corpus, {k: adapter_factory(fold_predictor, k) for k in kinds},
+                                skews, orders, seed)
     out.mkdir(parents=True, exist_ok=True)
     write_rows(out / "predictions.csv", rows)
     result = {"model": str(predictor_dir(model_dir)), "labels": list(predictor.labels), "orders": orders, "seed": seed,
@@ -238,6 +246,18 @@ def run(model_dir, corpora: list[tuple[str, Path]], out: Path, label_map: str = 
     (out / "crosscorpus.json").write_text(json.dumps(result, indent=1))
     (out / "crosscorpus.md").write_text(markdown(result))
     return result
+
+
+def corpus_rows(predictor: Predictor, whole: Corpus, factories: dict, skews: tuple, orders: int, seed: int) -> list[dict]:
+    """CSV rows of a corpus (and its skewed variants): alone, and ``orders`` online runs per adapter kind."""
+    rows = []
+    for corpus in [whole] + [skewed(whole, s, predictor.labels, np.random.default_rng(seed)) for s in skews]:
+        rows += rows_of(corpus, "alone", 0, corpus.preds)
+        for kind, factory in factories.items():
+            rng = np.random.default_rng(seed)
+            for order in range(orders):
+                rows += rows_of(corpus, f"online-{kind}", order, online(predictor, corpus, factory, rng))
+    return rows
 
 
 def predictor_dir(model_dir) -> Path:
