@@ -1,5 +1,5 @@
 // The dashboard: one WebSocket for the feed (reconnecting with backoff), the streams' state, and the
-// buttons that send audio. Protocol 2 is the reference; protocol 1 engines work where it is cheap.
+// buttons that send audio. Protocol 2 is the reference; a protocol 1 feed is shown where it is cheap.
 'use strict';
 
 const RECONNECT_MIN_MS = 500;
@@ -10,6 +10,11 @@ function socketUrl() {
   const url = window.SerAudio.withToken('/');
   url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
   return url.href;
+}
+
+/** A declared format in words: "44100 Hz, f32le, 2 channels" (what the engine is told it receives). */
+function describeFormat(f) {
+  return f ? `${f.sample_rate_hz} Hz, ${f.encoding}, ${f.channels === 1 ? 'mono' : `${f.channels} channels`}` : '?';
 }
 
 class App {
@@ -115,8 +120,8 @@ class App {
     const g = s.segs.get(m.segment) || { segment: m.segment };
     if (g.final && !m.final) return;  // a late interim never replaces the final
     Object.assign(g, {
-      start: m.start_s, end: m.end_s, final: m.final, label: m.label, probs: m.probs, confidence: m.confidence,
-      valence: m.valence, arousal: m.arousal, uncertain: m.uncertain, ood: m.ood,
+      start: m.start_s, end: m.end_s, startSample: m.start_sample, endSample: m.end_sample,
+      final: m.final, label: m.label, probs: m.probs, confidence: m.confidence, valence: m.valence, arousal: m.arousal, uncertain: m.uncertain, ood: m.ood,
     });
     s.segs.set(m.segment, g);
     s.clock = Math.max(s.clock, m.end_s);
@@ -152,8 +157,8 @@ class App {
     e.hidden = !e.textContent;
   }
 
-  sender(name, onEnded) {
-    return new window.SerAudio.AudioSender(socketUrl(), name, {
+  sender(name, format, onEnded) {
+    return new window.SerAudio.AudioSender(socketUrl(), name, format, {
       onStream: (id) => this.follow(id), onEnded, onError: (msg) => this.sendError(msg),
     });
   }
@@ -185,13 +190,13 @@ class App {
       const db = 20 * Math.log10(Math.max(rms, 1e-6));
       meter.style.width = `${Math.max(0, Math.min(100, (db + 60) / 60 * 100))}%`;
     };
-    const mic = new window.SerAudio.Microphone(this.sender('browser-mic', () => {}), level);
+    const mic = new window.SerAudio.Microphone((format) => this.sender('browser-mic', format, () => {}), level);
     this.mic = mic;
     button.textContent = 'Stop microphone';
     button.classList.add('on');
     try {
       await mic.start();
-      this.sendStatus('sending the microphone');
+      this.sendStatus(`sending the microphone (${describeFormat(mic.sender.accepted)})`);
     } catch (err) {
       this.mic = null;
       button.textContent = 'Use my microphone';
@@ -207,10 +212,11 @@ class App {
     const name = file.name.replace(/[^\w.\- ]+/g, '_').slice(0, 48) || 'file';
     try {
       this.sendStatus(`decoding ${name}…`);
-      const samples = await window.SerAudio.decodeTo16kMono(file);
-      const sender = this.sender(name, () => this.sendStatus(`${name}: analysed`));
-      await window.SerAudio.sendSamples(sender, samples, (done, total) =>
-        this.sendStatus(`${name}: sent ${done.toFixed(0)} of ${total.toFixed(0)} s`));
+      const audio = await window.SerAudio.decodeFile(file);
+      const sender = this.sender(name, audio.format, () => this.sendStatus(`${name}: analysed`));
+      const what = describeFormat(audio.format);
+      await window.SerAudio.sendSamples(sender, audio, (done, total) =>
+        this.sendStatus(`${name}: sent ${done.toFixed(0)} of ${total.toFixed(0)} s (${what})`));
     } catch (err) {
       this.sendError(`${name}: ${err.message || err}`);
     }

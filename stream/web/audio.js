@@ -1,12 +1,14 @@
 // Sending audio from the page: each source (microphone, dropped file) is its own WebSocket and its own
-// remote stream. Protocol 2: start_stream, wait for `accepted`, then binary s16le 16 kHz mono. Protocol 1
-// (no start_stream, no accepted): binary straight away, `?stream=` names it, the `stream`/started event
-// tells its id. Nothing is sent until the person pressed a button or dropped a file.
+// remote stream: start_stream with the source's own format, wait for `accepted`, then binary. The page does
+// not resample or round: it sends Float32 samples at the source's own rate (f32le) and the engine converts
+// them by the one function every source goes through, so a dropped file gives the segments `--input FILE`
+// gives. Nothing is sent until the person pressed a button or dropped a file.
 'use strict';
 
 const SEND_HIGH_WATER_BYTES = 256 * 1024;  // a file waits while this much is still queued on its socket
-const FILE_CHUNK_SAMPLES = 16000;           // 1 s of 16 kHz audio per message
-const S16LE_16K = { sample_rate_hz: 16000, encoding: 's16le', channels: 1 };
+const MIN_RATE_HZ = 8000, MAX_RATE_HZ = 48000;  // what start_stream accepts (stream/formats.py)
+const FALLBACK_RATE_HZ = 48000;  // a file at another rate (or of unknown rate) is decoded at this one
+const MAX_CHANNELS = 2;  // more are averaged to mono here, as the engine averages two
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function withToken(path) {  // the page's own ?token= (the engine asks it of every request, files included)
@@ -16,17 +18,19 @@ function withToken(path) {  // the page's own ?token= (the engine asks it of eve
   return url;
 }
 
+const f32le = (rate, channels) => ({ sample_rate_hz: rate, encoding: 'f32le', channels });
+
 class AudioSender {
-  // onStream(id): the engine's id for this stream; onEnded(): the stream's `ended` arrived.
-  constructor(socketUrl, name, { onStream, onEnded, onError }) {
-    this.name = name;
+  // format: what start_stream declares; onStream(id): the engine's id for this stream; onEnded(): its
+  // `ended` arrived. The page is served by the engine it talks to, so it always speaks protocol 2.
+  constructor(socketUrl, name, format, { onStream, onEnded, onError }) {
+    this.name = name; this.format = format;
     this.onStream = onStream; this.onEnded = onEnded; this.onError = onError;
     this.stream = null;
-    const url = new URL(socketUrl);
-    url.searchParams.set('stream', name);
-    this.ws = new WebSocket(url);
+    this.ws = new WebSocket(socketUrl);
     this.ws.binaryType = 'arraybuffer';
     this.ready = new Promise((resolve, reject) => { this._resolve = resolve; this._reject = reject; });
+    this.ready.catch(() => {});  // a refusal is reported where `ready` is awaited
     this.ws.onmessage = (e) => this._message(e.data);
     this.ws.onclose = () => this._reject(new Error('the connection to the engine closed'));
   }
@@ -36,18 +40,16 @@ class AudioSender {
     let m;
     try { m = JSON.parse(data); } catch { return; }
     if (m.type === 'hello') {
-      if ((m.protocol || 1) < 2) { this.v1 = true; this._resolve(); return; }
       if (m.accepts_audio === false) {
         this._reject(new Error('This engine does not accept audio from the page: start it with --accept-audio (or open the page with its ?token=).'));
         return;
       }
-      this.ws.send(JSON.stringify({ type: 'start_stream', stream: this.name, format: S16LE_16K }));
+      this.ws.send(JSON.stringify({ type: 'start_stream', stream: this.name, format: this.format }));
     } else if (m.type === 'accepted') {
-      this._own(m.stream);
+      this.stream = m.stream;
+      this.accepted = m.format;
+      this.onStream(m.stream);
       this._resolve();
-    } else if (m.type === 'stream' && this.v1 && this.sent && !this.stream && m.state === 'started'
-               && (m.stream === this.name || m.stream.startsWith(this.name + '#'))) {
-      this._own(m.stream);
     } else if (m.type === 'stream' && m.state === 'ended' && m.stream === this.stream) {
       this.onEnded();
       this.ws.close(1000);
@@ -59,33 +61,35 @@ class AudioSender {
     }
   }
 
-  _own(id) { this.stream = id; this.onStream(id); }
-
-  send(buffer) { this.sent = true; this.ws.send(buffer); }
+  send(buffer) { this.ws.send(buffer); }
 
   async drain(limitBytes) {
     while (this.ws.readyState === WebSocket.OPEN && this.ws.bufferedAmount > limitBytes) await sleep(10);
   }
 
   end() {
-    if (this.ws.readyState !== WebSocket.OPEN) return;
-    if (this.sent || !this.v1) this.ws.send(JSON.stringify({ type: 'end_stream' }));
-    else this.ws.close(1000);
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: 'end_stream' }));
   }
 }
 
 class Microphone {
-  constructor(sender, onLevel) { this.sender = sender; this.onLevel = onLevel; }
+  // makeSender(format): an AudioSender declaring that format (known once the context runs).
+  constructor(makeSender, onLevel) { this.makeSender = makeSender; this.onLevel = onLevel; }
 
   async start() {
     this.media = await navigator.mediaDevices.getUserMedia(
       { audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
-    await this.sender.ready;
     this.ctx = new AudioContext();
+    if (this.ctx.sampleRate > MAX_RATE_HZ || this.ctx.sampleRate < MIN_RATE_HZ) {
+      await this.ctx.close();  // e.g. a 96 kHz device: let the browser resample to a rate the engine takes
+      this.ctx = new AudioContext({ sampleRate: FALLBACK_RATE_HZ });
+    }
+    this.sender = this.makeSender(f32le(this.ctx.sampleRate, 1));
+    await this.sender.ready;
     await this.ctx.audioWorklet.addModule(withToken('worklet.js'));
-    this.node = new AudioWorkletNode(this.ctx, 'pcm16k', { numberOfInputs: 1, numberOfOutputs: 1 });
+    this.node = new AudioWorkletNode(this.ctx, 'pcm-f32', { numberOfInputs: 1, numberOfOutputs: 1 });
     this.node.port.onmessage = (e) => {
-      if (this.sender.ws.readyState === WebSocket.OPEN) this.sender.send(e.data.pcm);
+      if (this.sender.ws.readyState === WebSocket.OPEN) this.sender.send(e.data.samples);
       this.onLevel(e.data.rms);
     };
     const silent = this.ctx.createGain();
@@ -101,35 +105,95 @@ class Microphone {
       await sleep(50);  // the worklet posts its last partial chunk
     }
     if (this.media) this.media.getTracks().forEach((t) => t.stop());
-    if (this.ctx) await this.ctx.close();
+    if (this.ctx && this.ctx.state !== 'closed') await this.ctx.close();
     this.onLevel(0);
-    this.sender.end();
+    if (this.sender) this.sender.end();
   }
 }
 
-async function decodeTo16kMono(file) {
-  const bytes = await file.arrayBuffer();
-  const decoded = await new OfflineAudioContext(1, 1, 16000).decodeAudioData(bytes);  // resampled to 16 kHz
-  const mix = new OfflineAudioContext(1, decoded.length, 16000);  // down-mixes to mono
-  const src = mix.createBufferSource();
-  src.buffer = decoded;
-  src.connect(mix.destination);
-  src.start();
-  return (await mix.startRendering()).getChannelData(0);
+
+// Decoding a dropped file for sending, the way `ser-live --input FILE` reads it: at the file's own rate
+// (read from its header; decodeAudioData resamples to the context's rate, so the context gets the file's),
+// its own channels (one or two: the engine averages them), and, for 16-bit files, exactly the integers in the
+// file over 32768, as libsndfile gives them (Chromium scales positive samples by 1/32767, which moves one
+// sample in four by one step once the engine rounds them back).
+function id3Size(v) {  // an ID3v2 tag before the audio (FLAC files may carry one)
+  if (v.byteLength < 10 || String.fromCharCode(v.getUint8(0), v.getUint8(1), v.getUint8(2)) !== 'ID3') return 0;
+  return 10 + ((v.getUint8(6) & 0x7f) << 21 | (v.getUint8(7) & 0x7f) << 14 | (v.getUint8(8) & 0x7f) << 7 | (v.getUint8(9) & 0x7f));
 }
 
-async function sendSamples(sender, samples, onProgress) {
+/** The file's sample rate and integer bit depth (0: float or unknown) from its header; null: not known. */
+function headerInfo(bytes) {
+  const v = new DataView(bytes);
+  const tag = (at, n) => (at + n <= v.byteLength ? String.fromCharCode(...new Uint8Array(bytes, at, n)) : '');
+  if (tag(0, 4) === 'RIFF' && tag(8, 4) === 'WAVE') {
+    for (let at = 12; at + 8 <= v.byteLength; at += 8 + v.getUint32(at + 4, true) + (v.getUint32(at + 4, true) & 1)) {
+      if (tag(at, 4) !== 'fmt ' || at + 24 > v.byteLength) continue;
+      const code = v.getUint16(at + 8, true);
+      const pcm = code === 1 || (code === 0xfffe && at + 34 <= v.byteLength && v.getUint16(at + 32, true) === 1);
+      return { rate: v.getUint32(at + 12, true), bits: pcm ? v.getUint16(at + 22, true) : 0 };
+    }
+    return null;
+  }
+  const flac = id3Size(v);
+  if (tag(flac, 4) === 'fLaC' && flac + 26 <= v.byteLength && (v.getUint8(flac + 4) & 0x7f) === 0) {
+    const info = flac + 8;  // STREAMINFO: 20 bits of rate, 3 of channels - 1, 5 of bits per sample - 1
+    const rate = (v.getUint8(info + 10) << 12) | (v.getUint8(info + 11) << 4) | (v.getUint8(info + 12) >> 4);
+    return { rate, bits: (((v.getUint8(info + 12) & 1) << 4) | (v.getUint8(info + 13) >> 4)) + 1 };
+  }
+  if (tag(0, 4) === 'OggS') {
+    const first = tag(28, 8);
+    if (first === 'OpusHead') return { rate: 48000, bits: 0 };  // Opus always decodes at 48 kHz
+    if (first.slice(1, 7) === 'vorbis' && v.byteLength >= 44) return { rate: v.getUint32(40, true), bits: 0 };
+  }
+  return null;
+}
+
+/** Channel data decoded from 16-bit integers -> exactly k / 32768 (unchanged where it is not such data). */
+function onInt16Grid(data) {
+  const near = (scale) => data.every((x) => x <= 0 || Math.abs(x * scale - Math.round(x * scale)) < 1e-3);
+  const positive = near(32767) ? 32767 : near(32768) ? 32768 : 0;
+  if (!positive) return data;
+  return data.map((x) => Math.round(x * (x < 0 ? 32768 : positive)) / 32768);
+}
+
+/** A file -> {format (f32le at the file's rate), samples: interleaved Float32Array, seconds}. */
+async function decodeFile(file) {
+  const bytes = await file.arrayBuffer();
+  const info = headerInfo(bytes);
+  const own = info && info.rate >= MIN_RATE_HZ && info.rate <= MAX_RATE_HZ;
+  const rate = own ? info.rate : FALLBACK_RATE_HZ;
+  const decoded = await new OfflineAudioContext(1, 1, rate).decodeAudioData(bytes);  // at `rate`: no resampling
+  let channels = [];
+  for (let c = 0; c < decoded.numberOfChannels; c++) {
+    const data = decoded.getChannelData(c);
+    channels.push(own && info.bits === 16 ? onInt16Grid(data) : data);
+  }
+  if (channels.length > MAX_CHANNELS) {  // the mean in float32, in channel order, as numpy's mean takes it
+    const mono = new Float32Array(decoded.length);
+    for (let i = 0; i < mono.length; i++) {
+      let sum = 0;
+      for (const ch of channels) sum = Math.fround(sum + ch[i]);
+      mono[i] = sum / channels.length;
+    }
+    channels = [mono];
+  }
+  const samples = new Float32Array(decoded.length * channels.length);
+  channels.forEach((ch, c) => { for (let i = 0; i < ch.length; i++) samples[i * channels.length + c] = ch[i]; });
+  return { format: f32le(rate, channels.length), samples, seconds: decoded.length / rate };
+}
+
+/** About one second of audio per message (at most 48000 x 2 x 4 bytes, well under the 1 MiB a message may be). */
+async function sendSamples(sender, { format, samples, seconds }, onProgress) {
   await sender.ready;
-  for (let i = 0; i < samples.length; i += FILE_CHUNK_SAMPLES) {
-    const part = samples.subarray(i, i + FILE_CHUNK_SAMPLES);
-    const pcm = new Int16Array(part.length);
-    for (let j = 0; j < part.length; j++) pcm[j] = Math.round(Math.max(-1, Math.min(1, part[j])) * 32767);
+  const step = format.sample_rate_hz * format.channels;
+  for (let i = 0; i < samples.length; i += step) {
     await sender.drain(SEND_HIGH_WATER_BYTES);
     if (sender.ws.readyState !== WebSocket.OPEN) throw new Error('the connection to the engine closed');
-    sender.send(pcm.buffer);
-    onProgress(Math.min(i + FILE_CHUNK_SAMPLES, samples.length) / 16000, samples.length / 16000);
+    sender.send(samples.slice(i, i + step).buffer);
+    onProgress(Math.min(i + step, samples.length) / step, seconds);
   }
   sender.end();
 }
 
-window.SerAudio = { withToken, AudioSender, Microphone, decodeTo16kMono, sendSamples };
+window.SerAudio = { withToken, AudioSender, Microphone, headerInfo, onInt16Grid, decodeFile, sendSamples };

@@ -187,6 +187,7 @@ class View {
       div.segData = g;
       div.className = `seg ${g.final ? 'final' : 'interim'}${isUncertain(g) ? ' uncertain' : ''}`;
       div.dataset.startS = g.start.toFixed(3); div.dataset.endS = g.end.toFixed(3);
+      div.dataset.samples = g.final ? `${g.startSample}-${g.endSample}` : '';  // the exact bounds, for tests
       div.dataset.label = g.label || '';
       div.style.left = `${g.start * PX_PER_S}px`;
       div.style.width = `${Math.max(2, (g.end - g.start) * PX_PER_S)}px`;

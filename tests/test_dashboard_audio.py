@@ -1,0 +1,168 @@
+"""The dashboard's audio against ``ser-live --input FILE``: one conversion for every path (issue 29). The page
+sends a dropped file at the file's own rate and channels, as Float32 (f32le), and its microphone at the
+AudioContext's rate, and the engine converts both by the function ``--input`` uses; so a file dropped on the
+page must give exactly the segments (start and end sample, label) that ``ser-live --input FILE --fast``
+gives. Real RAVDESS speech, headless Debian Chromium through Playwright, real ``ser-live`` processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from tests.test_dashboard import EngineProcess, reference_finals
+from tests.test_dashboard_browser import ARTIFACTS, CHROMIUM, drop_file, speech_with_pauses
+from tests.test_dashboard_browser import audio_files, browser, models, page  # noqa: F401 - the shared fixtures
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                      "(apt-get install chromium; .ci/setup does)"),
+    pytest.mark.slow,
+]
+
+
+def _at(rate_hz: int, speech: np.ndarray) -> np.ndarray:
+    return soxr.resample(speech, 16_000, rate_hz).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """Three RAVDESS utterances with pauses, written as a 44.1 kHz mono WAV, a 48 kHz stereo FLAC (the two
+    channels differ: the second is quieter and 0.3 s late), a 22.05 kHz four-channel WAV (averaged in the
+    page, as the engine averages two) and a 96 kHz WAV (above what start_stream takes: decoded at 48 kHz)."""
+    folder = tmp_path_factory.mktemp("dropped")
+    speech = speech_with_pauses()
+    late = np.roll(speech, int(0.3 * 16_000))
+    paths = {name: folder / name for name in ("talk44.wav", "talk48.flac", "quad22.wav", "talk96.wav")}
+    sf.write(paths["talk44.wav"], _at(44_100, speech), 44_100, subtype="PCM_16")
+    sf.write(paths["talk48.flac"], np.stack([_at(48_000, speech), 0.6 * _at(48_000, late)], 1), 48_000,
+             subtype="PCM_16")
+    quad = _at(22_050, speech)
+    sf.write(paths["quad22.wav"], np.stack([quad, 0.5 * quad, -0.7 * quad, np.roll(quad, 999)], 1), 22_050,
+             subtype="PCM_16")
+    sf.write(paths["talk96.wav"], _at(96_000, speech), 96_000, subtype="PCM_16")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def engine(models):
+    with EngineProcess(models[1], "--input", "none") as engine:
+        yield engine
+
+
+def send_file(page, path: Path, how: str) -> list[dict]:
+    """The file dropped on the page (or chosen with its file input); the finals the page shows for it."""
+    if how == "drop":
+        drop_file(page, path)
+    else:
+        page.set_input_files("#file", str(path))
+    page.locator("#send-status", has_text=f"{path.name}: analysed").wait_for()
+    page.screenshot(path=ARTIFACTS / f"dashboard-audio-{path.stem}.png")
+    return [{"samples": s, "label": label} for s, label in page.eval_on_selector_all(
+        "#track .seg.final", "els => els.map(e => [e.dataset.samples, e.dataset.label])")]
+
+
+def declared_format(sent: list) -> dict:
+    """The format of the one ``start_stream`` among the page's sent WebSocket frames."""
+    starts = [json.loads(m) for m in sent if isinstance(m, str) and '"start_stream"' in m]
+    assert len(starts) == 1, starts
+    return starts[0]["format"]
+
+
+def as_shown(reference: list[dict]) -> list[dict]:
+    return [{"samples": f"{e['start_sample']}-{e['end_sample']}", "label": e["label"]} for e in reference]
+
+
+@pytest.mark.parametrize(("name", "how", "declared"), [
+    ("talk44.wav", "input", {"sample_rate_hz": 44_100, "encoding": "f32le", "channels": 1}),
+    ("talk48.flac", "drop", {"sample_rate_hz": 48_000, "encoding": "f32le", "channels": 2}),
+    ("quad22.wav", "drop", {"sample_rate_hz": 22_050, "encoding": "f32le", "channels": 1}),  # averaged in the page
+])
+def test_a_dropped_file_gives_the_segments_of_input_file(page, engine, models, files, name, how, declared):
+    reference = reference_finals(models[1], files[name])
+    assert len(reference) == 3, reference  # one per utterance: the comparison below means something
+    page.goto(engine.url)
+    page.locator("#conn.conn-up").wait_for()
+    seen = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: seen.append(payload)))
+    shown = send_file(page, files[name], how)
+    assert shown == as_shown(reference)
+    assert declared_format(seen) == declared
+    binary = [len(m) for m in seen if isinstance(m, bytes)]
+    rate, channels = declared["sample_rate_hz"], declared["channels"]
+    assert binary and max(binary) == rate * channels * 4 < 1 << 20  # a second a message, under 1 MiB
+    read, _ = sf.read(files[name], dtype="float32", always_2d=True)  # what --input reads (libsndfile)
+    expected = read if read.shape[1] <= 2 else read.mean(axis=1)  # the engine's downmix (chunks.downmix)
+    sent = np.frombuffer(b"".join(m for m in seen if isinstance(m, bytes)), "<f4")
+    np.testing.assert_array_equal(sent, expected.reshape(-1))  # interleaved, sample for sample
+    assert not page.errors
+
+
+def test_a_file_above_48_khz_is_decoded_at_48_khz(page, engine, models, files):
+    """96 kHz is beyond start_stream's range: the browser resamples to 48 kHz and the engine from there, so the
+    bounds may move by a VAD frame or two from --input's (which resamples once), never more."""
+    reference = reference_finals(models[1], files["talk96.wav"])
+    page.goto(engine.url)
+    page.locator("#conn.conn-up").wait_for()
+    seen = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: seen.append(payload)))
+    shown = send_file(page, files["talk96.wav"], "drop")
+    assert declared_format(seen) == {"sample_rate_hz": 48_000, "encoding": "f32le", "channels": 1}
+    assert len(shown) == len(reference)
+    for got, ref in zip(shown, reference):
+        start, end = map(int, got["samples"].split("-"))
+        assert abs(start - ref["start_sample"]) <= 960 and abs(end - ref["end_sample"]) <= 960, (got, ref)
+
+
+HEADER_JS = """async (b64) => { const bin = atob(b64); const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return window.SerAudio.headerInfo(bytes.buffer); }"""
+
+
+def test_header_rate_and_depth(page, engine, tmp_path):
+    """The page reads the rate (and integer depth) the file declares, as libsndfile does."""
+    page.goto(engine.url)
+    cases = {"a.wav": (11_025, "PCM_16", 16), "b.wav": (32_000, "PCM_24", 24), "c.wav": (44_100, "FLOAT", 0),
+             "d.flac": (48_000, "PCM_16", 16), "e.flac": (8_000, "PCM_24", 24), "f.ogg": (22_050, "VORBIS", 0)}
+    for name, (rate, subtype, bits) in cases.items():
+        path = tmp_path / name
+        sf.write(path, np.zeros((rate // 10, 2), np.float32), rate, subtype=subtype)
+        got = page.evaluate(HEADER_JS, base64.b64encode(path.read_bytes()).decode())
+        assert got == {"rate": rate, "bits": bits}, name
+    assert page.evaluate(HEADER_JS, base64.b64encode(b"not audio at all").decode()) is None
+
+
+PASS_JS = """async ([rate, samples]) => {
+  const ctx = new OfflineAudioContext(1, samples.length + rate / 10, rate);
+  await ctx.audioWorklet.addModule(window.SerAudio.withToken('worklet.js'));
+  const node = new AudioWorkletNode(ctx, 'pcm-f32', {numberOfInputs: 1, numberOfOutputs: 1});
+  const chunks = [];
+  node.port.onmessage = (e) => chunks.push(Array.from(new Float32Array(e.data.samples)));
+  const buffer = ctx.createBuffer(1, samples.length, rate);
+  buffer.copyToChannel(Float32Array.from(samples), 0);
+  const src = ctx.createBufferSource();
+  src.buffer = buffer;
+  src.connect(node).connect(ctx.destination);
+  src.start();
+  await ctx.startRendering();
+  await new Promise((r) => setTimeout(r, 300));
+  return chunks;
+}"""
+
+
+@pytest.mark.parametrize("rate_hz", [44_100, 48_000])
+def test_worklet_posts_the_microphones_samples_unchanged(page, engine, rate_hz):
+    """The microphone's worklet neither resamples nor rounds: its 100 ms Float32 chunks are the samples it got."""
+    page.goto(engine.url)
+    audio, _ = sf.read(Path(__file__).parent / "data" / "ravdess" / "03-01-05-01-01-01-01.flac", dtype="float32")
+    samples = _at(rate_hz, audio[:16_000])
+    chunks = page.evaluate(PASS_JS, [rate_hz, samples.tolist()])
+    assert {len(c) for c in chunks[:-1]} == {rate_hz // 10}
+    out = np.array([x for c in chunks for x in c], np.float32)
+    assert len(out) >= len(samples)
+    np.testing.assert_array_equal(out[:len(samples)], samples)
