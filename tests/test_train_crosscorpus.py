@@ -191,3 +191,40 @@ def test_calibrate_keeps_the_slowest_adaptation_within_a_point_of_the_best():
     assert choose_prior({0.0: 0.70, 2.0: 0.80, 8.0: 0.795, 16.0: 0.78}) == 8.0
     assert choose_prior({0.0: 0.70, 2.0: 0.80, 8.0: 0.785}) == 2.0
     assert choose_prior({2.0: 0.5, 4.0: 0.5}) == 4.0
+
+
+def test_adaptation_as_shipped_never_lowers_a_fixture_corpus_below_the_utterance_alone(tmp_path):
+    """Two fixture corpora, each recorded through one device unlike the training studio's (actors 01-02 on a
+    telephone line, actor 03 on a bright cheap microphone, slightly higher voice), as a user's stream is: the
+    shipped per-speaker adaptation (and voice term) must not lose UA or WA against each utterance alone. (On the
+    recordings as they are, which the bundled model trained on, it is right alone on every one and there is
+    nothing to win; the model card gives that figure.)"""
+    import soundfile as sf
+    from scipy.signal import lfilter, resample_poly
+
+    from serlive.train.lines import telephone
+
+    def bright(x):
+        return lfilter([1.0, -0.9], [1.0], resample_poly(x, 15, 16)).astype(np.float32)
+
+    with open(FIXTURES / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    args = ["crosscorpus", "--label-map", "ravdess", "--orders", "5", "--out", str(tmp_path / "o")]
+    for name, speakers, device in (("phone", {"01", "02"}, telephone), ("mic", {"03"}, bright)):
+        folder = tmp_path / name
+        folder.mkdir()
+        mine = [r for r in rows if r["speaker"] in speakers]
+        for r in mine:
+            audio, rate = sf.read(FIXTURES / r["path"], dtype="float32")
+            sf.write(folder / r["path"], device(audio), rate)
+        with open(folder / "manifest.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(mine)
+        args += ["--data", f"{name}={folder / 'manifest.csv'}"]
+    assert main(args) == 0
+    table = {(t["corpus"], t["mode"]): t for t in json.loads((tmp_path / "o" / "crosscorpus.json").read_text())["table"]}
+    for corpus in ("phone", "mic"):
+        alone, online = table[corpus, "alone"], table[corpus, "online-mean"]
+        assert alone["ua"] < 1.0  # the device costs something alone: there is something to win
+        assert online["ua"] >= alone["ua"] and online["wa"] >= alone["wa"], (corpus, alone["ua"], online["ua"])
