@@ -16,7 +16,7 @@ import soundfile as sf
 import soxr
 
 from tests.test_dashboard import EngineProcess, reference_finals
-from tests.test_dashboard_browser import ARTIFACTS, CHROMIUM, drop_file, speech_with_pauses
+from tests.test_dashboard_browser import ARTIFACTS, CHROMIUM, drop_file
 from tests.test_dashboard_browser import audio_files, browser, models, page  # noqa: F401 - the shared fixtures
 
 pytestmark = [
@@ -30,13 +30,26 @@ def _at(rate_hz: int, speech: np.ndarray) -> np.ndarray:
     return soxr.resample(speech, 16_000, rate_hz).astype(np.float32)
 
 
+RAVDESS = Path(__file__).parent / "data" / "ravdess"
+UTTERANCES = ["03-01-01-01-01-01-01.flac", "03-01-01-01-01-01-02.flac", "03-01-01-01-01-01-03.flac"]
+
+
+def natural_speech() -> np.ndarray:
+    """Three RAVDESS recordings back to back, their own room noise between the words, plus noise at -60 dBFS:
+    VAD edges that one int16 step can move. (The page before this one, which resampled to 16 kHz itself and
+    rounded x*32767, moved the second utterance's start by 480 samples on the 44.1 kHz file; on digital
+    silence between the words it gave the same segments.)"""
+    speech = np.concatenate([sf.read(RAVDESS / name, dtype="float32")[0] for name in UTTERANCES])
+    return (speech + np.random.default_rng(1).normal(0, 1e-3, len(speech))).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
-    """Three RAVDESS utterances with pauses, written as a 44.1 kHz mono WAV, a 48 kHz stereo FLAC (the two
+    """Three RAVDESS utterances (:func:`natural_speech`), written as a 44.1 kHz mono WAV, a 48 kHz stereo FLAC (the two
     channels differ: the second is quieter and 0.3 s late), a 22.05 kHz four-channel WAV (averaged in the
     page, as the engine averages two) and a 96 kHz WAV (above what start_stream takes: decoded at 48 kHz)."""
     folder = tmp_path_factory.mktemp("dropped")
-    speech = speech_with_pauses()
+    speech = natural_speech()
     late = np.roll(speech, int(0.3 * 16_000))
     paths = {name: folder / name for name in ("talk44.wav", "talk48.flac", "quad22.wav", "talk96.wav")}
     sf.write(paths["talk44.wav"], _at(44_100, speech), 44_100, subtype="PCM_16")
@@ -159,7 +172,7 @@ PASS_JS = """async ([rate, samples]) => {
 def test_worklet_posts_the_microphones_samples_unchanged(page, engine, rate_hz):
     """The microphone's worklet neither resamples nor rounds: its 100 ms Float32 chunks are the samples it got."""
     page.goto(engine.url)
-    audio, _ = sf.read(Path(__file__).parent / "data" / "ravdess" / "03-01-05-01-01-01-01.flac", dtype="float32")
+    audio, _ = sf.read(RAVDESS / "03-01-05-01-01-01-01.flac", dtype="float32")
     samples = _at(rate_hz, audio[:16_000])
     chunks = page.evaluate(PASS_JS, [rate_hz, samples.tolist()])
     assert {len(c) for c in chunks[:-1]} == {rate_hz // 10}
