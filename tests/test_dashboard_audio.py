@@ -179,3 +179,17 @@ def test_worklet_posts_the_microphones_samples_unchanged(page, engine, rate_hz):
     out = np.array([x for c in chunks for x in c], np.float32)
     assert len(out) >= len(samples)
     np.testing.assert_array_equal(out[:len(samples)], samples)
+
+
+def test_a_file_that_is_not_audio_is_one_sentence_and_sends_nothing(page, engine, tmp_path):
+    notes = tmp_path / "notes.wav"
+    notes.write_bytes(b"RIFF\x04\x00\x00\x00WAVEthis is not audio")
+    page.goto(engine.url)
+    page.locator("#conn.conn-up").wait_for()
+    seen = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: seen.append(payload)))
+    drop_file(page, notes)
+    page.locator("#send-error", has_text="notes.wav: ").wait_for()
+    assert page.inner_text("#send-error") == "notes.wav: not audio this browser can decode"
+    assert not [m for m in seen if isinstance(m, bytes) or "start_stream" in m]
+    assert not page.errors

@@ -149,51 +149,54 @@ function headerInfo(bytes) {
   return null;
 }
 
-/** Channel data decoded from 16-bit integers -> exactly k / 32768 (unchanged where it is not such data). */
-function onInt16Grid(data) {
+/** Channel data decoded from 16-bit integers -> exactly k / 32768, in place (left alone where it is not such data). */
+function putOnInt16Grid(data) {
   const near = (scale) => data.every((x) => x <= 0 || Math.abs(x * scale - Math.round(x * scale)) < 1e-3);
   const positive = near(32767) ? 32767 : near(32768) ? 32768 : 0;
-  if (!positive) return data;
-  return data.map((x) => Math.round(x * (x < 0 ? 32768 : positive)) / 32768);
+  if (!positive) return;
+  for (let i = 0; i < data.length; i++) data[i] = Math.round(data[i] * (data[i] < 0 ? 32768 : positive)) / 32768;
 }
 
-/** A file -> {format (f32le at the file's rate), samples: interleaved Float32Array, seconds}. */
+/** The mean of more than two channels in float32, in channel order, as numpy's mean takes it. */
+function mean(channels, length) {
+  const mono = new Float32Array(length);
+  for (let i = 0; i < length; i++) {
+    let sum = 0;
+    for (const ch of channels) sum = Math.fround(sum + ch[i]);
+    mono[i] = sum / channels.length;
+  }
+  return mono;
+}
+
+/** A file -> {format (f32le at the file's rate), channels: one or two Float32Array, seconds}. */
 async function decodeFile(file) {
   const bytes = await file.arrayBuffer();
   const info = headerInfo(bytes);
   const own = info && info.rate >= MIN_RATE_HZ && info.rate <= MAX_RATE_HZ;
   const rate = own ? info.rate : FALLBACK_RATE_HZ;
-  const decoded = await new OfflineAudioContext(1, 1, rate).decodeAudioData(bytes);  // at `rate`: no resampling
+  const decoded = await new OfflineAudioContext(1, 1, rate).decodeAudioData(bytes)  // at `rate`: no resampling
+    .catch(() => { throw new Error('not audio this browser can decode'); });
   let channels = [];
-  for (let c = 0; c < decoded.numberOfChannels; c++) {
-    const data = decoded.getChannelData(c);
-    channels.push(own && info.bits === 16 ? onInt16Grid(data) : data);
-  }
-  if (channels.length > MAX_CHANNELS) {  // the mean in float32, in channel order, as numpy's mean takes it
-    const mono = new Float32Array(decoded.length);
-    for (let i = 0; i < mono.length; i++) {
-      let sum = 0;
-      for (const ch of channels) sum = Math.fround(sum + ch[i]);
-      mono[i] = sum / channels.length;
-    }
-    channels = [mono];
-  }
-  const samples = new Float32Array(decoded.length * channels.length);
-  channels.forEach((ch, c) => { for (let i = 0; i < ch.length; i++) samples[i * channels.length + c] = ch[i]; });
-  return { format: f32le(rate, channels.length), samples, seconds: decoded.length / rate };
+  for (let c = 0; c < decoded.numberOfChannels; c++) channels.push(decoded.getChannelData(c));
+  if (own && info.bits === 16) channels.forEach(putOnInt16Grid);
+  if (channels.length > MAX_CHANNELS) channels = [mean(channels, decoded.length)];
+  return { format: f32le(rate, channels.length), channels, seconds: decoded.length / rate };
 }
 
-/** About one second of audio per message (at most 48000 x 2 x 4 bytes, well under the 1 MiB a message may be). */
-async function sendSamples(sender, { format, samples, seconds }, onProgress) {
+/** One second a message (at most 48000 x 2 x 4 bytes, well under the 1 MiB a message may be), interleaved. */
+async function sendSamples(sender, { format, channels, seconds }, onProgress) {
   await sender.ready;
-  const step = format.sample_rate_hz * format.channels;
-  for (let i = 0; i < samples.length; i += step) {
+  const rate = format.sample_rate_hz, length = channels[0].length;
+  for (let start = 0; start < length; start += rate) {
+    const n = Math.min(rate, length - start);
+    const frames = new Float32Array(n * channels.length);
+    channels.forEach((ch, c) => { for (let i = 0; i < n; i++) frames[i * channels.length + c] = ch[start + i]; });
     await sender.drain(SEND_HIGH_WATER_BYTES);
     if (sender.ws.readyState !== WebSocket.OPEN) throw new Error('the connection to the engine closed');
-    sender.send(samples.slice(i, i + step).buffer);
-    onProgress(Math.min(i + step, samples.length) / step, seconds);
+    sender.send(frames.buffer);
+    onProgress((start + n) / rate, seconds);
   }
   sender.end();
 }
 
-window.SerAudio = { withToken, AudioSender, Microphone, headerInfo, onInt16Grid, decodeFile, sendSamples };
+window.SerAudio = { withToken, AudioSender, Microphone, headerInfo, decodeFile, sendSamples };
