@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--agreement", nargs="+", metavar="AUDIO",
                     help="instead of the benchmark: incremental interims against whole-segment ones on these "
                          "files or folders (needs --model)")
+    ap.add_argument("--cost-streams", type=int, default=0, metavar="N",
+                    help="--agreement: first replay N bench streams' requests through both paths (CPU seconds)")
     ap.add_argument("--tolerance", default="0,0.1,0.25,inf",
                     help="--agreement: front-end drifts at which an interim reruns its segment (comma-separated)")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
