@@ -69,11 +69,15 @@ class Ingest:
         await self._feed(pcm)
 
     async def _feed(self, pcm: bytes) -> None:
-        if not pcm:
-            return
+        if pcm:
+            await self._holding(self.remote.feed(pcm))
+
+    async def _holding(self, waiting) -> None:
+        """Await ``waiting`` without reading this client meanwhile (its pongs wait unread: the server
+        must not take it for a client that stopped reading)."""
         self.client.feeding = True
         try:
-            await self.remote.feed(pcm)
+            await waiting
         finally:
             self.client.feeding = False
 
@@ -129,6 +133,8 @@ class Ingest:
         await self._feed(self.converter.flush())
         self.remote = None
         remote.end("client_ended", "the client ended the stream")
+        # Its finals first: then the next start_stream of this client finds the name free again.
+        await self._holding(self.server.stream_ended(remote.name, self.client.conn))
 
     def closed(self, reason: str, detail: str) -> None:
         """The connection ended: end its stream, if one is open."""

@@ -19,7 +19,7 @@ from collections import deque
 from . import redact
 from .access import check_request, tls_context
 from .config import WsConfig
-from .events import Event
+from .events import Event, StreamStatus
 from .ingest import MAX_MESSAGE_BYTES, Ingest
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,31 @@ STALLED_CLOSE_GRACE_S = 10.0
 connection is cut (a client that paused and resumes still learns why it was closed)."""
 
 
+READ_PROBE_INTERVAL_S = 1.0
+"""Least time between two read probes of one client (a ping after what was sent; see :meth:`_Client.read_probe`)."""
+
+
 class _Client:
     """One connection's outgoing queue; ``offer`` never blocks."""
 
     def __init__(self, conn, max_queue: int, stall_timeout_s: float, on_drop=None) -> None:
         self.conn, self.max_queue, self.stall_timeout_s = conn, max_queue, stall_timeout_s
         self.skipped = 0
-        self.feeding = False  # the server itself is not reading this client (back-pressure on its audio)
+        self._feeding, self._feeds = False, 0
         self._queue: deque[str] = deque()
-        self._wake = asyncio.Event()
+        self._wake, self._sent = asyncio.Event(), asyncio.Event()
         self._on_drop = on_drop
         self.dropped = False
+
+    @property
+    def feeding(self) -> bool:
+        """The server itself is not reading this client (back-pressure on its audio): its pongs wait unread."""
+        return self._feeding
+
+    @feeding.setter
+    def feeding(self, value: bool) -> None:
+        self._feeding = value
+        self._feeds += value
 
     def offer(self, message: str, reply: bool = False) -> None:
         """Queue ``message``; when the queue is full, broadcast events are skipped (counted) but a
@@ -86,24 +100,49 @@ class _Client:
                     self.drop(f"did not read for {self.stall_timeout_s:g} s")
                 except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
                     return
+                self._sent.set()
 
     async def _ping(self) -> None:
         await (await self.conn.ping())
 
+    async def _answered(self, timeout_s: float) -> bool | None:
+        """Ping: True when the pong came within ``timeout_s``; False when it did not although the server
+        read this client all along; None when that cannot be told (the server stopped reading it meanwhile,
+        so its pong may be waiting unread). Raises ``ConnectionClosed``."""
+        feeds = self._feeds
+        try:
+            await asyncio.wait_for(self._ping(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return None if self.feeding or self._feeds != feeds else False
+
+    async def read_probe(self) -> None:
+        """A ping after what was sent (at most every :data:`READ_PROBE_INTERVAL_S`): its pong comes back only
+        once the client has read everything sent before it, so none within ``stall_timeout_s`` means the
+        client stopped reading, however much the socket buffers between us still take (on loopback, minutes
+        of events before a send would block)."""
+        try:
+            while not self.dropped:
+                await self._sent.wait()
+                self._sent.clear()
+                if await self._answered(self.stall_timeout_s) is False:
+                    self.drop(f"did not read for {self.stall_timeout_s:g} s")
+                    return
+                await asyncio.sleep(READ_PROBE_INTERVAL_S)
+        except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
+            return
+
     async def keepalive(self, interval_s: float, timeout_s: float) -> None:
-        """Ping every ``interval_s``; no pong within ``timeout_s`` means the client stopped reading."""
-        while not self.dropped:
-            await asyncio.sleep(interval_s)
-            if self.feeding:
-                continue  # we are not reading its socket, so its pong could not be seen
-            try:
-                await asyncio.wait_for(self._ping(), timeout_s)
-            except asyncio.TimeoutError:
-                if not self.feeding:
+        """Ping every ``interval_s``; no pong within ``timeout_s`` means the client stopped reading (this
+        one also finds a silent client, to which nothing is being sent)."""
+        try:
+            while not self.dropped:
+                await asyncio.sleep(interval_s)
+                if not self.feeding and await self._answered(timeout_s) is False:
                     self.drop(f"left a ping unanswered for {timeout_s:g} s")
-                return
-            except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
-                return
+                    return
+        except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up
+            return
 
 
 class WsServer:
@@ -120,7 +159,7 @@ class WsServer:
         self._clients: set[_Client] = set()
         self._server = None
         self._remote_count = 0
-        self._changed = asyncio.Event()
+        self._running: dict[str, asyncio.Event] = {}  # stream id -> set when that stream ends
 
     @property
     def client_count(self) -> int:
@@ -145,6 +184,8 @@ class WsServer:
                 self.scheme, self.config.host, self.port)
 
     def put(self, event: Event) -> None:
+        if isinstance(event, StreamStatus):
+            self._track(event)
         if not self._clients:
             return
         message = event.to_json()
@@ -159,6 +200,24 @@ class WsServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    def _track(self, event: StreamStatus) -> None:
+        if event.state == "started":
+            self._running[event.stream] = asyncio.Event()
+        elif (ended := self._running.pop(event.stream, None)) is not None:
+            ended.set()
+
+    async def stream_ended(self, stream: str, conn) -> None:
+        """Return once ``stream`` has ended, its finals sent and its id free again (or ``conn`` closed)."""
+        ended = self._running.get(stream)
+        if ended is None:
+            return
+        waits = [asyncio.ensure_future(ended.wait()), asyncio.ensure_future(conn.wait_closed())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     def next_remote_name(self) -> str:
         self._remote_count += 1
@@ -177,7 +236,7 @@ class WsServer:
                                     max_message_bytes=MAX_MESSAGE_BYTES)
         client.offer(hello.to_json())
         self._clients.add(client)
-        tasks = [asyncio.create_task(client.send_loop()),
+        tasks = [asyncio.create_task(client.send_loop()), asyncio.create_task(client.read_probe()),
                  asyncio.create_task(client.keepalive(self.config.ping_interval_s, self.config.ping_timeout_s))]
         try:
             async for message in conn:
