@@ -229,3 +229,24 @@ def test_hello_and_stop_before_run(predictor):
     assert hello.streams == ("a",) and hello.labels == predictor.labels and hello.sample_rate_hz == 16_000
     engine.stop()  # before run(): run() starts, then stops at once, flushing what it has
     assert asyncio.run(asyncio.wait_for(engine.run(), 10)) == 0
+
+
+def test_under_load_interims_are_skipped_oldest_first_and_finals_stay_whole(predictor):
+    """Eight streams read as fast as possible with an interim every 20 ms: the model cannot keep up, so waiting
+    interims are superseded by their stream's next one (counted per stream in stats) and the spacing grows,
+    while every final comes, in order, as without interims."""
+    audio, truth = islands([0.3, 1.6, 0.5, 1.2, 0.4], seed=9)
+    sources = lambda: [ArraySource(f"s{i}", audio) for i in range(8)]  # noqa: E731
+    busy = EngineConfig(inference=InferenceConfig(max_batch=4, max_wait_ms=0, interim_ms=20))
+    engine, sink, _ = run_engine(predictor, sources(), busy)
+    _, calm, _ = run_engine(predictor, sources(), EngineConfig(inference=InferenceConfig(interim_ms=0)))
+    stats = engine.stats()
+    assert stats.skipped_interims > 0 and stats.skipped_interims == sum(stats.skipped_interims_by_stream.values())
+    assert set(stats.skipped_interims_by_stream) <= {f"s{i}" for i in range(8)}
+    for name in (f"s{i}" for i in range(8)):
+        got, ref = finals(sink, name), finals(calm, name)
+        assert [(e.segment, e.start_sample, e.end_sample, e.label) for e in got] == \
+               [(e.segment, e.start_sample, e.end_sample, e.label) for e in ref] and len(got) == len(truth)
+    interims = [e for e in sink.of(PredictionEvent) if not e.final]
+    every_20ms = 8 * 2.8 / 0.02  # interims asked for if the spacing stayed at 20 ms over 2.8 s of speech
+    assert interims and len(interims) + stats.skipped_interims < every_20ms / 2  # it grew (measured: 184 of 1120)
