@@ -51,7 +51,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("dropped")
     speech = natural_speech()
     late = np.roll(speech, int(0.3 * 16_000))
-    paths = {name: folder / name for name in ("talk44.wav", "talk48.flac", "quad22.wav", "talk96.wav")}
+    paths = {name: folder / name for name in ("talk44.wav", "talk48.flac", "quad22.wav", "talk96.wav",
+                                              "talk32-24bit.wav", "talk16-8bit.wav")}
     sf.write(paths["talk44.wav"], _at(44_100, speech), 44_100, subtype="PCM_16")
     sf.write(paths["talk48.flac"], np.stack([_at(48_000, speech), 0.6 * _at(48_000, late)], 1), 48_000,
              subtype="PCM_16")
@@ -59,6 +60,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     sf.write(paths["quad22.wav"], np.stack([quad, 0.5 * quad, -0.7 * quad, np.roll(quad, 999)], 1), 22_050,
              subtype="PCM_16")
     sf.write(paths["talk96.wav"], _at(96_000, speech), 96_000, subtype="PCM_16")
+    sf.write(paths["talk32-24bit.wav"], _at(32_000, speech), 32_000, subtype="PCM_24")
+    sf.write(paths["talk16-8bit.wav"], speech, 16_000, subtype="PCM_U8")
     return paths
 
 
@@ -95,6 +98,8 @@ def as_shown(reference: list[dict]) -> list[dict]:
     ("talk44.wav", "input", {"sample_rate_hz": 44_100, "encoding": "f32le", "channels": 1}),
     ("talk48.flac", "drop", {"sample_rate_hz": 48_000, "encoding": "f32le", "channels": 2}),
     ("quad22.wav", "drop", {"sample_rate_hz": 22_050, "encoding": "f32le", "channels": 1}),  # averaged in the page
+    ("talk32-24bit.wav", "drop", {"sample_rate_hz": 32_000, "encoding": "f32le", "channels": 1}),
+    ("talk16-8bit.wav", "drop", {"sample_rate_hz": 16_000, "encoding": "f32le", "channels": 1}),
 ])
 def test_a_dropped_file_gives_the_segments_of_input_file(page, engine, models, files, name, how, declared):
     reference = reference_finals(models[1], files[name])

@@ -149,12 +149,14 @@ function headerInfo(bytes) {
   return null;
 }
 
-/** Channel data decoded from 16-bit integers -> exactly k / 32768, in place (left alone where it is not such data). */
-function putOnInt16Grid(data) {
+/** Channel data decoded from `bits`-bit integers (8 or 16) -> exactly k / 2^(bits-1), as libsndfile reads them,
+ * in place; left alone where it is not such data (another browser, or one that already scales so). */
+function putOnIntGrid(data, bits) {
+  const full = 2 ** (bits - 1);
   const near = (scale) => data.every((x) => x <= 0 || Math.abs(x * scale - Math.round(x * scale)) < 1e-3);
-  const positive = near(32767) ? 32767 : near(32768) ? 32768 : 0;
+  const positive = near(full - 1) ? full - 1 : near(full) ? full : 0;
   if (!positive) return;
-  for (let i = 0; i < data.length; i++) data[i] = Math.round(data[i] * (data[i] < 0 ? 32768 : positive)) / 32768;
+  for (let i = 0; i < data.length; i++) data[i] = Math.round(data[i] * (data[i] < 0 ? full : positive)) / full;
 }
 
 /** The mean of more than two channels in float32, in channel order, as numpy's mean takes it. */
@@ -178,7 +180,7 @@ async function decodeFile(file) {
     .catch(() => { throw new Error('not audio this browser can decode'); });
   let channels = [];
   for (let c = 0; c < decoded.numberOfChannels; c++) channels.push(decoded.getChannelData(c));
-  if (own && info.bits === 16) channels.forEach(putOnInt16Grid);
+  if (own && (info.bits === 8 || info.bits === 16)) channels.forEach((ch) => putOnIntGrid(ch, info.bits));
   if (channels.length > MAX_CHANNELS) channels = [mean(channels, decoded.length)];
   return { format: f32le(rate, channels.length), channels, seconds: decoded.length / rate };
 }
