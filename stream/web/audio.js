@@ -146,6 +146,18 @@ function headerInfo(bytes) {
     if (first === 'OpusHead') return { rate: 48000, bits: 0 };  // Opus always decodes at 48 kHz
     if (first.slice(1, 7) === 'vorbis' && v.byteLength >= 44) return { rate: v.getUint32(40, true), bits: 0 };
   }
+  if (tag(4, 4) === 'ftyp' || (v.byteLength >= 4 && v.getUint32(0) === 0x1a45dfa3)) return null;  // MP4, WebM
+  return mpegRate(v, flac);
+}
+
+/** An MPEG audio (MP3) file's rate from its first frame header (after any ID3 tag); null: not one. */
+function mpegRate(v, at) {
+  for (let i = at; i + 4 <= Math.min(v.byteLength, at + 4096); i++) {
+    const b1 = v.getUint8(i + 1), b2 = v.getUint8(i + 2);
+    const version = (b1 >> 3) & 3, layer = (b1 >> 1) & 3, bitrate = b2 >> 4, index = (b2 >> 2) & 3;
+    if (v.getUint8(i) !== 0xff || (b1 & 0xe0) !== 0xe0 || version === 1 || !layer || bitrate === 15 || index === 3) continue;
+    return { rate: [44100, 48000, 32000][index] / [4, 0, 2, 1][version], bits: 0 };  // MPEG 2.5, -, 2, 1
+  }
   return null;
 }
 
