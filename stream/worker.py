@@ -235,6 +235,9 @@ class InferenceWorker:
             if self.served is not None:
                 taken = self._queue.taken - len(batch)
                 self.served.extend((r.stream, r.final, taken + i - r.taken_before) for i, r in enumerate(batch))
+            if self.predictor.incremental and not any(r.final for r in batch):
+                self._run(batch)  # interims carrying state cost their new frames, not their length: one pass
+                continue
             order = {id(r): i for i, r in enumerate(batch)}  # the fair queue's service order
             for group in sorted(group_by_length(batch, self.max_batch), key=lambda g: min(order[id(r)] for r in g)):
                 self._run(group)

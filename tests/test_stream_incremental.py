@@ -174,3 +174,40 @@ def test_one_items_noise_floor_is_the_batched_one():
         valid = torch.rand(1, t, generator=gen) > 0.2
         batched = noise_floor(torch.cat([power, power]), torch.cat([valid, valid]))[:1]
         assert torch.equal(noise_floor(power, valid), batched)
+
+
+def test_the_engine_drops_every_state_and_its_finals_are_those_without_interims(predictor):
+    from serlive.stream.engine import Engine
+    from serlive.stream.events import PredictionEvent
+    from serlive.stream.sinks import ListSink
+    from serlive.stream.sources import ArraySource
+
+    predictor.tolerance = DEFAULT_TOLERANCE
+    gap = np.zeros(8000, np.float32)
+    audio = np.concatenate([gap, speech(FILES[0])[12000:], gap])  # one utterance, paced in real time: 4 s
+
+    def run(interim_ms: int):
+        sources = [ArraySource(name, audio, realtime=interim_ms > 0) for name in ("a", "b")]
+        engine, sink = Engine(predictor, EngineConfig(inference=InferenceConfig(interim_ms=interim_ms)),
+                              sources), ListSink()
+        engine.add_sink(sink)
+        claim = engine.worker.states.claim  # a window on the states the interims carried (they are gone after)
+
+        def spy(requests):
+            out = claim(requests)
+            carried.extend(id(state) for state in out if state is not None)
+            return out
+
+        engine.worker.states.claim = spy
+        asyncio.run(asyncio.wait_for(engine.run(), 120))
+        return engine, sink.of(PredictionEvent)
+
+    carried: list[int] = []
+    engine, events = run(500)
+    _, calm = run(0)
+    assert len(engine.worker.states) == 0  # every segment's state went with its final or its stream's end
+    assert len(carried) > len(set(carried))  # some segment's state was carried from one interim to the next
+    got, ref = ([e for e in sorted(evs, key=lambda e: (e.stream, e.segment)) if e.final] for evs in (events, calm))
+    assert [(e.stream, e.segment, e.label) for e in got] == [(e.stream, e.segment, e.label) for e in ref]
+    assert len(got) >= 2 and all(np.allclose(list(a.probs.values()), list(b.probs.values()), atol=1e-5)
+                                 for a, b in zip(got, ref))  # batches differ: float rounding only
