@@ -202,11 +202,6 @@ class Engine(Draining):
                       previous: asyncio.Task | None) -> None:
         try:
             pred, failure = await future, None
-        except Superseded:  # the model is behind: this stream's interims come further apart
-            self.skipped_interims += 1
-            stream.skipped_interims += 1
-            stream.pipeline.interim_scale = min(2 * stream.pipeline.interim_scale, MAX_INTERIM_SCALE)
-            return
         except Exception as exc:  # noqa: BLE001 - reported as an event; the stream goes on
             pred, failure = None, exc
         finally:
@@ -214,6 +209,11 @@ class Engine(Draining):
                 stream.owed_samples -= len(req.audio)
                 if stream.owed_samples < self._max_owed:
                     stream.room.set()
+        if isinstance(failure, Superseded) and not req.final:  # the model is behind: interims further apart
+            self.skipped_interims += 1
+            stream.skipped_interims += 1
+            stream.pipeline.interim_scale = min(2 * stream.pipeline.interim_scale, MAX_INTERIM_SCALE)
+            return
         if previous is not None:
             await asyncio.wait([previous])  # finals (and their errors) of one stream go out in order
         if failure is not None:
