@@ -125,7 +125,10 @@ def run_agreement(args) -> int:
     config = EngineConfig(inference=InferenceConfig(interim_ms=args.interim_ms))
     requests = []
     for f in files:
-        audio, rate = soundfile.read(str(f), dtype="float32", always_2d=True)
+        try:
+            audio, rate = soundfile.read(str(f), dtype="float32", always_2d=True)
+        except (OSError, RuntimeError, soundfile.LibsndfileError) as exc:
+            raise SystemExit(f"ser-live bench --agreement: cannot read {f}: {str(exc).splitlines()[0]}") from None
         requests.append(requests_of(to_mono_16k(audio.mean(1), rate), predictor.labels, config))
     if args.cost_streams:
         for mode, (n, interims_s, finals_s) in cost(predictor, args.cost_streams, args.seconds, config).items():
