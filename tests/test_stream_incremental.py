@@ -211,3 +211,14 @@ def test_the_engine_drops_every_state_and_its_finals_are_those_without_interims(
     assert [(e.stream, e.segment, e.label) for e in got] == [(e.stream, e.segment, e.label) for e in ref]
     assert len(got) >= 2 and all(np.allclose(list(a.probs.values()), list(b.probs.values()), atol=1e-5)
                                  for a, b in zip(got, ref))  # batches differ: float rounding only
+
+
+def test_a_full_length_segments_state_is_about_what_the_worker_bound_assumes(predictor):
+    """stream/carry.py bounds the states' memory at MAX_STATES of about 1.3 MB (a 7.5 s segment's)."""
+    audio = np.concatenate([speech(name) for name in FILES])
+    wave = predictor.prepare(audio)  # truncated to max_duration_s
+    assert len(wave) == predictor.max_samples
+    state = EncoderState()
+    predictor.tolerance = DEFAULT_TOLERANCE
+    predictor.predict_prepared([wave], [predictor.mask(wave)], [state])
+    assert 1.0e6 < state.nbytes < 1.6e6
