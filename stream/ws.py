@@ -18,6 +18,8 @@ from collections import deque
 
 from . import redact
 from .access import check_request, tls_context
+from .conncap import (ACCEPT_BACKLOG, HANDSHAKE_TIMEOUT_S, ConnectionGate, connection_limits,
+                      gated_connection_class, quiet_accept_errors)
 from .config import WsConfig
 from .events import Event, StreamStatus
 from .ingest import MAX_MESSAGE_BYTES, Ingest
@@ -158,6 +160,7 @@ class WsServer:
         self.slow_closed = 0
         self._clients: set[_Client] = set()
         self._server = None
+        self.gate: ConnectionGate | None = None  # set by start()
         self._remote_count = 0
         self._running: dict[str, asyncio.Event] = {}  # stream id -> set when that stream ends
 
@@ -173,11 +176,16 @@ class WsServer:
         from websockets.asyncio.server import serve
 
         redact.install((self.config.token,))  # websockets logs request lines and headers at debug level
+        quiet_accept_errors()
+        self.gate = ConnectionGate(connection_limits())
+        tls = tls_context(self.config)
         self._server = await serve(
-            self._handler, self.config.host, self.config.port, ssl=tls_context(self.config),
+            self._handler, self.config.host, self.config.port, ssl=tls,
             process_request=lambda conn, req: check_request(conn, req, self.config, self.http_handler),
             max_size=MAX_MESSAGE_BYTES, max_queue=INCOMING_QUEUE_MESSAGES, compression=None, ping_interval=None,
-            close_timeout=CLOSE_TIMEOUT_S)
+            close_timeout=CLOSE_TIMEOUT_S, open_timeout=HANDSHAKE_TIMEOUT_S,
+            create_connection=gated_connection_class(self.gate), backlog=ACCEPT_BACKLOG,
+            **({"ssl_handshake_timeout": HANDSHAKE_TIMEOUT_S} if tls else {}))
         self.port = self._server.sockets[0].getsockname()[1]
         # With port 0 the port is news to the user (and to scripts waiting for it): say it at warning level.
         log.log(logging.WARNING if self.config.port == 0 else logging.INFO, "WebSocket server on %s://%s:%d",
@@ -200,6 +208,9 @@ class WsServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self.gate is not None and (self.gate.cut or self.gate.refused):
+            log.warning("at the connection limit, %d half-sent connections were cut and %d refused in all",
+                        self.gate.cut, self.gate.refused)
 
     def _track(self, event: StreamStatus) -> None:
         if event.state == "started":
