@@ -203,3 +203,26 @@ def test_a_file_that_is_not_audio_is_one_sentence_and_sends_nothing(page, engine
     assert page.inner_text("#send-error") == "notes.wav: not audio this browser can decode"
     assert not [m for m in seen if isinstance(m, bytes) or "start_stream" in m]
     assert not page.errors
+
+
+HIGH_RATE_DEVICE_JS = """(() => {  // an output device at 96 kHz: a context made without options runs at 96 kHz
+  const Real = window.AudioContext;
+  window.AudioContext = class extends Real { constructor(options) { super(options || {sampleRate: 96000}); } };
+})();"""
+
+
+def test_a_microphone_context_above_48_khz_is_reopened_at_48_khz(page, engine):
+    page.add_init_script(HIGH_RATE_DEVICE_JS)
+    page.goto(engine.url)
+    page.locator("#conn.conn-up").wait_for()
+    assert page.evaluate("new AudioContext().sampleRate") == 96_000
+    seen = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: seen.append(payload)))
+    page.click("#mic")
+    page.locator("#send-status", has_text="sending the microphone (48000 Hz, f32le, mono)").wait_for()
+    assert declared_format(seen) == {"sample_rate_hz": 48_000, "encoding": "f32le", "channels": 1}
+    page.locator("#track .seg.final").first.wait_for()  # the fake microphone's speech arrives as segments
+    page.click("#mic")
+    page.locator("#streams li.ended").wait_for()
+    assert {len(m) for m in seen if isinstance(m, bytes)} >= {4800 * 4}
+    assert not page.errors
