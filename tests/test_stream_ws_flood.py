@@ -58,15 +58,18 @@ def half_sent(port: int, count: int) -> list[socket.socket]:
 
 def all_cut(socks: list[socket.socket], timeout_s: float) -> bool:
     """True when the server closed every one of ``socks`` within ``timeout_s``."""
-    deadline, waiting = time.monotonic() + timeout_s, list(socks)
+    deadline, waiting, poll = time.monotonic() + timeout_s, {s.fileno(): s for s in socks}, select.poll()
+    for fd in waiting:
+        poll.register(fd, select.POLLIN)
     while waiting and time.monotonic() < deadline:
-        readable, _, _ = select.select(waiting, [], [], 0.2)
-        for sock in readable:
+        for fd, _ in poll.poll(200):
             try:
-                if sock.recv(4096) == b"":
-                    waiting.remove(sock)
+                if waiting[fd].recv(4096):
+                    continue
             except OSError:  # reset: cut as well
-                waiting.remove(sock)
+                pass
+            poll.unregister(fd)
+            del waiting[fd]
     return not waiting
 
 
