@@ -70,6 +70,8 @@ def published(audio_requests) -> tuple[list, list]:
         for audio, final, segment in audio_requests:
             worker.current = InferenceRequest("s", segment, 0, len(audio), audio, final, 0.0, 0.0)
             worker.submit(audio, urgent=final, stream="s")
+            if not final:  # answered before the next one (an unanswered interim makes the next one skipped)
+                worker._answered(worker._interims["s"])
         items = [worker._outbox.get_nowait() for _ in range(worker._outbox.qsize())]
         return [len(item[1]) for item in items], [item[7] for item in items]
     return asyncio.run(run())
@@ -90,6 +92,23 @@ def test_audio_that_does_not_extend_the_segment_is_sent_whole():
     other[7999] += 1.0
     new, _ = published([(audio[:8000], False, 0), (other[:16000], False, 0)])
     assert new == [8000, 16000]
+
+
+def test_an_interim_is_skipped_while_the_streams_previous_one_is_unanswered():
+    async def run():
+        names = Names()
+        worker = RemoteWorker({}, names, "g", Prediction, ClusterSink(names, "g"))
+        worker._outbox = asyncio.Queue()
+        audio = np.ones(16_000, np.float32)
+        futures = []
+        for end in (8_000, 16_000):
+            worker.current = InferenceRequest("s", 0, 0, end, audio[:end], False, 0.0, 0.0)
+            futures.append(worker.submit(audio[:end], urgent=False, stream="s"))
+        return futures, worker._outbox.qsize()
+
+    (first, second), queued = asyncio.run(run())
+    assert queued == 1 and not first.done()
+    assert type(second.exception()).__name__ == "Superseded"
 
 
 class FakeBroker:
@@ -128,7 +147,7 @@ def test_a_long_final_goes_out_in_chunks_under_the_payload_limit_and_a_short_tai
     assert np.array_equal(np.concatenate([np.frombuffer(d, "<f4") for d in chunks]), audio)
 
     messages = asyncio.run(run([(audio[:16_000], False), (audio[:40_000], True)]))
-    assert [s for s, _ in messages] == ["serlive.audio.g", "serlive.req.interim", "serlive.req.final.live.g"]
+    assert [s for s, _ in messages] == ["serlive.audio.g", "serlive.req.interim", "serlive.req.final.bulk.g"]
     req = WireRequest.decode(messages[-1][1])
     assert req.chunks == (1,) and np.array_equal(req.tail_samples, audio[16_000:40_000])
 
@@ -141,7 +160,7 @@ def test_a_stream_with_a_backlog_sends_its_finals_to_the_bulk_lane():
         worker.nc = worker.js
         audio = np.zeros(24_000, np.float32)  # 1.5 s
         futures = []
-        for stream, segment in (("fast", 0), ("fast", 1), ("fast", 2), ("live", 0)):
+        for stream, segment in (("fast", 0), ("fast", 1), ("fast", 2), ("live", 0)):  # (all at sample 24000)
             worker.current = InferenceRequest(stream, segment, 0, len(audio), audio, True, 0.0, 0.0)
             futures.append(worker.submit(audio, urgent=True, stream=stream))
         task = asyncio.create_task(worker._publish_requests())
@@ -154,11 +173,18 @@ def test_a_stream_with_a_backlog_sends_its_finals_to_the_bulk_lane():
         worker.current = InferenceRequest("fast", 3, 0, len(audio), audio, True, 0.0, 0.0)
         worker.submit(audio, urgent=True, stream="fast")
         await asyncio.sleep(0.05)
+        after_answer = worker.js.messages[-1][0]
+        # a stream read faster than real time: 10 s of audio at once, nothing owed yet
+        for end in (8_000, 160_000):
+            worker.current = InferenceRequest("file", 0, 0, end, audio, end > 8_000, 0.0, 0.0)
+            worker.submit(audio, urgent=end > 8_000, stream="file")
+        await asyncio.sleep(0.05)
         task.cancel()
-        return lanes, worker.js.messages[-1][0], futures[0]
+        return lanes, after_answer, futures[0], worker.js.messages[-1][0]
 
-    lanes, last, answered = asyncio.run(run())
+    lanes, last, answered, ahead = asyncio.run(run())
     # 0 s then 1.5 s owed: live; 3 s owed: bulk; another stream: live
     assert lanes == ["live", "live", "bulk", "live"]
     assert last == "serlive.req.final.bulk.g"  # 3 s still owed after the first answer
     assert isinstance(answered.exception(), ValueError)
+    assert ahead == "serlive.req.final.bulk.g"  # 9.5 s of audio ahead of the clock: a backlog

@@ -33,9 +33,11 @@ INTERIM_TTL_S = 3.0
 
 RESULT_FETCH = 256
 LIVE_OWED_S = 2.0
-"""A final goes to the live lane while its stream has less than this much audio in finals still unanswered
-(a stream read in real time); past it (a backlog: a file read fast, a client catching up), to the bulk lane.
-Workers keep room for live finals, so a real-time stream's final does not queue behind another's backlog."""
+AHEAD_S = 1.0
+"""A final goes to the bulk lane when its stream has a backlog: its audio has run more than ``AHEAD_S`` ahead
+of the wall clock (a file read fast, a client catching up; see :meth:`RemoteWorker._ahead_s`), or it has
+``LIVE_OWED_S`` of audio in finals still unanswered; otherwise to the live lane. Workers keep room for live
+finals, so a real-time stream's final does not queue behind another stream's backlog."""
 CHUNK_MAX_SAMPLES = 4 * 16_000
 """Audio chunks hold at most 4 s (256 kB of float32; NATS refuses messages over its max_payload, 1 MB by default)."""
 
@@ -74,6 +76,7 @@ class RemoteWorker:
         self._stream_numbers: dict[str, int] = {}
         self._interims: dict[str, str] = {}  # stream -> id of its interim still waiting
         self._owed: dict[str, int] = {}  # stream -> samples of its finals not answered yet
+        self._pace: dict[str, tuple[float, int]] = {}  # stream -> (loop time, end sample) it was last not ahead
         self._anonymous = itertools.count(1)
         self._outbox: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
@@ -109,6 +112,10 @@ class RemoteWorker:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         req = self.current
+        name = req.stream if req is not None else stream
+        if not (req.final if req is not None else urgent) and self._interims.get(name) in self._waiting:
+            future.set_exception(Superseded("the stream's previous interim is still unanswered"))
+            return future  # at most one interim per stream in flight: the model is behind, the engine backs off
         if req is None:  # not called through the engine's request path
             seg = -next(self._anonymous) if segment is None else segment
             end = len(audio) if end_sample is None else end_sample
@@ -132,10 +139,11 @@ class RemoteWorker:
             self._segments.pop(key, None)
         number = self._stream_numbers.setdefault(key[0], len(self._stream_numbers) + 1)
         request_id = f"{self.sink.incarnation}:{number}:{key[1]}:" + ("f" if final else f"i{end}")
+        ahead_s = self._ahead_s(key[0], end, loop.time())
         lane = "live"
         if final:
             owed = self._owed.get(key[0], 0)
-            lane = "live" if owed < LIVE_OWED_S * 16_000 else "bulk"
+            lane = "bulk" if ahead_s > AHEAD_S or owed >= LIVE_OWED_S * 16_000 else "live"
             self._owed[key[0]] = owed + n
         self._waiting[request_id] = (future, key[0] if final else None, n)
         self.audio_s += len(new) / 16_000
@@ -143,16 +151,25 @@ class RemoteWorker:
         self.requests += 1
         self._outbox.put_nowait((segment, new, request_id, key, start, end, final, n, lane))
         if not final:
-            self._expire(self._interims.pop(key[0], ""))  # a newer interim of the stream replaces it
             self._interims[key[0]] = request_id
             loop.call_later(INTERIM_TTL_S, self._expire, request_id)
         return future
+
+    def _ahead_s(self, stream: str, end_sample: int, now_s: float) -> float:
+        """How far the stream's audio has run ahead of the wall clock since it was last at or behind it (a
+        stream held back by back-pressure starts afresh when it is let go, so its burst counts)."""
+        ref_s, ref_end = self._pace.setdefault(stream, (now_s, end_sample))
+        ahead_s = (end_sample - ref_end) / 16_000 - (now_s - ref_s)
+        if ahead_s < 0:
+            self._pace[stream] = (now_s, end_sample)
+        return ahead_s
 
     def forget(self, stream: str) -> None:
         """The stream ended: its open segments' bookkeeping goes."""
         for key in [k for k in self._segments if k[0] == stream]:
             del self._segments[key]
         self._interims.pop(stream, None)
+        self._pace.pop(stream, None)
 
     def _answered(self, request_id: str):
         """The waiting future of ``request_id`` (None if it is not waited for), no longer owed."""

@@ -102,6 +102,7 @@ class ModelWorker:
         self.ack_wait_s = ack_wait_s
         self.max_inflight = 2 * inference.max_batch
         self.garbage = self.finals = self.interims = self.shed = 0
+        self._interims_inflight = 0  # interims taken and not answered (fetching audio or queued for the model)
         self._inflight: dict[str, object] = {}  # ack subject -> message, of the finals being served
         self._room = asyncio.Event()
         self._stop = asyncio.Event()
@@ -222,15 +223,18 @@ class ModelWorker:
         except WireError as exc:
             self._garbage("interim requests", exc)
             return
-        if time.time() - req.sent_s > INTERIM_MAX_AGE_S or self.inference.queue_depth >= self.max_inflight:
-            self.shed += 1
+        if time.time() - req.sent_s > INTERIM_MAX_AGE_S or self._interims_inflight >= self.inference.max_batch:
+            self.shed += 1  # late, or the model is behind: the gateway gives it up after INTERIM_TTL_S
             return
+        self._interims_inflight += 1
         asyncio.create_task(self._serve_interim(req))
 
     async def _serve_interim(self, req: WireRequest) -> None:
-        data = await self._predict(req)
         try:
+            data = await self._predict(req)
             await self.nc.publish(req.reply, data)
             self.interims += 1
         except Exception as exc:  # noqa: BLE001 - an interim may be lost
             log.debug("interim result not sent: %s", exc)
+        finally:
+            self._interims_inflight -= 1
