@@ -1,11 +1,13 @@
 """The WebSocket server: every event to every dashboard client, and remote audio in (protocol version 2,
 described in PROTOCOL.md).
 
-Every HTTP request first passes :func:`serlive.stream.access.check_request` (origin 403, token 401, plain
-HTTP to the ``http_handler`` or 404). Each client then has a bounded queue of encoded messages and a sender
-task of its own, so a slow client only skips events (counted); one that stops reading (a send blocked for
-``stall_timeout_s``, or a ping unanswered for ``ping_timeout_s``) is closed with 4001. Neither slows the
-engine or the other clients. Remote audio is handled per connection by :class:`serlive.stream.ingest.Ingest`.
+A new connection is first admitted by :mod:`serlive.stream.conncap` (limits below the descriptor limit,
+a request within 5 s). Every HTTP request then passes :func:`serlive.stream.access.check_request` (origin
+403, token 401, plain HTTP to the ``http_handler`` or 404). Each client has a bounded queue of encoded
+messages and a sender task of its own, so a slow client only skips events (counted); one that stops reading
+(what was sent stays unread, or a send blocked, for ``stall_timeout_s``; an idle one's ping unanswered for
+``ping_timeout_s``) is closed with 4001. Neither slows the engine or the other clients. Remote audio is
+handled per connection by :class:`serlive.stream.ingest.Ingest`.
 """
 
 from __future__ import annotations
