@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "with it may also send audio. Other local users can read a command "
                                        f"line: prefer --ws-token-file or the {TOKEN_ENV} environment variable")
     ap.add_argument("--ws-token-file", metavar="PATH",
-                    help="read the token from the first line of PATH (instead of --ws-token); the token, "
+                    help="read the token from the first line of PATH (instead of --ws-token); the token, however "
                          "given, is also what --connect sends")
     ap.add_argument("--ws-max-clients", type=number(int, 1, 10_000, "from 1 to 10000"), default=32)
     ap.add_argument("--ws-allow-origin", action="append", default=[], metavar="ORIGIN",
