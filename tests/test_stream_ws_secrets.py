@@ -106,3 +106,12 @@ def test_a_debug_run_never_writes_the_token(tmp_path):
     assert "< GET /?token=[redacted] HTTP/1.1" in others and "< Authorization: [redacted]" in others
     assert TOKEN not in others and quote(TOKEN, safe="") not in others and TOKEN[:-1] not in others
     assert "Traceback" not in others
+
+
+def test_connect_sends_the_token_from_the_environment(monkeypatch):
+    from serlive.stream.cli import parse_args
+
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    assert parse_args(["--connect", "ws://127.0.0.1:8765"]).ws_token == TOKEN  # tui.app hands it to the client
+    monkeypatch.delenv(TOKEN_ENV)
+    assert parse_args(["--connect", "ws://127.0.0.1:8765"]).ws_token is None
