@@ -7,12 +7,10 @@ finals before its interims, see :class:`FairQueue`), computes each waveform's SA
 :meth:`Predictor.mask` (the function training uses), groups requests of similar length so padding stays
 small, and runs the groups in the fair queue's order.
 
-Finals come before interims, across streams: an interim is taken only when no final waits, so interims never
-delay a final beyond the one forward pass already running. A stream has at most one interim queued: a newer one
-supersedes it (the oldest is skipped first; its future fails with :class:`Superseded`). An interim that names
-its segment (``submit(..., segment=, end_sample=)``) carries its encoder state over from the segment's previous
-interim (:mod:`serlive.model.incremental`), so it costs only its new audio; the segment's final drops that state
-and recomputes the whole segment, as training did.
+Finals come before interims of every stream (an interim waits only for the short pass already running); a
+stream's waiting interim is superseded by its next one (:class:`Superseded`). An interim naming its segment
+(``submit(..., segment=, end_sample=)``) carries the segment's encoder state over (:mod:`serlive.model.incremental`)
+and costs its new audio; the segment's final drops the state and recomputes the segment, as training did.
 """
 
 from __future__ import annotations
@@ -37,6 +35,10 @@ log = logging.getLogger(__name__)
 
 PAD_RATIO = 0.6
 """A batch holds only requests at least this fraction of its longest one (bounds padding waste)."""
+
+INTERIM_BATCH = 8
+"""Interims per forward pass at most: a final that arrives while one runs waits for it (a pass is not
+pre-empted), so the pass is kept short; more interims wait for the next, or are superseded."""
 
 @dataclass(slots=True)
 class _Request:
@@ -98,10 +100,13 @@ class FairQueue:
         finals, interims = self._queues[stream]
         return finals or interims
 
-    def take(self, n: int) -> list[_Request]:
-        """Up to ``n`` requests in service order (one stream alone may fill the batch)."""
+    def take(self, n: int, interims: int | None = None) -> list[_Request]:
+        """Up to ``n`` requests in service order (one stream alone may fill the batch); a batch of interims
+        holds at most ``interims`` (None: ``n``)."""
         out: list[_Request] = []
         while self._start and len(out) < n:
+            if out and not out[0].final and len(out) >= (interims or n):
+                break  # a batch of interims is full
             finish, stream = None, ""
             finals = [name for name in self._start if self._queues[name][0]]  # finals before any interim
             if out and out[-1].final and not finals:
@@ -228,7 +233,7 @@ class InferenceWorker:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return self._queue.take(self.max_batch)
+            return self._queue.take(self.max_batch, INTERIM_BATCH)
 
     def _serve(self) -> None:
         while (batch := self._next_batch()) is not None:

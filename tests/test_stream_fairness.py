@@ -50,6 +50,15 @@ def test_fair_queue_serves_streams_round_robin_finals_before_any_interim():
     assert [r.seq for r in q.take(10)] == [6] and len(q) == 0
 
 
+def test_a_batch_of_interims_is_capped_and_finals_are_not():
+    q = FairQueue()
+    for i in range(6):
+        q.put(request(f"s{i}", False, i))
+        q.put(request(f"f{i}", True, 10 + i))
+    assert [r.seq for r in q.take(8, interims=2)] == [10, 11, 12, 13, 14, 15]  # finals fill the batch
+    assert len(q.take(8, interims=2)) == 2 and len(q.take(8, interims=2)) == 2 and len(q) == 2
+
+
 def test_a_waiting_interim_is_superseded_by_its_streams_next_one():
     q = FairQueue()
     assert q.put(request("a", False, 1)) == []
