@@ -23,6 +23,7 @@ from ..events import (EVENT_TYPES, PROTOCOL_VERSION, Event, Hello, Level, Predic
                       StreamStatus, from_dict)
 from .broker import connect, ensure_streams, fetch
 from .options import Names
+from .publish import HEARTBEAT_S
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class Feed:
         self._gateways: dict[str, tuple[float, dict]] = {}  # gateway -> (last heartbeat, its hello)
         self._last_seq = 0
         self._stop = asyncio.Event()
+        self._heard = asyncio.Event()  # a heartbeat came
         self.ready = asyncio.Event()
 
     def add_sink(self, sink) -> None:
@@ -112,6 +114,11 @@ class Feed:
         nc = await connect(self.options, f"ser-live feed {self.name}")
         js = nc.jetstream()
         await ensure_streams(js, self.names)
+        await nc.subscribe(self.names.heartbeat_subject("*"), cb=self._on_heartbeat)
+        try:  # a gateway's hello (labels, model) for the first clients' hello, if one is running
+            await asyncio.wait_for(self._heard.wait(), 1.5 * HEARTBEAT_S)
+        except asyncio.TimeoutError:
+            pass
         if ws_config is not None:
             from ..dashboard import http_handler
             from ..ws import WsServer
@@ -126,7 +133,6 @@ class Feed:
             f"{self.names.prefix}.ev.>", durable=durable, stream=self.names.events,
             config=ConsumerConfig(ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.BY_START_TIME,
                                   opt_start_time=start.isoformat(), ack_wait=30, inactive_threshold=3600))
-        await nc.subscribe(self.names.heartbeat_subject("*"), cb=self._on_heartbeat)
         tasks = [asyncio.create_task(self._consume(sub)), asyncio.create_task(self._watch_gateways())]
         self.ready.set()
         await self._stop.wait()
@@ -217,6 +223,7 @@ class Feed:
             return
         # (a goodbye counts as one more heartbeat: the gateway's last events may still be on their way)
         self._gateways[gateway] = (time.monotonic(), hello)
+        self._heard.set()
 
     async def _watch_gateways(self) -> None:
         started = time.monotonic()
