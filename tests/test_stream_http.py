@@ -45,27 +45,32 @@ def serve(engine: Engine, *requests: bytes) -> list[tuple[int, dict[str, str], b
     return asyncio.run(main())
 
 
+UPGRADE = ("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+           "Sec-WebSocket-Version: 13")
+
+
 def test_head_gets_the_get_headers_and_no_body(predictor):
     engine = Engine(predictor, ws_config(token="s3cret"), [])
     host = "Host: 127.0.0.1"
-    (get_status, get_headers, page), (head_status, head_headers, nothing), (h401, _, b401), (h404, _, b404) = serve(
-        engine, request("GET", "/?token=s3cret", host), request("HEAD", "/?token=s3cret", host),
-        request("HEAD", "/", host), request("HEAD", "/nowhere?token=s3cret", host))
+    (get_status, get_headers, page), (head_status, head_headers, nothing), (h401, _, b401), (h404, _, b404), \
+        (upgrade_status, _, upgrade_body) = serve(
+            engine, request("GET", "/?token=s3cret", host), request("HEAD", "/?token=s3cret", host),
+            request("HEAD", "/", host), request("HEAD", "/nowhere?token=s3cret", host),
+            request("HEAD", "/?token=s3cret", host, *UPGRADE))
     assert get_status == head_status == 200 and b"<html" in page.lower()
     assert head_headers["content-length"] == get_headers["content-length"] == str(len(page))
     assert head_headers["content-type"] == get_headers["content-type"]
     assert nothing == b"" and (h401, b401) == (401, b"") and (h404, b404) == (404, b"")
+    assert (upgrade_status, upgrade_body) == (200, b"")  # a HEAD is never a WebSocket handshake
 
 
 def test_duplicate_access_headers_are_a_400_without_a_traceback(predictor, caplog):
     engine = Engine(predictor, ws_config(token="s3cret"), [])
-    upgrade = ("Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-               "Sec-WebSocket-Version: 13")
     twice = [("Host: 127.0.0.1", "Host: evil.example"),
              ("Host: 127.0.0.1", "Origin: http://127.0.0.1", "Origin: http://evil.example"),
              ("Host: 127.0.0.1", "Authorization: Bearer s3cret", "Authorization: Bearer other")]
     with caplog.at_level(logging.DEBUG):
-        answers = serve(engine, *[request("GET", "/?token=s3cret", *h, *upgrade) for h in twice],
+        answers = serve(engine, *[request("GET", "/?token=s3cret", *h, *UPGRADE) for h in twice],
                         *[request("GET", "/?token=s3cret", *h) for h in twice])
     assert [status for status, _, _ in answers] == [400] * 6
     assert all(b"more than one" in body for _, _, body in answers)

@@ -1,6 +1,7 @@
 """A flood of half-sent connections against a real ``ser-live`` process with a low descriptor limit (a
 lowered RLIMIT_NOFILE makes the 1,024-descriptor case cheap): a real client still connects at once, the
-half-sent connections are cut by the handshake timeout, and stderr gets one line about it, no traceback."""
+half-sent connections are cut by the handshake timeout, a request with two Origin headers is a 400, and
+stderr gets one line about the limit, no traceback."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from websockets.asyncio.client import connect
 
 from serlive.stream import conncap
 from serlive.stream.conncap import HANDSHAKE_TIMEOUT_S, ConnectionGate, ConnectionLimits, quiet_accept_errors
+from tests.test_stream_http import UPGRADE, exchange, request
 
 NOFILE = 384
 """The server's descriptor limit; the flood is half again as many connections."""
@@ -88,6 +90,8 @@ def test_half_sent_connections_do_not_lock_out_real_clients(tmp_path):
             return hello, time.monotonic() - start
 
         hello, connect_s = asyncio.run(real_client())
+        twice = exchange(port, request("GET", "/", "Host: 127.0.0.1", "Origin: http://127.0.0.1",
+                                       "Origin: http://evil.example", *UPGRADE))
         cut_in_time = all_cut(flood, HANDSHAKE_TIMEOUT_S + 3 - (time.monotonic() - flooded))  # default was 10 s
     finally:
         for sock in flood:
@@ -99,6 +103,7 @@ def test_half_sent_connections_do_not_lock_out_real_clients(tmp_path):
     assert "cannot accept connections" not in err  # the limits kept descriptors free
     assert err.count("connection limit reached") == 1 and err.count("were cut and 0 refused in all") == 1, err[-3000:]
     assert hello["type"] == "hello" and connect_s < 2.0, connect_s
+    assert twice.startswith(b"HTTP/1.1 400 ")  # and no traceback for it either
     assert cut_in_time  # by the handshake timeout
     assert proc.returncode == 130
 
