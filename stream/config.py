@@ -84,7 +84,7 @@ class WsConfig:
     ``allow_origins``: page origins (``scheme://host[:port]``) allowed besides the server's own host;
     ``accept_audio``: every client may send audio (otherwise only clients that gave the token);
     ``tls_cert``/``tls_key``: PEM files that make it https/wss. A client that leaves a ping unanswered for
-    ``ping_timeout_s`` or whose send stays blocked for ``stall_timeout_s`` is closed with 4001.
+    ``ping_timeout_s`` or leaves what was sent unread for ``stall_timeout_s`` is closed with 4001.
     """
 
     host: str = "127.0.0.1"

@@ -93,3 +93,21 @@ def test_tls_is_passed_through(tmp_path):
         assert verified.proc.returncode == 0 and "Traceback" not in verified.stderr
     finally:
         broker.stop()
+
+
+def test_nats_secrets_never_reach_a_log_line(monkeypatch, caplog):
+    import argparse
+    import logging
+
+    from serlive.stream.cluster.options import add_nats_options, connect_options
+
+    ap = argparse.ArgumentParser()
+    add_nats_options(ap)
+    monkeypatch.setenv("NATS_TOKEN", "tok-from-env-1234")
+    args = ap.parse_args(["--nats", "nats://127.0.0.1:4222", "--nats-user", "ops", "--nats-password", "pw-on-cli-5678"])
+    kw = connect_options(args)
+    assert kw["password"] == "pw-on-cli-5678" and kw["token"] == "tok-from-env-1234"
+    with caplog.at_level(logging.DEBUG):
+        logging.getLogger("nats.aio.client").debug("connect {'pass': 'pw-on-cli-5678', 'auth_token': 'tok-from-env-1234'}")
+    text = caplog.text
+    assert "pw-on-cli-5678" not in text and "tok-from-env-1234" not in text and "connect {'pass'" in text

@@ -14,6 +14,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import redact
 from ..argcheck import CliError
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -132,6 +133,7 @@ def connect_options(args: argparse.Namespace) -> dict:
         kw["nkeys_seed_str"] = _read(args.nats_nkey, "--nats-nkey")
     if args.nats_tls_ca or args.nats_tls_cert or any(s.startswith(("tls://", "wss://")) for s in servers):
         kw["tls"] = _tls_context(args)
+    redact.install((password, token, kw.get("nkeys_seed_str")))  # no log line writes them, at any level
     return kw
 
 
