@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
     ap.add_argument("--interim-ms", type=int, default=500)
-    ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, help="CPU threads in all (default: every core; the model owner's two "
+                                                   "lanes get half each)")
     ap.add_argument("--fairness-s", type=float, default=30.0,
                     help="fairness row: a real-time stream of this length alone, then beside a flooding "
                          "WebSocket sender (0: skip)")
@@ -153,6 +154,7 @@ def run_bench(args: argparse.Namespace) -> int:
     import torch
 
     from .cli import resolve_device, resolve_dtype
+    from .worker import set_cpu_threads
 
     if args.agreement:
         from .agreement import run_agreement
@@ -160,7 +162,9 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_agreement(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    if args.threads:
+    if device.type == "cpu":
+        set_cpu_threads(args.threads)  # --threads in all, shared by the model owner's two lanes
+    elif args.threads:
         torch.set_num_threads(args.threads)
     audio, islands = speechlike(args.seconds)
     seg_config = SegmenterConfig()

@@ -40,7 +40,8 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                     help="autocast dtype on CUDA (auto: bfloat16 where supported); the CPU runs float32")
-    ap.add_argument("--threads", type=number(int, 1, 1024, "from 1 to 1024"), help="torch CPU threads")
+    ap.add_argument("--threads", type=number(int, 1, 1024, "from 1 to 1024"),
+                    help="CPU threads in all (default: every core; the model owner's two lanes get half each)")
     ap.add_argument("--max-batch", type=number(int, 1, 1024, "from 1 to 1024"), default=16,
                     help="most requests in one forward pass")
     ap.add_argument("--max-wait-ms", type=number(float, 0, 10_000, "from 0 to 10000 ms"), default=10.0,
@@ -161,7 +162,11 @@ def load_predictor(args: argparse.Namespace, use_knn: bool = True):
     from serlive.model import CheckpointError, Predictor
 
     device = resolve_device(args.device)
-    if args.threads:
+    if device.type == "cpu":
+        from .worker import set_cpu_threads
+
+        set_cpu_threads(args.threads)  # --threads in all, shared by the model owner's two lanes
+    elif args.threads:
         import torch
 
         torch.set_num_threads(args.threads)

@@ -1,4 +1,5 @@
-"""The model owner: one worker thread does every forward pass, batching requests across streams.
+"""The model owner: its threads (one for finals, one for interims) do every forward pass, batching requests
+across streams.
 
 The event loop calls :meth:`InferenceWorker.submit` and awaits the returned future; it never waits on a
 forward pass. Requests wait in per-stream queues; the thread waits at most ``max_wait_ms`` for a batch to
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import itertools
@@ -35,6 +37,21 @@ log = logging.getLogger(__name__)
 
 PAD_RATIO = 0.6
 """A batch holds only requests at least this fraction of its longest one (bounds padding waste)."""
+
+MODEL_LANES = 2
+"""Threads of the model owner (:class:`InferenceWorker`): one for finals, one for whatever waits."""
+
+
+def set_cpu_threads(total: int | None) -> int:
+    """Share ``total`` CPU threads (None: every core) among the model owner's lanes: torch's thread pool
+    gets ``total // MODEL_LANES`` (at least 1), so two passes at once do not oversubscribe the cores.
+    Returns the pool's size."""
+    import torch
+
+    per_lane = max(1, (total or os.cpu_count() or 1) // MODEL_LANES)
+    torch.set_num_threads(per_lane)
+    return per_lane
+
 
 INTERIM_BATCH = 8
 """Interims per forward pass at most: a final that arrives while one runs waits for it (a pass is not
@@ -96,31 +113,35 @@ class FairQueue:
         self._size += 1
         return superseded
 
-    def _head(self, stream: str) -> deque:
-        finals, interims = self._queues[stream]
-        return finals or interims
+    @property
+    def finals(self) -> int:
+        """Finals waiting."""
+        return sum(len(finals) for finals, _ in self._queues.values())
 
-    def take(self, n: int, interims: int | None = None) -> list[_Request]:
+    def take(self, n: int, interims: int | None = None, lane: str = "any") -> list[_Request]:
         """Up to ``n`` requests in service order (one stream alone may fill the batch); a batch of interims
-        holds at most ``interims`` (None: ``n``)."""
+        holds at most ``interims`` (None: ``n``). ``lane`` "any": finals before any interim; "finals": finals
+        only; "interims": interims only (a stream's interim may then go before its own waiting final, which
+        another lane serves)."""
         out: list[_Request] = []
         while self._start and len(out) < n:
             if out and not out[0].final and len(out) >= (interims or n):
                 break  # a batch of interims is full
-            finish, stream = None, ""
-            finals = [name for name in self._start if self._queues[name][0]]  # finals before any interim
-            if out and out[-1].final and not finals:
+            finals = [name for name in self._start if self._queues[name][0]]
+            final = lane == "finals" or (lane == "any" and bool(finals))  # finals before any interim
+            names = finals if final else [name for name in self._start if self._queues[name][1]]
+            if not names or (out and out[-1].final != final):
                 break  # a batch holds finals or interims, never both: interims never slow a final's pass
-            for name in finals or self._start:  # in turn order: the first of equal finish tags wins
-                start = self._start[name]
-                tag = start + max(len(self._head(name)[0].audio), 1)
+            finish, stream = None, ""
+            for name in names:  # in turn order: the first of equal finish tags wins
+                tag = self._start[name] + max(len(self._queues[name][0 if final else 1][0].audio), 1)
                 if finish is None or tag < finish:
                     finish, stream = tag, name
-            out.append(self._head(stream).popleft())
+            out.append(self._queues[stream][0 if final else 1].popleft())
             self._virtual = self._start.pop(stream)
             self._finish[stream] = finish
             self.taken += 1
-            if self._head(stream):
+            if any(self._queues[stream]):
                 self._start[stream] = finish  # back at the end of the turn order
             else:
                 del self._queues[stream]
@@ -134,17 +155,28 @@ class FairQueue:
 
 
 class InferenceWorker:
-    """Runs ``predictor`` on a thread of its own. ``compute_s`` and ``audio_s`` accumulate forward time
-    and the audio it covered (their ratio is the real-time factor); ``batches`` counts forward passes."""
+    """Runs ``predictor`` on threads of its own. ``compute_s`` and ``audio_s`` accumulate forward time
+    and the audio it covered (their ratio is the real-time factor); ``batches`` counts forward passes.
 
-    def __init__(self, predictor: Predictor, max_batch: int = 16, max_wait_ms: float = 10.0) -> None:
+    With ``lanes=2`` (the default) two threads share the one model: the first serves finals only, the
+    second interims first and finals when no interim waits. A final then never waits for an interims'
+    pass to end (a pass is not pre-empted), and a backlog of finals gets both threads. The weights are
+    read-only in inference and torch releases the GIL inside an op, so the two run in parallel on two
+    cores. ``lanes=1``: one thread, finals before interims between passes."""
+
+    def __init__(self, predictor: Predictor, max_batch: int = 16, max_wait_ms: float = 10.0,
+                 lanes: int = MODEL_LANES) -> None:
+        if lanes not in (1, 2):
+            raise ValueError("lanes is 1 or 2")
         self.predictor = predictor
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000
+        self.lanes = lanes
         self._queue = FairQueue()
         self._cond = threading.Condition()
+        self._stats_lock = threading.Lock()
         self._stopping = False
         self._seq = itertools.count(1)
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.states = SegmentStates()
         self.compute_s = self.audio_s = 0.0
         self.batches = self.items = 0
@@ -159,10 +191,13 @@ class InferenceWorker:
 
     async def start(self, warm_up: bool = True) -> None:
         """Start the thread; with ``warm_up``, run a first forward pass before returning."""
-        if self._thread is None:
+        if not self._threads:
             self._stopping = False
-            self._thread = threading.Thread(target=self._serve, daemon=True, name="ser-live-model")
-            self._thread.start()
+            lanes = ["any"] if self.lanes == 1 else ["finals", "any"]
+            self._threads = [threading.Thread(target=self._serve, args=(lane,), daemon=True,
+                                              name=f"ser-live-model-{lane}") for lane in lanes]
+            for thread in self._threads:
+                thread.start()
         if warm_up:
             t0 = time.perf_counter()
             noise = (0.01 * np.random.default_rng(0).standard_normal(SAMPLE_RATE_HZ)).astype(np.float32)
@@ -186,7 +221,7 @@ class InferenceWorker:
                 self.states.close(stream, segment)
             superseded = self._queue.put(_Request(stream, urgent, next(self._seq), audio, future, loop,
                                                   segment=segment, end_sample=end_sample))
-            self._cond.notify()
+            self._cond.notify_all()
         for r in superseded:
             r.loop.call_soon_threadsafe(_resolve, r.future, None, Superseded(f"a newer interim of {stream} replaced it"))
         return future
@@ -208,37 +243,50 @@ class InferenceWorker:
         wait for the forward pass in progress, which is bounded. The thread must be gone before the
         interpreter is: one left inside a native forward pass at exit crashes the process (SIGSEGV, or
         SIGABRT with "terminate called without an active exception")."""
-        thread = self._thread
-        if thread is None:
+        threads = self._threads
+        if not threads:
             return
         with self._cond:
             self._stopping = True
-            self._cond.notify()
-        await asyncio.to_thread(thread.join, timeout_s)
-        if thread.is_alive():
+            self._cond.notify_all()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for thread in threads:
+            await asyncio.to_thread(thread.join, None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):
             dropped = self.abandon()
             log.debug("model owner: %d queued request(s) dropped at stop; waiting for its forward pass", dropped)
-            await asyncio.to_thread(thread.join)
-        self._thread = None
+            for thread in threads:
+                await asyncio.to_thread(thread.join)
+        self._threads = []
 
-    def _next_batch(self) -> list[_Request] | None:
+    def _waiting(self, lane: str) -> int:
+        """Requests the thread of ``lane`` may take now."""
+        return self._queue.finals if lane == "finals" else len(self._queue)
+
+    def _next_batch(self, lane: str) -> list[_Request] | None:
         with self._cond:
-            while not self._queue and not self._stopping:
+            while not self._waiting(lane) and not self._stopping:
                 self._cond.wait()
-            if not self._queue:
-                return None
+            if not self._waiting(lane):
+                return None if self._stopping else []
             deadline = time.monotonic() + (self.max_wait_s if self.concurrent else 0.0)
-            while len(self._queue) < self.max_batch and not self._stopping:
+            while self._waiting(lane) < self.max_batch and not self._stopping:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            return self._queue.take(self.max_batch, INTERIM_BATCH)
+            if lane == "interims":
+                return self._queue.take(self.max_batch, INTERIM_BATCH, "interims") or \
+                    self._queue.take(self.max_batch, INTERIM_BATCH, "finals")
+            return self._queue.take(self.max_batch, INTERIM_BATCH, lane)
 
-    def _serve(self) -> None:
-        while (batch := self._next_batch()) is not None:
+    def _serve(self, lane: str = "any") -> None:
+        while (batch := self._next_batch(lane)) is not None:
+            if not batch:
+                continue  # the other lane took what woke this one
             if self.served is not None:
-                taken = self._queue.taken - len(batch)
+                with self._cond:
+                    taken = self._queue.taken - len(batch)
                 self.served.extend((r.stream, r.final, taken + i - r.taken_before) for i, r in enumerate(batch))
             if self.predictor.incremental and not any(r.final for r in batch):
                 self._run(batch)  # interims carrying state cost their new frames, not their length: one pass
@@ -276,10 +324,11 @@ class InferenceWorker:
             log.debug("forward pass failed", exc_info=True)
             ready[0][0].loop.call_soon_threadsafe(_resolve, ready[0][0].future, None, exc)
             return
-        self.compute_s += time.perf_counter() - t0
-        self.audio_s += sum(len(w) for _, w, _ in ready) / SAMPLE_RATE_HZ
-        self.batches += 1
-        self.items += len(ready)
+        with self._stats_lock:
+            self.compute_s += time.perf_counter() - t0
+            self.audio_s += sum(len(w) for _, w, _ in ready) / SAMPLE_RATE_HZ
+            self.batches += 1
+            self.items += len(ready)
         for (r, _, _), p in zip(ready, preds):
             r.loop.call_soon_threadsafe(_resolve, r.future, p, None)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -143,7 +144,7 @@ def test_the_worker_keeps_a_segments_state_until_its_final_and_a_new_segment_sta
 
 def test_waiting_interims_never_go_before_a_final_and_the_oldest_is_skipped(predictor):
     audio = speech("03-01-04-01-01-02-02.flac")
-    worker = InferenceWorker(predictor, max_batch=4, max_wait_ms=0)
+    worker = InferenceWorker(predictor, max_batch=4, max_wait_ms=0, lanes=1)  # one thread: a strict order
     worker.served = []
 
     async def main():
@@ -162,6 +163,46 @@ def test_waiting_interims_never_go_before_a_final_and_the_oldest_is_skipped(pred
     assert worker.served[0][:2] == ("rt", True)  # submitted last, served first
     assert worker.batches >= 3  # the final's forward pass held the final alone, then two batches of interims
     assert [s for s, final, _ in worker.served].count("s0") == 1  # only the newer of s0's two interims ran
+
+
+class HeldInterims:
+    """The predictor, with every pass over 1 s waveforms (the interims here) held until ``release``."""
+
+    def __init__(self, inner: Predictor) -> None:
+        self.inner, self.inside, self.release = inner, threading.Event(), threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict_prepared(self, waves, masks, states=None):
+        if len(waves[0]) == 16000:
+            self.inside.set()
+            self.release.wait(30)
+        return self.inner.predict_prepared(waves, masks, states)
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_with_two_lanes_a_final_never_waits_for_an_interims_pass(predictor, lanes):
+    audio = speech("03-01-05-01-01-01-01.flac")
+    held = HeldInterims(predictor)
+    worker = InferenceWorker(held, max_batch=4, max_wait_ms=0, lanes=lanes)
+
+    async def main():
+        await worker.start(warm_up=False)
+        interim = worker.submit(audio[:16000], urgent=False, stream="a", segment=0, end_sample=16000)
+        assert await asyncio.to_thread(held.inside.wait, 30)  # the interims' pass runs, and is held
+        final = worker.submit(audio, urgent=True, stream="b", segment=0, end_sample=len(audio))
+        done, _ = await asyncio.wait([final], timeout=10)
+        served_while_held = bool(done) and not interim.done()
+        held.release.set()
+        await asyncio.gather(interim, final)
+        await worker.stop(5)
+        return served_while_held, final.result()
+
+    served_while_held, pred = asyncio.run(main())
+    assert served_while_held == (lanes == 2)  # one lane: the final waits for the pass to end
+    wave = predictor.prepare(audio)
+    assert np.allclose(pred.probs, predictor.predict_prepared([wave], [predictor.mask(wave)])[0].probs, atol=1e-5)
 
 
 def test_one_items_noise_floor_is_the_batched_one():
