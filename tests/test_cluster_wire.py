@@ -18,7 +18,6 @@ from serlive.stream.cluster.options import Names  # noqa: E402
 from serlive.stream.cluster.publish import ClusterSink  # noqa: E402
 from serlive.stream.cluster.wire import (WireError, WireRequest, chunk_bytes, decode_result,  # noqa: E402
                                          encode_failure, encode_prediction)
-from serlive.stream.pipeline import InferenceRequest  # noqa: E402
 
 
 def request(**kw) -> WireRequest:
@@ -68,8 +67,7 @@ def published(audio_requests) -> tuple[list, list]:
         worker = RemoteWorker({}, names, "g", Prediction, ClusterSink(names, "g"))
         worker._outbox = asyncio.Queue()
         for audio, final, segment in audio_requests:
-            worker.current = InferenceRequest("s", segment, 0, len(audio), audio, final, 0.0, 0.0)
-            worker.submit(audio, urgent=final, stream="s")
+            worker.submit(audio, urgent=final, stream="s", segment=segment, end_sample=len(audio))
             if not final:  # answered before the next one (an unanswered interim makes the next one skipped)
                 worker._answered(worker._interims["s"])
         items = [worker._outbox.get_nowait() for _ in range(worker._outbox.qsize())]
@@ -102,8 +100,7 @@ def test_an_interim_is_skipped_while_the_streams_previous_one_is_unanswered():
         audio = np.ones(16_000, np.float32)
         futures = []
         for end in (8_000, 16_000):
-            worker.current = InferenceRequest("s", 0, 0, end, audio[:end], False, 0.0, 0.0)
-            futures.append(worker.submit(audio[:end], urgent=False, stream="s"))
+            futures.append(worker.submit(audio[:end], urgent=False, stream="s", segment=0, end_sample=end))
         return futures, worker._outbox.qsize()
 
     (first, second), queued = asyncio.run(run())
@@ -129,8 +126,7 @@ def test_a_long_final_goes_out_in_chunks_under_the_payload_limit_and_a_short_tai
         worker._outbox, worker.js = asyncio.Queue(), FakeBroker()
         worker.nc = worker.js
         for audio, final in requests:
-            worker.current = InferenceRequest("s", 0, 0, len(audio), audio, final, 0.0, 0.0)
-            worker.submit(audio, urgent=final, stream="s")
+            worker.submit(audio, urgent=final, stream="s", segment=0, end_sample=len(audio))
         task = asyncio.create_task(worker._publish_requests())
         while not worker._outbox.empty():
             await asyncio.sleep(0.01)
@@ -161,8 +157,7 @@ def test_a_stream_with_a_backlog_sends_its_finals_to_the_bulk_lane():
         audio = np.zeros(24_000, np.float32)  # 1.5 s
         futures = []
         for stream, segment in (("fast", 0), ("fast", 1), ("fast", 2), ("live", 0)):  # (all at sample 24000)
-            worker.current = InferenceRequest(stream, segment, 0, len(audio), audio, True, 0.0, 0.0)
-            futures.append(worker.submit(audio, urgent=True, stream=stream))
+            futures.append(worker.submit(audio, urgent=True, stream=stream, segment=segment, end_sample=len(audio)))
         task = asyncio.create_task(worker._publish_requests())
         while not worker._outbox.empty():
             await asyncio.sleep(0.01)
@@ -170,14 +165,12 @@ def test_a_stream_with_a_backlog_sends_its_finals_to_the_bulk_lane():
         lanes = [s.split(".")[3] for s, _ in worker.js.messages if ".req.final." in s]
         first = WireRequest.decode(worker.js.messages[0][1])
         worker._resolve(encode_failure(first.id, "bad_audio", "answered"))  # the first final is answered
-        worker.current = InferenceRequest("fast", 3, 0, len(audio), audio, True, 0.0, 0.0)
-        worker.submit(audio, urgent=True, stream="fast")
+        worker.submit(audio, urgent=True, stream="fast", segment=3, end_sample=len(audio))
         await asyncio.sleep(0.05)
         after_answer = worker.js.messages[-1][0]
         # a stream read faster than real time: 10 s of audio at once, nothing owed yet
         for end in (8_000, 160_000):
-            worker.current = InferenceRequest("file", 0, 0, end, audio, end > 8_000, 0.0, 0.0)
-            worker.submit(audio, urgent=end > 8_000, stream="file")
+            worker.submit(audio, urgent=end > 8_000, stream="file", segment=0, end_sample=end)
         await asyncio.sleep(0.05)
         task.cancel()
         return lanes, after_answer, futures[0], worker.js.messages[-1][0]

@@ -66,7 +66,6 @@ class RemoteWorker:
         self.batches = self.items = 0
         self.concurrent = True
         self.served = None
-        self.current = None  # the InferenceRequest the engine is submitting (set around its submit call)
         self.bytes_out = 0  # audio and request bytes published
         self.bytes_whole = 0  # what sending each request's whole audio would have published
         self.requests = 0
@@ -111,17 +110,13 @@ class RemoteWorker:
                end_sample: int | None = None) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        req = self.current
-        name = req.stream if req is not None else stream
-        if not (req.final if req is not None else urgent) and self._interims.get(name) in self._waiting:
+        final = urgent
+        if not final and self._interims.get(stream) in self._waiting:
             future.set_exception(Superseded("the stream's previous interim is still unanswered"))
             return future  # at most one interim per stream in flight: the model is behind, the engine backs off
-        if req is None:  # not called through the engine's request path
-            seg = -next(self._anonymous) if segment is None else segment
-            end = len(audio) if end_sample is None else end_sample
-            key, start, final = (stream, seg), end - len(audio), urgent
-        else:
-            key, start, end, final = (req.stream, req.segment), req.start_sample, req.end_sample, req.final
+        end = len(audio) if end_sample is None else end_sample
+        key = (stream, -next(self._anonymous) if segment is None else segment)
+        start = end - len(audio)  # a request's audio is its segment's, from the start
         segment = self._segments.setdefault(key, _Segment())
         n = len(audio)
         if not segment.sent:
@@ -296,14 +291,4 @@ def attach_gateway(engine, checked: tuple[dict, Names, str]) -> RemoteWorker:
     worker = RemoteWorker(options, names, gateway, Prediction, sink, hello=engine.hello)
     engine.worker = worker
     engine.add_sink(sink)
-    original = engine._request
-
-    def request(stream, req):  # the worker needs the request's segment, not only its audio
-        worker.current = req
-        try:
-            original(stream, req)
-        finally:
-            worker.current = None
-
-    engine._request = request
     return worker
