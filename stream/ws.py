@@ -248,6 +248,8 @@ class WsServer:
         hello = dataclasses.replace(self.engine.hello(), accepts_audio=ingest.accepts_audio,
                                     max_message_bytes=MAX_MESSAGE_BYTES)
         client.offer(hello.to_json())
+        for message in self.engine.recent() if hasattr(self.engine, "recent") else ():
+            client.offer(message)  # a feed's late client catches up on the recent window
         self._clients.add(client)
         tasks = [asyncio.create_task(client.send_loop()), asyncio.create_task(client.read_probe()),
                  asyncio.create_task(client.keepalive(self.config.ping_interval_s, self.config.ping_timeout_s))]

@@ -47,20 +47,6 @@ def _fits(value, annotation: str) -> bool:
     return False
 
 
-class _ReplayingClients(set):
-    """The WebSocket server's client set: a client joining it is first offered the recent window (the
-    server has already offered it the hello)."""
-
-    def __init__(self, feed: "Feed") -> None:
-        super().__init__()
-        self.feed = feed
-
-    def add(self, client) -> None:
-        for message in self.feed.replay():
-            client.offer(message)
-        super().add(client)
-
-
 class Feed:
     """The engine-like object a :class:`WsServer` serves (``hello``; it takes no audio)."""
 
@@ -92,7 +78,8 @@ class Feed:
     def add_source(self, source, remote: bool = False) -> str:
         raise RuntimeError("the feed takes no audio: send it to a gateway")
 
-    def replay(self) -> list[str]:
+    def recent(self) -> list[str]:
+        """The replay window's events as JSON, oldest first (:class:`WsServer` offers them to each new client)."""
         horizon = time.monotonic() - self.replay_s
         return [m for t, m in self._recent if t >= horizon]
 
@@ -124,7 +111,6 @@ class Feed:
             from ..ws import WsServer
 
             self.ws = WsServer(self, ws_config, http_handler=http_handler)
-            self.ws._clients = _ReplayingClients(self)
             await self.ws.start()
             self.add_sink(self.ws)
         start = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=self.replay_s)
