@@ -174,10 +174,9 @@ def adapted(predictor, prediction, adapter: SpeakerAdapter | None):
     if adapter is None:
         return prediction
     cal = predictor.config.calibration
-    gate = familiarity_gate(adapter.distance(), cal.adapt_near)
-    if gate == 1.0 or adapter.count == 0 or not predictor.can_adapt:
-        out = predictor.adapt(prediction, adapter)
-    else:
+    out = prediction
+    if adapter.count and predictor.can_adapt:
+        gate = familiarity_gate(adapter.distance(), cal.adapt_near)
         out = predictor.refinish([prediction], shift=gate * adapter.shift())[0]
     if cal.voice_beta > 0 and adapter.count:
         out = temper_prediction(out, voice_factor(adapter.distance(), cal.voice_from, cal.voice_beta),
