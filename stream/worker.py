@@ -1,4 +1,4 @@
-"""The model owner: its threads (one for finals, one for interims) do every forward pass, batching requests
+"""The model owner: its two threads (one for finals only, one for finals and interims) do every forward pass, batching requests
 across streams.
 
 The event loop calls :meth:`InferenceWorker.submit` and awaits the returned future; it never waits on a
@@ -22,16 +22,14 @@ import os
 import threading
 import time
 import itertools
-from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 
 from serlive.model import Prediction, Predictor
 
-
 from .carry import SegmentStates
 from .chunks import SAMPLE_RATE_HZ
+from .fairqueue import FairQueue, QueuedRequest
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +55,6 @@ INTERIM_BATCH = 8
 """Interims per forward pass at most: a final that arrives while one runs waits for it (a pass is not
 pre-empted), so the pass is kept short; more interims wait for the next, or are superseded."""
 
-@dataclass(slots=True)
-class _Request:
-    stream: str
-    final: bool
-    seq: int
-    audio: np.ndarray
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
-    taken_before: int = 0  # requests taken for a forward pass before this one was submitted
-    segment: int | None = None  # the segment an interim grows (its encoder state is kept), or None
-    end_sample: int | None = None  # where its audio ends on the stream's sample clock
-
 
 class Superseded(Exception):
     """An interim replaced, while still queued, by a newer one of the same stream (it was skipped)."""
@@ -79,87 +65,12 @@ class BadAudio(ValueError):
     Only that request fails: the rest of its batch runs without it."""
 
 
-class FairQueue:
-    """Per-stream queues, served by weighted fair queuing on audio length (each stream's finals before
-    its interims). A stream's next request gets the start tag ``max(V, the stream's last finish)`` when it
-    comes to the head of its queue, and the finish tag ``start + its length in samples``; the smallest
-    finish tag is served next and ``V`` becomes its start tag. So every waiting stream gets the model's
-    time in equal shares of audio, a stream that was idle re-enters at the present (no credit saved up),
-    and a real-time stream's short final comes before a backlog's next item instead of behind it. Ties go
-    round-robin, in the order streams began waiting. Not thread-safe on its own."""
-
-    def __init__(self) -> None:
-        self._queues: dict[str, tuple[deque, deque]] = {}  # stream -> (finals, interims)
-        self._start: dict[str, float] = {}  # waiting stream -> start tag of its next request, in turn order
-        self._finish: dict[str, float] = {}  # stream -> finish tag of its last served request
-        self._virtual = 0.0
-        self._size = 0
-        self.taken = 0  # requests taken so far
-
-    def __len__(self) -> int:
-        return self._size
-
-    def put(self, request: _Request) -> list[_Request]:
-        """Queue ``request``; returns the interims of its stream it supersedes (an interim replaces them)."""
-        request.taken_before = self.taken
-        finals, interims = self._queues.setdefault(request.stream, (deque(), deque()))
-        if not finals and not interims:
-            self._start[request.stream] = max(self._virtual, self._finish.get(request.stream, 0.0))
-        superseded = [] if request.final else list(interims)
-        if superseded:
-            interims.clear()
-            self._size -= len(superseded)
-        (finals if request.final else interims).append(request)
-        self._size += 1
-        return superseded
-
-    @property
-    def finals(self) -> int:
-        """Finals waiting."""
-        return sum(len(finals) for finals, _ in self._queues.values())
-
-    def take(self, n: int, interims: int | None = None, lane: str = "any") -> list[_Request]:
-        """Up to ``n`` requests in service order (one stream alone may fill the batch); a batch of interims
-        holds at most ``interims`` (None: ``n``). ``lane`` "any": finals before any interim; "finals": finals
-        only; "interims": interims only (a stream's interim may then go before its own waiting final, which
-        another lane serves)."""
-        out: list[_Request] = []
-        while self._start and len(out) < n:
-            if out and not out[0].final and len(out) >= (interims or n):
-                break  # a batch of interims is full
-            finals = [name for name in self._start if self._queues[name][0]]
-            final = lane == "finals" or (lane == "any" and bool(finals))  # finals before any interim
-            names = finals if final else [name for name in self._start if self._queues[name][1]]
-            if not names or (out and out[-1].final != final):
-                break  # a batch holds finals or interims, never both: interims never slow a final's pass
-            finish, stream = None, ""
-            for name in names:  # in turn order: the first of equal finish tags wins
-                tag = self._start[name] + max(len(self._queues[name][0 if final else 1][0].audio), 1)
-                if finish is None or tag < finish:
-                    finish, stream = tag, name
-            out.append(self._queues[stream][0 if final else 1].popleft())
-            self._virtual = self._start.pop(stream)
-            self._finish[stream] = finish
-            self.taken += 1
-            if any(self._queues[stream]):
-                self._start[stream] = finish  # back at the end of the turn order
-            else:
-                del self._queues[stream]
-        # a finish tag at or below V is worth no more than none: forget it (streams come and go)
-        self._finish = {k: v for k, v in self._finish.items() if v > self._virtual}
-        self._size -= len(out)
-        return out
-
-    def clear(self) -> list[_Request]:
-        return self.take(self._size)
-
-
 class InferenceWorker:
     """Runs ``predictor`` on threads of its own. ``compute_s`` and ``audio_s`` accumulate forward time
     and the audio it covered (their ratio is the real-time factor); ``batches`` counts forward passes.
 
     With ``lanes=2`` (the default) two threads share the one model: the first serves finals only, the
-    second interims first and finals when no interim waits. A final then never waits for an interims'
+    second finals first and interims when no final waits. A final then never waits for an interims'
     pass to end (a pass is not pre-empted), and a backlog of finals gets both threads. The weights are
     read-only in inference and torch releases the GIL inside an op, so the two run in parallel on two
     cores. ``lanes=1``: one thread, finals before interims between passes."""
@@ -219,7 +130,7 @@ class InferenceWorker:
         with self._cond:
             if urgent and segment is not None:
                 self.states.close(stream, segment)
-            superseded = self._queue.put(_Request(stream, urgent, next(self._seq), audio, future, loop,
+            superseded = self._queue.put(QueuedRequest(stream, urgent, next(self._seq), audio, future, loop,
                                                   segment=segment, end_sample=end_sample))
             self._cond.notify_all()
         for r in superseded:
@@ -263,7 +174,7 @@ class InferenceWorker:
         """Requests the thread of ``lane`` may take now."""
         return self._queue.finals if lane == "finals" else len(self._queue)
 
-    def _next_batch(self, lane: str) -> list[_Request] | None:
+    def _next_batch(self, lane: str) -> list[QueuedRequest] | None:
         with self._cond:
             while not self._waiting(lane) and not self._stopping:
                 self._cond.wait()
@@ -295,11 +206,11 @@ class InferenceWorker:
             for group in sorted(group_by_length(batch, self.max_batch), key=lambda g: min(order[id(r)] for r in g)):
                 self._run(group)
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[QueuedRequest]) -> None:
         """Prepare and mask each request on its own (a bad one fails alone), then one forward pass; if
         that fails for a batch of several, each request is retried alone so only the culprit fails."""
         t0 = time.perf_counter()
-        ready: list[tuple[_Request, np.ndarray, np.ndarray]] = []
+        ready: list[tuple[QueuedRequest, np.ndarray, np.ndarray]] = []
         for r in batch:
             try:
                 wave = self.predictor.prepare(r.audio)
@@ -333,9 +244,9 @@ class InferenceWorker:
             r.loop.call_soon_threadsafe(_resolve, r.future, p, None)
 
 
-def group_by_length(batch: list[_Request], max_batch: int) -> list[list[_Request]]:
+def group_by_length(batch: list[QueuedRequest], max_batch: int) -> list[list[QueuedRequest]]:
     """Longest first, each group holding requests at least :data:`PAD_RATIO` of its first one's length."""
-    groups: list[list[_Request]] = []
+    groups: list[list[QueuedRequest]] = []
     for r in sorted(batch, key=lambda r: -len(r.audio)):
         if groups and len(groups[-1]) < max_batch and len(r.audio) >= PAD_RATIO * len(groups[-1][0].audio):
             groups[-1].append(r)

@@ -18,7 +18,8 @@ from serlive.stream.engine import Engine
 from serlive.stream.events import PredictionEvent, StreamStatus
 from serlive.stream.sinks import ListSink
 from serlive.stream.sources import ArraySource
-from serlive.stream.worker import FairQueue, _Request
+from serlive.stream.fairqueue import FairQueue
+from serlive.stream.fairqueue import QueuedRequest as _Request
 from tests.test_stream_segmenter import islands
 
 SR = 16_000
