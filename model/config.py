@@ -199,7 +199,10 @@ class ModelConfig:
     side, in training and in the Predictor alike, so a model trained on whole files sees what ser-live's
     segmenter gives it live (a segment with pre-roll and hang-over), not a file's leading silence.
     ``sap_dim`` (0: off) lets SAP attend over the frames projected to that many dimensions (a learned linear
-    map), which makes its self-attention affordable on wide frames (GE2E's 768) on a CPU; GAP is unchanged."""
+    map), which makes its self-attention affordable on wide frames (GE2E's 768) on a CPU; GAP is unchanged.
+    ``spectral_stats`` adds the statistics branch (:mod:`serlive.model.spectral`), ``pitch_stats`` its pitch
+    statistics, ``voice_stats`` its jitter, shimmer, HNR, loudness-contour and speech-rate statistics
+    (:mod:`serlive.model.voice`; off by default, so models saved before it load unchanged)."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     pooling: str = "sr"
@@ -216,6 +219,7 @@ class ModelConfig:
     gap_std: bool = False
     spectral_stats: bool = False
     pitch_stats: bool = False
+    voice_stats: bool = False
     description: str = ""
     license: str = ""
 
@@ -232,6 +236,8 @@ class ModelConfig:
             raise ConfigError(f"speech_pad_s must be None (off) or a number of seconds of at least 0, not {pad!r}")
         if self.pitch_stats and not self.spectral_stats:
             raise ConfigError("pitch_stats adds to the spectral-statistics branch: set spectral_stats = true too")
+        if self.voice_stats and not self.pitch_stats:
+            raise ConfigError("voice_stats uses the pitch tracker's frames: set pitch_stats = true (and spectral_stats) too")
         if self.calibration.embedding_mean and len(self.calibration.embedding_mean) != self.embed_dim:
             raise ConfigError(f"calibration.embedding_mean must have embed_dim ({self.embed_dim}) values")
 

@@ -32,6 +32,7 @@ from .frames import FRAME_STRIDE_SAMPLES, num_frames
 from .ge2e import HIDDEN, HOP, MIN_RMS, N_FFT, TARGET_DBFS, GE2EEncoder
 from .pitch import WINDOW_SAMPLES as PITCH_WINDOW_SAMPLES, track
 from .spectral import N_MELS as N_SPECTRAL_MELS, SpectralStats
+from .voice import PULSE_SUMS, pulse_sums
 
 DEFAULT_TOLERANCE = 0.25
 """The running front end's drift (relative) past which an interim reruns its segment's LSTM. Measured on 180
@@ -242,16 +243,20 @@ def spectral_stats(spectral: SpectralStats, waves: list[np.ndarray], states: lis
     """The statistics branch's standardised output (B, out_dim) for the encoder inputs ``waves`` (after
     :func:`encode`, which checked each state against its wave), computing only the 20 ms frames each state
     does not hold yet: the statistics over all of them equal the whole-segment ones (the frames are local;
-    the floor and the gain are taken over the kept frames each time). ``speech`` (B, T) as the heads get it."""
+    the floor and the gain are taken over the kept frames each time). ``speech`` (B, T) as the heads get it.
+    The pitch frames (f0, correlation and, with ``spectral.voice``, the glottal pulses' sums) are kept only
+    where their 40 ms window lies inside the wave: the last ones reach into padding that more audio replaces."""
     dev = spectral.shift.device
     counts = [num_frames(len(w)) for w in waves]
     t = max(counts)
     power = torch.zeros(len(waves), t, N_SPECTRAL_MELS, device=dev)
     f0 = torch.ones(len(waves), t, device=dev)  # padding: a finite log2, masked out like the whole path's
     corr = torch.zeros(len(waves), t, device=dev)
+    pulses = torch.zeros(len(waves), t, PULSE_SUMS, device=dev)
     for i, (wave_np, state, n) in enumerate(zip(waves, states, counts)):
         wave = torch.from_numpy(np.ascontiguousarray(wave_np, np.float32)).to(dev)
-        kept = state.spectral or (wave.new_zeros(0, N_SPECTRAL_MELS), wave.new_zeros(0), wave.new_zeros(0))
+        kept = state.spectral or (wave.new_zeros(0, N_SPECTRAL_MELS), wave.new_zeros(0), wave.new_zeros(0),
+                                  wave.new_zeros(0, PULSE_SUMS))
         tail = wave[FRAME_STRIDE_SAMPLES * len(kept[0]):]
         new = spectral.frontend.power(tail[None])[0] if n > len(kept[0]) else kept[0][:0]
         p = torch.cat([kept[0], new])[:n]
@@ -259,11 +264,15 @@ def spectral_stats(spectral: SpectralStats, waves: list[np.ndarray], states: lis
         if spectral.pitch:
             done = len(kept[1])
             if n > done:
-                new_f0, new_corr = track(wave[FRAME_STRIDE_SAMPLES * done:][None], n - done)
+                rest = wave[FRAME_STRIDE_SAMPLES * done:][None]
+                new_f0, new_corr = track(rest, n - done)
                 f0[i, :n], corr[i, :n] = torch.cat([kept[1], new_f0[0]]), torch.cat([kept[2], new_corr[0]])
+                if spectral.voice:
+                    pulses[i, :n] = torch.cat([kept[3], pulse_sums(rest, new_f0)[0]])
             else:  # nothing new (the segment grew by silence the trim leaves out)
-                f0[i, :n], corr[i, :n] = kept[1][:n], kept[2][:n]
+                f0[i, :n], corr[i, :n], pulses[i, :n] = kept[1][:n], kept[2][:n], kept[3][:n]
         whole = min(n, max(0, (len(wave) - PITCH_WINDOW_SAMPLES) // FRAME_STRIDE_SAMPLES + 1))  # no zero padding
-        state.spectral = (p, f0[i, :whole].clone(), corr[i, :whole].clone())
-    raw = spectral.stats(power, torch.tensor(counts, device=dev), speech, (f0, corr) if spectral.pitch else None)
+        state.spectral = (p, f0[i, :whole].clone(), corr[i, :whole].clone(), pulses[i, :whole].clone())
+    tracked = ((f0, corr, pulses) if spectral.voice else (f0, corr)) if spectral.pitch else None
+    raw = spectral.stats(power, torch.tensor(counts, device=dev), speech, tracked)
     return torch.nan_to_num((raw - spectral.shift) / spectral.scale, nan=0.0)

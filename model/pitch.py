@@ -43,27 +43,33 @@ FEATURES = ("voiced_share", "periodicity", "log2_f0_mean", "log2_f0_std", "log2_
 """What :func:`pitch_stats` returns per item, in this order."""
 
 
-def track(waveforms: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, N)`` 16 kHz waveforms -> ``(f0_hz, correlation)``, each ``(B, n_frames)``; frame ``t`` starts
-    at sample ``320 t`` (the log-mel grid). ``correlation`` is the periodicity of the chosen lag in [-1, 1]."""
+def windows(waveforms: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """``(B, N)`` waveforms -> the tracker's mean-removed windows ``(B, n_frames, WINDOW_SAMPLES)``, window ``t``
+    from sample ``320 t`` (zero padding past the end)."""
     x = waveforms.float()
     need = (n_frames - 1) * FRAME_STRIDE_SAMPLES + WINDOW_SAMPLES
     if x.shape[1] < need:
         x = torch.nn.functional.pad(x, (0, need - x.shape[1]))
     frames = x.unfold(1, WINDOW_SAMPLES, FRAME_STRIDE_SAMPLES)[:, :n_frames]  # (B, T, W)
-    frames = frames - frames.mean(-1, keepdim=True)
+    return frames - frames.mean(-1, keepdim=True)
+
+
+def track(waveforms: torch.Tensor, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, N)`` 16 kHz waveforms -> ``(f0_hz, correlation)``, each ``(B, n_frames)``; frame ``t`` starts
+    at sample ``320 t`` (the log-mel grid). ``correlation`` is the periodicity of the chosen lag in [-1, 1]."""
+    frames = windows(waveforms, n_frames)
     lo, hi = int(SAMPLE_RATE_HZ / F0_MAX_HZ), int(SAMPLE_RATE_HZ / F0_MIN_HZ) + 1
     spec = torch.fft.rfft(frames, n=FFT_SIZE)
     acf = torch.fft.irfft(spec.abs().pow(2), n=FFT_SIZE)[..., :hi]  # (B, T, hi): sum x_j x_{j+lag}
     energy = torch.nn.functional.pad(frames.pow(2).cumsum(-1), (1, 0))  # energy[k] = sum_{j<k} x_j^2
-    lags = torch.arange(lo, hi, device=x.device)
+    lags = torch.arange(lo, hi, device=frames.device)
     head = energy[..., WINDOW_SAMPLES - lags]  # sum_{j < W - lag} x_j^2
     tail = energy[..., -1:] - energy[..., lags]  # sum_{j >= lag} x_j^2
     ncc = acf[..., lo:] / torch.sqrt(head * tail + 1e-12)  # (B, T, hi - lo): lag lo + i at index i
     best = ncc.max(-1, keepdim=True).values
     first = (ncc >= OCTAVE_TOLERANCE * best).float().argmax(-1, keepdim=True)  # the shortest such lag
     # then the top of the peak it starts on: the best lag within a fifth of a period after it
-    span = torch.arange(int(hi * PEAK_SPAN) + 1, device=x.device)
+    span = torch.arange(int(hi * PEAK_SPAN) + 1, device=frames.device)
     idx = (first + span).clamp(max=ncc.shape[-1] - 1)
     near = torch.where(span <= (first + lo) * PEAK_SPAN, ncc.gather(-1, idx), torch.full_like(idx, -2.0, dtype=ncc.dtype))
     peak = first + near.argmax(-1, keepdim=True)

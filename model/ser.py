@@ -34,7 +34,7 @@ class SERModel(nn.Module):
         self.encoder = build_encoder(config.encoder)
         self.pooling = Pooling(config.pooling, self.encoder.dim, config.sap_heads, config.gap_std, config.sap_dim)
         self.spectral = SpectralStats(config.pitch_stats, config.encoder.band_hz, config.encoder.denoise,
-                                      config.encoder.dereverb) if config.spectral_stats else None
+                                      config.encoder.dereverb, config.voice_stats) if config.spectral_stats else None
         extra = self.spectral.out_dim if self.spectral is not None else 0
         self.project = nn.Linear(self.pooling.out_dim + extra, config.embed_dim)
         self.classifier = nn.Linear(config.embed_dim, len(config.labels))

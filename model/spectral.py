@@ -11,6 +11,9 @@ checkpoint, as the classic baseline standardises its features; the pooled vector
 With ``pitch`` (``model.pitch_stats``), 8 pitch statistics follow (:mod:`.pitch`: voiced share,
 periodicity, F0 level, spread, range, movement and slope over the speech frames). An item with no F0 to
 describe (fewer than 3 voiced frames) gets the training mean for the F0 ones: 0 once standardised.
+With ``voice`` (``model.voice_stats``, which needs the pitch statistics), the 12 voice-quality, loudness and
+speech-rate statistics of :mod:`.voice` (jitter, shimmer, HNR, ...) come before the pitch ones, which stay
+last (the Predictor reads the voiced share from there).
 The bands cover the encoder's ``band_hz`` when it has one (a narrow-band front end), else 20 Hz to 8 kHz;
 with the encoder's ``denoise``, each band's stationary floor leaves the mel power first (:mod:`.denoise`);
 with its ``dereverb``, the late reverberation leaves the STFT before that (:mod:`.dereverb`).
@@ -31,6 +34,7 @@ from .dereverb import filter_frames, wpe
 from .encoders import fit_mask, frame_lengths, length_mask
 from .frames import FRAME_STRIDE_SAMPLES, SAMPLE_RATE_HZ
 from .pitch import FEATURES as PITCH_FEATURES, pitch_stats, track
+from .voice import FEATURES as VOICE_FEATURES, pulse_sums, voice_stats
 from .pooling import masked_mean, masked_std
 
 N_MELS = 64
@@ -39,12 +43,16 @@ N_MELS = 64
 
 class SpectralStats(nn.Module):
     """Waveforms (B, N), lengths (B,), speech mask (B, T) -> standardised statistics (B, out_dim):
-    3 * 64 band statistics, then with ``pitch`` the 8 of :data:`.pitch.FEATURES`."""
+    3 * 64 band statistics, then with ``voice`` the 12 of :data:`.voice.FEATURES`, then with ``pitch`` the 8 of
+    :data:`.pitch.FEATURES`."""
 
-    def __init__(self, pitch: bool = False, band_hz: tuple = (), denoise: float = 0.0, dereverb: bool = False) -> None:
+    def __init__(self, pitch: bool = False, band_hz: tuple = (), denoise: float = 0.0, dereverb: bool = False,
+                 voice: bool = False) -> None:
         super().__init__()
-        self.pitch, self.denoise, self.dereverb = pitch, denoise, dereverb
-        self.out_dim = 3 * N_MELS + (len(PITCH_FEATURES) if pitch else 0)
+        if voice and not pitch:
+            raise ValueError("the voice statistics use the pitch tracker's frames: they need pitch too")
+        self.pitch, self.denoise, self.dereverb, self.voice = pitch, denoise, dereverb, voice
+        self.out_dim = 3 * N_MELS + (len(VOICE_FEATURES) if voice else 0) + (len(PITCH_FEATURES) if pitch else 0)
         self.frontend = LogMel(N_MELS, band_hz)
         self.gain = UtteranceGain()
         self.register_buffer("shift", torch.zeros(self.out_dim))
@@ -71,21 +79,27 @@ class SpectralStats(nn.Module):
 
         power = self.frontend.power(waveforms, dereverb if self.dereverb else None)  # (B, T, 64)
         tracked = track(waveforms, power.shape[1]) if self.pitch else None
+        if self.voice:
+            tracked = (*tracked, pulse_sums(waveforms, tracked[0]))
         return self.stats(power, n, speech, tracked)
 
     def stats(self, power: torch.Tensor, n: torch.Tensor, speech: torch.Tensor,
-              tracked: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+              tracked: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """:meth:`raw` from the frames' mel power (B, T, 64), frame counts (B,), the speech mask and, with
-        ``pitch``, :func:`.pitch.track`'s (f0, correlation) (B, T) each (incremental interims keep the frames)."""
+        ``pitch``, :func:`.pitch.track`'s (f0, correlation) (B, T) each, with ``voice`` then
+        :func:`.voice.pulse_sums` (B, T, 4) (incremental interims keep the frames)."""
         valid = length_mask(n, power.shape[1])
-        mel = self.gain(torch.log(subtract_floor(power, valid, self.denoise) + 1e-6), valid)
+        clean = subtract_floor(power, valid, self.denoise)
+        mel = self.gain(torch.log(clean + 1e-6), valid)
         keep = fit_mask(speech, mel.shape[1]) & valid
         keep = torch.where(keep.sum(1, keepdim=True) >= 3, keep, valid)  # too little speech: every frame
         mean = masked_mean(mel, keep)
         delta = mel[:, 1:] - mel[:, :-1]  # (B, T - 1, 64)
         both = keep[:, 1:] & keep[:, :-1]
         parts = [mean, masked_std(mel, keep, mean), masked_std(delta, both)]
+        if self.voice:
+            parts.append(voice_stats(clean, valid, keep, tracked[1], tracked[2]))
         if self.pitch:
-            parts.append(pitch_stats(None, keep, tracked))
+            parts.append(pitch_stats(None, keep, tracked[:2]))
         return torch.cat(parts, dim=-1).float()
 

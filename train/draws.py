@@ -87,6 +87,8 @@ class DrawSource:
                 "vad": asdict(cfg.vad), "speech_pad_s": cfg.speech_pad_s, "max_duration_s": cfg.max_duration_s,
                 "utts": [u.path for u in data.utts], "augment": asdict(augment), "views": views, "draws": draws,
                 "seed": seed, "version": 4}
+        if cfg.voice_stats:  # models without it keep the key they always had
+            what["voice_stats"] = True
         if babble_exclude is not None:  # own-speaker draws keep the key they always had
             what["babble_exclude"] = sorted(babble_exclude)
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
