@@ -167,13 +167,22 @@ def test_cv_folds_make_one_more_corpus_of_unseen_speakers(tmp_path):
     sets = [a for s in TINY + [f"data.cache_dir='{tmp_path / 'vad'}'", "protocol.max_folds=2"] for a in ("--set", s)]
     assert main(["fit", *sets, "--out", str(tmp_path / "cv")]) == 0
     assert main(["crosscorpus", "--data", f"fix={FIXTURES / 'manifest.csv'}", "--label-map", "ravdess", "--orders", "2",
-                 "--cv", str(tmp_path / "cv"), "--out", str(tmp_path / "o")]) == 0
+                 "--cv", str(tmp_path / "cv"), "--cv-corpora", "--out", str(tmp_path / "o")]) == 0
     result = json.loads((tmp_path / "o" / "crosscorpus.json").read_text())
     cv = [t for t in result["table"] if t["corpus"].endswith("(2 folds, unseen speakers)")]
     assert [t["mode"] for t in cv] == ["alone", "online-mean"] and cv[0]["speakers"] == 2 and cv[1]["orders"] == 2
     shipped = Predictor.from_dir(bundled_model_dir())
     folds = fold_corpora(tmp_path / "cv", shipped)
     assert cv[0]["n"] == sum(len(c.utts) for _, c in folds)
+    # --cv-corpora: the corpus through both fold models, pooled, the first fold's rows first
+    pooled = [t for t in result["table"] if t["corpus"] == "fix (2 fold models)"]
+    fix = read_manifest(FIXTURES / "manifest.csv", shipped.labels, "ravdess", {"label": "emotion"})
+    assert [t["mode"] for t in pooled] == ["alone", "online-mean"] and pooled[0]["n"] == 2 * len(fix)
+    with open(tmp_path / "o" / "predictions.csv", newline="") as fh:
+        alone = [r for r in csv.DictReader(fh) if r["corpus"] == "fix (2 fold models)" and r["mode"] == "alone"]
+    first = folds[0][0].predict(load_audio(fix[0].path, folds[0][0].max_samples))
+    assert alone[0]["predicted"] == first.label and float(alone[0]["confidence"]) == pytest.approx(first.confidence, abs=1e-5)
+    assert main(["crosscorpus", "--data", f"fix={FIXTURES / 'manifest.csv'}", "--cv-corpora", "--out", str(tmp_path / "p")]) == 2
     predictor, corpus = folds[0]
     assert predictor.config.calibration.temperature == shipped.config.calibration.temperature
     cfg = load_json(tmp_path / "cv" / "train_config.json")

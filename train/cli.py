@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
                     "a class drawn per speaker), e.g. neutral=0.7 (repeat)")
     cc.add_argument("--cv", default=None, metavar="CV_RUN",
                     help="also a cross-validation run's fold models on their own test speakers (one more corpus)")
+    cc.add_argument("--cv-corpora", action="store_true",
+                    help="with --cv: every --data corpus also through each fold model, pooled (a recipe across languages)")
     cc.add_argument("--fit-voice", default=None, metavar="NAME=FROM",
                     help="fit calibration.voice_beta on corpus NAME's online predictions past speaker-mean distance FROM")
     cc.add_argument("--apply", default=None, metavar="MODEL_DIR", help="write the fitted voice_from / voice_beta here")
@@ -218,11 +220,13 @@ def _crosscorpus(args, device) -> int:
     if voice and (voice[0] not in [n for n, _ in corpora] or not args.orders or kinds in ((), ("none",))):
         raise ConfigError(f"--fit-voice needs a --data name ({', '.join(n for n, _ in corpora)}), --orders and an "
                           f"--adapt kind, not {args.fit_voice!r}")
+    if args.cv_corpora and not args.cv:
+        raise ConfigError("--cv-corpora puts the corpora through a cross-validation run's fold models: give --cv CV_RUN")
     if args.apply and not voice:
         raise ConfigError("--apply writes what --fit-voice fits: give --fit-voice NAME=FROM")
     result = run(args.model, corpora, Path(args.out), args.label_map, args.label_column, kinds, args.orders,
                  device=device, batch_size=args.batch_size, train_data=train, skews=parse_skews(args.skew), voice=voice,
-                 cv=Path(args.cv) if args.cv else None)
+                 cv=Path(args.cv) if args.cv else None, cv_corpora=args.cv_corpora)
     if args.apply:
         from .voice import apply
 

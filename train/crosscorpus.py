@@ -205,13 +205,15 @@ def table(rows: list[dict], labels: tuple[str, ...]) -> list[dict]:
 def run(model_dir, corpora: list[tuple[str, Path]], out: Path, label_map: str = "", label_column: str = "emotion",
         adapt: tuple[str, ...] = ("mean",), orders: int = 10, seed: int = 0, device=torch.device("cpu"),
         batch_size: int = 16, train_data: tuple[Path, str] | None = None, skews: tuple = (),
-        voice: tuple[str, float] | None = None, cv: Path | None = None) -> dict:
+        voice: tuple[str, float] | None = None, cv: Path | None = None, cv_corpora: bool = False) -> dict:
     """The table over ``corpora`` (name, manifest), written into ``out`` (predictions.csv, crosscorpus.json|.md);
     ``train_data`` (manifest, label map): the model's training data, for the ``mixture`` adaptation; each of
     ``skews`` (class or "dominant", share) adds every corpus again with its streams thinned (:func:`skewed`);
     ``voice`` (corpus name, voice_from): fit ``calibration.voice_beta`` on that corpus (:mod:`.voice`), which
     adds its ``online-<kind>+voice`` rows, cross-fitted, and the fit to the result; ``cv``: a cross-validation
-    run whose fold models, each on its own test speakers with this model's calibration, make one more corpus."""
+    run whose fold models, each on its own test speakers with this model's calibration, make one more corpus;
+    ``cv_corpora``: each of ``corpora`` also through every fold model, pooled as ``NAME (K fold models)`` (a recipe
+    compared across languages before any model of it is shipped)."""
     from .evaluate import load_predictor
 
     from .voice import cross_fitted, online_with_distances
@@ -236,9 +238,16 @@ def run(model_dir, corpora: list[tuple[str, Path]], out: Path, label_map: str = 
     if cv is not None:
         from .crosscv import fold_corpora
 
-        for fold_predictor, corpus in fold_corpora(cv, predictor, batch_size):
+        folds = fold_corpora(cv, predictor, batch_size)
+        for fold_predictor, corpus in folds:
             rows += corpus_rows(fold_predictor, corpus, {k: adapter_factory(fold_predictor, k) for k in kinds},
                                 skews, orders, seed)
+        for name, manifest in corpora if cv_corpora else ():
+            for fold_predictor, _ in folds:
+                other = predict(fold_predictor, f"{name} ({len(folds)} fold models)", manifest, label_map, label_column,
+                                batch_size)
+                rows += corpus_rows(fold_predictor, other, {k: adapter_factory(fold_predictor, k) for k in kinds},
+                                    skews, orders, seed)
     out.mkdir(parents=True, exist_ok=True)
     write_rows(out / "predictions.csv", rows)
     result = {"model": str(predictor_dir(model_dir)), "labels": list(predictor.labels), "orders": orders, "seed": seed,
