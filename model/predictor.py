@@ -17,7 +17,7 @@ from .calibration import OOD_K, apply_temperature, ood_score, shift_temperatures
 from .checkpoint import load_model_dir
 from .config import ModelConfig
 from .frames import FRAME_STRIDE_SAMPLES, SAMPLE_RATE_HZ, num_frames, speech_mask, speech_span, trim_to_speech
-from .incremental import DEFAULT_TOLERANCE, EncoderState, encode, spectral_stats
+from .incremental import DEFAULT_TOLERANCE, FINAL_TOLERANCE, EncoderState, encode, spectral_stats
 from .knn import KnnDatastore, interpolate
 from .pitch import FEATURES as PITCH_FEATURES
 from .ser import SERModel
@@ -83,6 +83,7 @@ class Predictor:
         self.device, self.dtype = device, dtype
         self.use_knn = use_knn and datastore is not None and self.config.knn.alpha > 0
         self.tolerance = DEFAULT_TOLERANCE  # front-end drift before an interim reruns its segment (incremental)
+        self.final_tolerance = FINAL_TOLERANCE  # the same for a final finishing its segment's state
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: torch.device = torch.device("cpu"),
@@ -124,11 +125,13 @@ class Predictor:
         return enc.kind == "ge2e" and not enc.dereverb
 
     def predict_prepared(self, waves: list[np.ndarray], masks: list[np.ndarray],
-                         states: list[EncoderState | None] | None = None) -> list[Prediction]:
+                         states: list[EncoderState | None] | None = None,
+                         finals: list[bool] | None = None) -> list[Prediction]:
         """Predict waveforms already through :meth:`prepare`, with their :meth:`mask` (the engine's path:
         it prepares and masks on its worker thread and must not pay for either twice). ``states``: per
         item, None (the whole-segment path) or the :class:`EncoderState` of a growing segment, whose waveforms
-        are its audio from its start so far (interims; :meth:`incremental` says whether the model can)."""
+        are its audio from its start so far (:meth:`incremental` says whether the model can); ``finals``: per
+        item, whether it is its segment's final (it finishes the state within :attr:`final_tolerance`)."""
         if not waves:
             return []
         for w, m in zip(waves, masks, strict=True):
@@ -145,13 +148,14 @@ class Predictor:
         whole = [i for i, s in enumerate(states) if s is None]
         grown = [i for i, s in enumerate(states) if s is not None]
         out = dict(zip(whole, self._forward([waves[i] for i in whole], [masks[i] for i in whole]) if whole else []))
+        tolerances = [self.final_tolerance if finals and finals[i] else self.tolerance for i in grown]
         out |= dict(zip(grown, self._forward([waves[i] for i in grown], [masks[i] for i in grown],
-                                             ([offsets[i] for i in grown], [states[i] for i in grown]))))
+                                             ([offsets[i] for i in grown], [states[i] for i in grown], tolerances))))
         return [out[i] for i in range(len(waves))]
 
     @torch.inference_mode()
     def _forward(self, waves: list[np.ndarray], masks: list[np.ndarray],
-                 carry: tuple[list[int], list[EncoderState]] | None = None) -> list[Prediction]:
+                 carry: tuple[list[int], list[EncoderState], list[float]] | None = None) -> list[Prediction]:
         n = max(len(w) for w in waves)
         batch = np.zeros((len(waves), n), np.float32)
         speech = np.zeros((len(waves), num_frames(n)), bool)
@@ -166,7 +170,7 @@ class Predictor:
             if carry is None:
                 out = self.model(x, lengths, speech_t)
             else:  # the encoder's frames carried over from the segment's previous interim; the rest as usual
-                frames = encode(self.model.encoder, waves, carry[0], carry[1], self.tolerance)
+                frames = encode(self.model.encoder, waves, *carry)
                 hidden = torch.nn.utils.rnn.pad_sequence(frames, batch_first=True)  # (B, T, 768)
                 spectral = self.model.spectral
                 extra = None if spectral is None else spectral_stats(spectral, waves, carry[1], speech_t)

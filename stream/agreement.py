@@ -42,8 +42,12 @@ def requests_of(audio: np.ndarray, labels: tuple[str, ...], config: EngineConfig
     return [r for r in out if isinstance(r, InferenceRequest)]
 
 
-def compare(predictor, requests: list[InferenceRequest], tolerance: float, totals: dict) -> None:
-    """Both paths for every interim of ``requests``; adds to ``totals``."""
+def compare(predictor, requests: list[InferenceRequest], tolerance: float, totals: dict,
+            final_tolerances: tuple[float, ...] = ()) -> None:
+    """Both paths for every interim of ``requests``, and for every final that finds its segment's state, one
+    finish of a copy of that state per ``final_tolerances``; adds to ``totals``."""
+    import copy
+
     from serlive.model.incremental import EncoderState
 
     predictor.tolerance = tolerance
@@ -51,14 +55,21 @@ def compare(predictor, requests: list[InferenceRequest], tolerance: float, total
     for r in requests:
         wave = predictor.prepare(r.audio)
         mask = predictor.mask(wave)
-        if r.final:  # what a final that finished its segment's state would give (the worker recomputes instead)
+        if r.final:  # the worker's final: it finishes its segment's state, within the final tolerance
             state = states.pop(r.segment, None)
-            if state is not None:
+            if state is not None and final_tolerances:
                 whole = predictor.predict_prepared([wave], [mask])[0]
-                grown = predictor.predict_prepared([wave], [mask], [state])[0]
                 totals["finals"] += 1
-                totals["finals_same"] += whole.label == grown.label
-                totals["finals_diff"] = max(totals["finals_diff"], max(abs(a - b) for a, b in zip(whole.probs, grown.probs)))
+                for tol in final_tolerances:
+                    predictor.final_tolerance = tol
+                    finishing = copy.deepcopy(state)
+                    grown = predictor.predict_prepared([wave], [mask], [finishing], [True])[0]
+                    got = totals["by_final"].setdefault(tol, dict(same=0, diff=0.0, reran=0, frames=0, whole=0))
+                    got["same"] += whole.label == grown.label
+                    got["diff"] = max(got["diff"], max(abs(a - b) for a, b in zip(whole.probs, grown.probs)))
+                    got["reran"] += finishing.rebuilds > state.rebuilds
+                    got["frames"] += finishing.frames_run - state.frames_run
+                    got["whole"] += 1 + len(wave) // 160
             continue
         t0 = time.process_time()
         whole = predictor.predict_prepared([wave], [mask])[0]
@@ -79,7 +90,8 @@ def compare(predictor, requests: list[InferenceRequest], tolerance: float, total
 
 def cost(predictor, streams: int, seconds: float, config: EngineConfig) -> dict:
     """CPU seconds of ``streams`` bench streams' interims and finals (the benchmark's synthetic speech, its
-    random start offsets), replayed in 0.5 s batches through the whole-segment and the incremental path."""
+    random start offsets), replayed in 0.5 s batches through the whole-segment and the incremental path (where
+    finals finish their segment's state)."""
     from serlive.model.incremental import EncoderState
 
     from .bench import speechlike
@@ -97,10 +109,10 @@ def cost(predictor, streams: int, seconds: float, config: EngineConfig) -> dict:
         for (_, final), items in sorted(batches.items()):
             waves = [predictor.prepare(r.audio) for _, r in items]
             masks = [predictor.mask(w) for w in waves]
-            carry = None if final or mode == "whole" else [states.setdefault((s, r.segment), EncoderState())
-                                                            for s, r in items]
+            carry = None if mode == "whole" else [states.pop((s, r.segment), None) if final else
+                                                  states.setdefault((s, r.segment), EncoderState()) for s, r in items]
             t0 = time.process_time()
-            predictor.predict_prepared(waves, masks, carry)
+            predictor.predict_prepared(waves, masks, carry, [final] * len(items))
             cpu[final] += time.process_time() - t0
         out[mode] = (sum(len(v) for (_, f), v in batches.items() if not f), cpu[False], cpu[True])
     return out
@@ -136,20 +148,24 @@ def run_agreement(args) -> int:
                   f"finals {finals_s:.2f} CPU s", flush=True)
     print(f"{len(files)} files, {sum(len(r) for r in requests)} requests, interim every {args.interim_ms} ms, "
           f"torch threads={torch.get_num_threads()}")
+    finals = tuple(float(t) for t in args.final_tolerance.split(","))
     print("| tolerance | interims | same label | max prob diff | p99 prob diff | rebuilds | LSTM frames vs whole "
-          "| CPU time vs whole | finals from the state: same label, max prob diff |")
+          "| CPU time vs whole | finals from the state (final tolerance: same label, max prob diff, reran, "
+          "LSTM frames vs whole) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for tol in (float(t) for t in args.tolerance.split(",")):
         totals = dict(whole_s=0.0, incremental_s=0.0, interims=0, same=0, diffs=[], rebuilds=0, frames=0,
-                      whole_frames=0, finals=0, finals_same=0, finals_diff=0.0)
+                      whole_frames=0, finals=0, by_final={})
         for reqs in requests:
-            compare(predictor, reqs, tol, totals)
+            compare(predictor, reqs, tol, totals, finals)
+        nf = max(totals["finals"], 1)
+        by_final = "; ".join(f"{t:g}: {100 * f['same'] / nf:.1f} %, {f['diff']:.4f}, {100 * f['reran'] / nf:.0f} %, "
+                             f"{f['frames'] / max(f['whole'], 1):.2f}" for t, f in totals["by_final"].items())
         n, d = max(totals["interims"], 1), np.array(totals["diffs"] or [0.0])
         print(f"| {'inf (never rebuild)' if math.isinf(tol) else f'{tol:g}'} | {totals['interims']} | "
               f"{100 * totals['same'] / n:.1f} % | {d.max():.4f} | {np.percentile(d, 99):.4f} | "
               f"{totals['rebuilds']} ({100 * totals['rebuilds'] / n:.0f} %) | "
               f"{totals['frames'] / max(totals['whole_frames'], 1):.2f} | "
               f"{totals['incremental_s'] / max(totals['whole_s'], 1e-9):.2f} | "
-              f"{totals['finals']}: {100 * totals['finals_same'] / max(totals['finals'], 1):.1f} %, "
-              f"{totals['finals_diff']:.4f} |", flush=True)
+              f"{totals['finals']} finals; {by_final} |", flush=True)
     return 0

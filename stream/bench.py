@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--agreement: first replay N bench streams' requests through both paths (CPU seconds)")
     ap.add_argument("--tolerance", default="0,0.1,0.25,inf",
                     help="--agreement: front-end drifts at which an interim reruns its segment (comma-separated)")
+    ap.add_argument("--final-tolerance", default="0.05,0.1,0.25",
+                    help="--agreement: the same for a final finishing its segment's state (comma-separated)")
     ap.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return ap
 

@@ -137,7 +137,7 @@ class _Instant:
     def mask(self, wave):
         return None
 
-    def predict_prepared(self, waves, masks, states=None):
+    def predict_prepared(self, waves, masks, states=None, finals=None):
         if self.answer is None:
             wave = self._predictor.prepare(waves[0])
             self.answer = self._predictor.predict_prepared([wave], [self._predictor.mask(wave)])[0]
