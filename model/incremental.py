@@ -277,7 +277,7 @@ def spectral_stats(spectral: SpectralStats, waves: list[np.ndarray], states: lis
                 new_f0, new_corr = track(rest, n - done)
                 f0[i, :n], corr[i, :n] = torch.cat([kept[1], new_f0[0]]), torch.cat([kept[2], new_corr[0]])
                 if spectral.voice:
-                    pulses[i, :n] = torch.cat([kept[3], pulse_sums(rest, new_f0)[0]])
+                    pulses[i, :n] = torch.cat([kept[3], pulse_sums(rest, new_f0, new_corr)[0]])
             else:  # nothing new (the segment grew by silence the trim leaves out)
                 f0[i, :n], corr[i, :n], pulses[i, :n] = kept[1][:n], kept[2][:n], kept[3][:n]
         whole = min(n, max(0, (len(wave) - PITCH_WINDOW_SAMPLES) // FRAME_STRIDE_SAMPLES + 1))  # no zero padding

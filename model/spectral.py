@@ -80,7 +80,7 @@ class SpectralStats(nn.Module):
         power = self.frontend.power(waveforms, dereverb if self.dereverb else None)  # (B, T, 64)
         tracked = track(waveforms, power.shape[1]) if self.pitch else None
         if self.voice:
-            tracked = (*tracked, pulse_sums(waveforms, tracked[0]))
+            tracked = (*tracked, pulse_sums(waveforms, *tracked))
         return self.stats(power, n, speech, tracked)
 
     def stats(self, power: torch.Tensor, n: torch.Tensor, speech: torch.Tensor,
