@@ -181,3 +181,41 @@ def test_a_stream_with_a_backlog_sends_its_finals_to_the_bulk_lane():
     assert last == "serlive.req.final.bulk.g"  # 3 s still owed after the first answer
     assert isinstance(answered.exception(), ValueError)
     assert ahead == "serlive.req.final.bulk.g"  # 9.5 s of audio ahead of the clock: a backlog
+
+
+def test_a_stream_with_audio_waiting_at_its_source_sends_its_finals_to_the_bulk_lane(monkeypatch):
+    """A file read fast is a backlog from its first final; a stream the engine held back stays one for
+    HELD_MEMORY_S after it is let go, even with nothing owed (it would read on at once), then is live again."""
+    from serlive.stream.cluster import gateway
+
+    monkeypatch.setattr(gateway, "HELD_MEMORY_S", 0.3)
+
+    async def run():
+        names = Names()
+        worker = RemoteWorker({}, names, "g", Prediction, ClusterSink(names, "g"), max_pending_s=4.0,
+                              unpaced=lambda stream: stream == "file")
+        worker._outbox, worker.js = asyncio.Queue(), FakeBroker()
+        worker.nc = worker.js
+        task = asyncio.create_task(worker._publish_requests())
+        audio = np.zeros(24_000, np.float32)  # 1.5 s: three reach 4 s owed, the engine holds the stream back
+        lanes = []
+
+        async def final(stream: str, segment: int) -> str:
+            worker.submit(audio, urgent=True, stream=stream, segment=segment, end_sample=len(audio))
+            await asyncio.sleep(0.02)
+            subject, data = worker.js.messages[-1]
+            lanes.append(subject.split(".")[3])
+            return WireRequest.decode(data).id
+
+        await final("file", 0)
+        held = [await final("ws", segment) for segment in range(3)]
+        for request_id in held:  # all answered: nothing owed, the engine lets the stream go
+            worker._resolve(encode_failure(request_id, "bad_audio", "answered"))
+        await final("ws", 3)
+        await asyncio.sleep(0.35)
+        await final("ws", 4)
+        task.cancel()
+        return lanes
+
+    # the file: bulk at once; ws: live, live, bulk (3 s owed), bulk (just let go), live (HELD_MEMORY_S later)
+    assert asyncio.run(run()) == ["bulk", "live", "live", "bulk", "bulk", "live"]

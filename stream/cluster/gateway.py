@@ -34,10 +34,14 @@ INTERIM_TTL_S = 3.0
 RESULT_FETCH = 256
 LIVE_OWED_S = 2.0
 AHEAD_S = 1.0
-"""A final goes to the bulk lane when its stream has a backlog: its audio has run more than ``AHEAD_S`` ahead
-of the wall clock (a file read fast, a client catching up; see :meth:`RemoteWorker._ahead_s`), or it has
+HELD_MEMORY_S = 5.0
+"""A final goes to the bulk lane when its stream has a backlog, that is audio waiting at its source: the
+source is read as fast as possible (a file with ``--fast``), or the engine held it back (its unanswered
+finals reached ``max_pending_s``) within the last ``HELD_MEMORY_S``, or its audio has run more than
+``AHEAD_S`` ahead of the wall clock (a client catching up; see :meth:`RemoteWorker._ahead_s`), or it has
 ``LIVE_OWED_S`` of audio in finals still unanswered; otherwise to the live lane. Workers keep room for live
-finals, so a real-time stream's final does not queue behind another stream's backlog."""
+finals, so a real-time stream's final does not queue behind another stream's backlog, nor behind an
+overload of streams that each advance slower than real time only because the model cannot keep up."""
 CHUNK_MAX_SAMPLES = 4 * 16_000
 """Audio chunks hold at most 4 s (256 kB of float32; NATS refuses messages over its max_payload, 1 MB by default)."""
 
@@ -59,9 +63,11 @@ class RemoteWorker:
     ``abandon`` as :class:`serlive.stream.worker.InferenceWorker`."""
 
     def __init__(self, options: dict, names: Names, gateway: str, prediction_type, sink: ClusterSink,
-                 hello=None) -> None:
+                 hello=None, max_pending_s: float = 4.0, unpaced=lambda stream: False) -> None:
         self.options, self.names, self.gateway = options, names, gateway
         self.prediction_type, self.sink, self.hello = prediction_type, sink, hello
+        self.max_owed = int(max_pending_s * 16_000)  # the engine holds a stream back from here (its max_pending_s)
+        self.unpaced = unpaced  # stream -> its source is read as fast as possible
         self.compute_s = self.audio_s = 0.0
         self.batches = self.items = 0
         self.concurrent = True
@@ -69,6 +75,7 @@ class RemoteWorker:
         self.bytes_out = 0  # audio and request bytes published
         self.bytes_whole = 0  # what sending each request's whole audio would have published
         self.requests = 0
+        self.lanes = {"live": 0, "bulk": 0}  # finals sent to each lane
         self.garbage = self.duplicates = 0
         self._waiting: dict[str, tuple[asyncio.Future, float]] = {}
         self._segments: dict[tuple[str, int], _Segment] = {}
@@ -76,6 +83,7 @@ class RemoteWorker:
         self._interims: dict[str, str] = {}  # stream -> id of its interim still waiting
         self._owed: dict[str, int] = {}  # stream -> samples of its finals not answered yet
         self._pace: dict[str, tuple[float, int]] = {}  # stream -> (loop time, end sample) it was last not ahead
+        self._held: dict[str, float | None] = {}  # stream -> loop time the engine let it go (None: held now)
         self._anonymous = itertools.count(1)
         self._outbox: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
@@ -138,8 +146,11 @@ class RemoteWorker:
         lane = "live"
         if final:
             owed = self._owed.get(key[0], 0)
-            lane = "bulk" if ahead_s > AHEAD_S or owed >= LIVE_OWED_S * 16_000 else "live"
+            lane = "bulk" if self._backlog(key[0], ahead_s, owed, loop.time()) else "live"
             self._owed[key[0]] = owed + n
+            if owed + n >= self.max_owed:
+                self._held[key[0]] = None  # the engine stops reading the source until answers come
+            self.lanes[lane] += 1
         self._waiting[request_id] = (future, key[0] if final else None, n)
         self.audio_s += len(new) / 16_000
         self.bytes_whole += 4 * n
@@ -149,6 +160,13 @@ class RemoteWorker:
             self._interims[key[0]] = request_id
             loop.call_later(INTERIM_TTL_S, self._expire, request_id)
         return future
+
+    def _backlog(self, stream: str, ahead_s: float, owed_samples: int, now_s: float) -> bool:
+        """Whether ``stream`` has audio waiting at its source (see :data:`HELD_MEMORY_S`): its final goes to the
+        bulk lane."""
+        released_s = self._held.get(stream, -HELD_MEMORY_S)
+        return (self.unpaced(stream) or released_s is None or now_s - released_s < HELD_MEMORY_S
+                or ahead_s > AHEAD_S or owed_samples >= LIVE_OWED_S * 16_000)
 
     def _ahead_s(self, stream: str, end_sample: int, now_s: float) -> float:
         """How far the stream's audio has run ahead of the wall clock since it was last at or behind it (a
@@ -165,6 +183,7 @@ class RemoteWorker:
             del self._segments[key]
         self._interims.pop(stream, None)
         self._pace.pop(stream, None)
+        self._held.pop(stream, None)
 
     def _answered(self, request_id: str):
         """The waiting future of ``request_id`` (None if it is not waited for), no longer owed."""
@@ -174,6 +193,8 @@ class RemoteWorker:
         future, stream, samples = waiting
         if stream is not None:
             self._owed[stream] = self._owed.get(stream, 0) - samples
+            if self._owed[stream] < self.max_owed and stream in self._held and self._held[stream] is None:
+                self._held[stream] = asyncio.get_running_loop().time()  # let go: still a backlog for a while
             if self._owed[stream] <= 0:
                 del self._owed[stream]
         return future
@@ -250,6 +271,7 @@ class RemoteWorker:
         """Give up every request still waiting (their futures are cancelled)."""
         waiting, self._waiting = self._waiting, {}
         self._owed.clear()
+        self._held.clear()
         for future, _, _ in waiting.values():
             future.cancel()
         return len(waiting)
@@ -288,7 +310,15 @@ def attach_gateway(engine, checked: tuple[dict, Names, str]) -> RemoteWorker:
 
     options, names, gateway = checked
     sink = ClusterSink(names, gateway)
-    worker = RemoteWorker(options, names, gateway, Prediction, sink, hello=engine.hello)
+    worker = RemoteWorker(options, names, gateway, Prediction, sink, hello=engine.hello,
+                          max_pending_s=engine.config.inference.max_pending_s, unpaced=lambda s: _unpaced(engine, s))
     engine.worker = worker
     engine.add_sink(sink)
     return worker
+
+
+def _unpaced(engine, stream: str) -> bool:
+    """Whether ``engine`` reads ``stream``'s source as fast as it can (a file or array without real-time
+    pacing). Other sources (a microphone, stdin, a WebSocket client) are judged by how they behave."""
+    entry = engine._streams.get(stream)  # (the engine has no public view of a stream's source)
+    return entry is not None and getattr(entry.source, "realtime", True) is False

@@ -63,7 +63,7 @@ class Names:
 
     def final_subject(self, gateway: str, lane: str = "live") -> str:
         """``lane``: "live" for a stream keeping up with real time, "bulk" for one with a backlog (see
-        :data:`serlive.stream.cluster.gateway.LIVE_OWED_S`): workers keep room for live finals."""
+        :data:`serlive.stream.cluster.gateway.HELD_MEMORY_S`): workers keep room for live finals."""
         return f"{self.prefix}.req.final.{lane}.{gateway}"
 
     @property
