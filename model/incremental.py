@@ -13,9 +13,10 @@ recomputed exactly, each interim, from the stored power: the *running front end*
 with the current values; frames already through it keep the values they had. When the current values have
 drifted more than ``tolerance`` (relative) from those of the frames already committed, the LSTM is rerun over
 the whole segment with the current values (a *rebuild*): with ``tolerance`` 0 every interim equals the
-whole-segment prediction (to float rounding), with ``inf`` none rebuilds. A segment's final finishes its state
-the same way with its own, tighter tolerance (:data:`FINAL_TOLERANCE`): it runs only the frames since the last
-interim unless the front end has drifted further than that, and then reruns the segment as the whole path does.
+whole-segment prediction (to float rounding), with ``inf`` none rebuilds. The worker's finals do not use this
+path: they recompute the segment exactly as training did. Finishing the state instead (with a tighter tolerance,
+:data:`FINAL_TOLERANCE`) was measured and costs more than it saves (stream/BENCHMARKS.md): a final's front end has
+drifted from its segment's first interims (its gain most of all), so most finals would rerun anyway.
 
 The last one or two 10 ms frames of a prefix reach past its end (centred STFT, zero padding): they are run from
 a copy of the state and not committed, so the committed state is exactly what the longer segment will have.
@@ -36,17 +37,19 @@ from .pitch import WINDOW_SAMPLES as PITCH_WINDOW_SAMPLES, track
 from .spectral import N_MELS as N_SPECTRAL_MELS, SpectralStats
 from .voice import PULSE_SUMS, pulse_sums
 
-DEFAULT_TOLERANCE = 0.25
-"""The running front end's drift (relative) past which an interim reruns its segment's LSTM. Measured on 180
-RAVDESS files of actors 10, 15 and 20 and the demo file (stream/BENCHMARKS.md): 99.4 % of interims keep the
-whole-segment label (p99 probability difference 0.08) for 53 % of the LSTM frames; never rebuilding (``inf``)
-keeps 97.4 % (p99 0.22) for 39 %."""
+DEFAULT_TOLERANCE = 1.0
+"""The running front end's drift (relative) past which an interim reruns its segment's LSTM: only a gain that
+has doubled or halved since the segment's first interim (a whisper, then a shout). Measured on 180 RAVDESS files
+of actors 10, 15 and 20 and the demo file (stream/BENCHMARKS.md): 97.6 % of interims keep the whole-segment
+interim's label (p99 probability difference 0.22) for 40 % of its LSTM frames, with 0.4 % rebuilding; 0.25 kept
+99.4 % for 53 % of the frames, but a rebuild reruns the whole segment, and rebuilding each time the gain moves by
+a quarter rebuilds a growing segment over and over: in the benchmark's 32 streams it ran 2.6x the frames of
+the segments' finals, never rebuilding 0.9x, and interims are provisional (their final recomputes)."""
 
 FINAL_TOLERANCE = 0.1
-"""The drift past which a segment's final reruns its LSTM instead of finishing the state its interims left.
-Measured like :data:`DEFAULT_TOLERANCE` (stream/BENCHMARKS.md, "Finals from the state"): at 0.1, 99.5 % of 189
-finals keep the whole-segment label (max probability difference 0.116), 51 % rerun, and the finals run 0.54x the
-whole path's LSTM frames; at 0.25 98.4 % keep it (the issue asks 99 %), at 0.05 99.5 % for 0.69x."""
+"""What a final finishing its segment's state would allow (``ser-live bench --agreement --final-tolerance``
+measures it; the worker's finals recompute): at 0.1, 99.5 % of 189 finals keep the whole-segment label, but
+77 % of them rerun the segment anyway."""
 
 _EDGE = N_FFT
 """Samples before the commit point that a later request must repeat (what the next STFT frames overlap)."""

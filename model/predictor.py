@@ -83,7 +83,7 @@ class Predictor:
         self.device, self.dtype = device, dtype
         self.use_knn = use_knn and datastore is not None and self.config.knn.alpha > 0
         self.tolerance = DEFAULT_TOLERANCE  # front-end drift before an interim reruns its segment (incremental)
-        self.final_tolerance = FINAL_TOLERANCE  # the same for a final finishing its segment's state
+        self.final_tolerance = FINAL_TOLERANCE  # the same for a final finishing its state (measured only)
 
     @classmethod
     def from_dir(cls, directory: str | Path, device: torch.device = torch.device("cpu"),
@@ -131,7 +131,8 @@ class Predictor:
         it prepares and masks on its worker thread and must not pay for either twice). ``states``: per
         item, None (the whole-segment path) or the :class:`EncoderState` of a growing segment, whose waveforms
         are its audio from its start so far (:meth:`incremental` says whether the model can); ``finals``: per
-        item, whether it is its segment's final (it finishes the state within :attr:`final_tolerance`)."""
+        item, whether it finishes its segment's state as a final would, within :attr:`final_tolerance` (what
+        ``ser-live bench --agreement`` measures; the worker's finals recompute their segment instead)."""
         if not waves:
             return []
         for w, m in zip(waves, masks, strict=True):

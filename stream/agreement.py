@@ -3,8 +3,9 @@
 Each file runs through a stream's own pipeline (VAD, segmenter, the interim schedule), as fast as possible. Every
 interim it asks for is predicted twice: by the whole-segment path (the encoder over the whole open segment, as
 before incremental interims) and by the incremental one (encoder state carried over from the segment's previous
-interim, :mod:`serlive.model.incremental`), for each ``--tolerance``; finals drop the state, as the worker does (the last column: what a final
-that finished its segment's state, instead of recomputing the segment, would have given).
+interim, :mod:`serlive.model.incremental`), for each ``--tolerance``; finals drop the state, as the worker does (the
+last column: what a final that finished its segment's state within each ``--final-tolerance``, instead of
+recomputing the segment, would have given).
 Printed: interims compared, how often their labels agree, the largest and 99th-percentile probability
 difference, how many interims reran their segment's LSTM (rebuilds), LSTM frames run against the whole path's,
 and the CPU time of both paths in the same run (process time: what a neighbour's load inflates least).
@@ -45,7 +46,8 @@ def requests_of(audio: np.ndarray, labels: tuple[str, ...], config: EngineConfig
 def compare(predictor, requests: list[InferenceRequest], tolerance: float, totals: dict,
             final_tolerances: tuple[float, ...] = ()) -> None:
     """Both paths for every interim of ``requests``, and for every final that finds its segment's state, one
-    finish of a copy of that state per ``final_tolerances``; adds to ``totals``."""
+    finish of a copy of that state per ``final_tolerances`` (what finishing instead of recomputing would give);
+    adds to ``totals``."""
     import copy
 
     from serlive.model.incremental import EncoderState
@@ -55,7 +57,7 @@ def compare(predictor, requests: list[InferenceRequest], tolerance: float, total
     for r in requests:
         wave = predictor.prepare(r.audio)
         mask = predictor.mask(wave)
-        if r.final:  # the worker's final: it finishes its segment's state, within the final tolerance
+        if r.final:  # the worker recomputes a final's segment: what finishing the state instead would give
             state = states.pop(r.segment, None)
             if state is not None and final_tolerances:
                 whole = predictor.predict_prepared([wave], [mask])[0]
@@ -90,8 +92,8 @@ def compare(predictor, requests: list[InferenceRequest], tolerance: float, total
 
 def cost(predictor, streams: int, seconds: float, config: EngineConfig) -> dict:
     """CPU seconds of ``streams`` bench streams' interims and finals (the benchmark's synthetic speech, its
-    random start offsets), replayed in 0.5 s batches through the whole-segment and the incremental path (where
-    finals finish their segment's state)."""
+    random start offsets), replayed in 0.5 s batches through the whole-segment and the incremental path (finals
+    recompute their segment in both, as the worker does)."""
     from serlive.model.incremental import EncoderState
 
     from .bench import speechlike
@@ -109,10 +111,10 @@ def cost(predictor, streams: int, seconds: float, config: EngineConfig) -> dict:
         for (_, final), items in sorted(batches.items()):
             waves = [predictor.prepare(r.audio) for _, r in items]
             masks = [predictor.mask(w) for w in waves]
-            carry = None if mode == "whole" else [states.pop((s, r.segment), None) if final else
-                                                  states.setdefault((s, r.segment), EncoderState()) for s, r in items]
+            carry = None if final or mode == "whole" else [states.setdefault((s, r.segment), EncoderState())
+                                                            for s, r in items]
             t0 = time.process_time()
-            predictor.predict_prepared(waves, masks, carry, [final] * len(items))
+            predictor.predict_prepared(waves, masks, carry)
             cpu[final] += time.process_time() - t0
         out[mode] = (sum(len(v) for (_, f), v in batches.items() if not f), cpu[False], cpu[True])
     return out

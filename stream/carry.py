@@ -1,9 +1,8 @@
 """The encoder states the model owner keeps between a growing segment's interims, keyed by (stream, segment).
 
-A state lives from the segment's first interim until its final takes it (or the stream's end, or a newer
-segment of the stream, or eviction of the oldest past :data:`MAX_STATES`); a segment whose final was submitted
-gets no interim's state again, so a new segment never sees an old segment's state. A state is used by one
-forward pass at a time: a final whose state an interim's pass still holds takes the whole-segment path.
+A state lives from the segment's first interim to the submission of its final (or the stream's end, or a
+newer segment of the stream, or eviction of the oldest past :data:`MAX_STATES`); a segment whose final was
+submitted never gets one again, so a new segment never sees an old segment's state.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ class SegmentStates:
         self._lock = threading.Lock()
         self._states: dict[tuple[str, int], EncoderState] = {}  # oldest first
         self._closed: dict[str, int] = {}  # stream -> its last segment whose final was submitted
-        self._busy: set[int] = set()  # ids of the states a forward pass holds
 
     def __len__(self) -> int:
         return len(self._states)
@@ -38,55 +36,39 @@ class SegmentStates:
                 del self._states[key]
 
     def close(self, stream: str, segment: int) -> None:
-        """``segment``'s final is on its way: older segments' states go, its own waits for the final to take
-        it, and no interim of it gets one again."""
+        """``segment``'s final is on its way: its state (and any older one's) goes; none comes back."""
         with self._lock:
             self._closed[stream] = max(segment, self._closed.get(stream, segment))
-            for key in [k for k in self._states if k[0] == stream and k[1] < segment]:
+            for key in [k for k in self._states if k[0] == stream and k[1] <= segment]:
                 del self._states[key]
 
-    def release(self, states: list[EncoderState | None]) -> None:
-        """The forward pass that :meth:`claim` gave ``states`` to is over."""
-        with self._lock:
-            self._busy.difference_update(id(s) for s in states if s is not None)
-
     def claim(self, requests: list) -> list[EncoderState | None]:
-        """Each request's state, marked busy until :meth:`release`: an interim's (made at its segment's first
-        interim), a final's (taken: its segment's interims are over); None for requests without a segment,
-        interims of closed segments, one whose ``end_sample`` is not past the state's (out of order), a state
-        that another pass holds or that a request before it in ``requests`` took (``requests`` have ``stream``,
-        ``final``, ``segment`` and ``end_sample``)."""
+        """Each interim's state (made at the segment's first interim), None for the rest: finals, requests
+        without a segment, closed segments, one whose ``end_sample`` is not past the state's (out of order),
+        or a second request of the same segment in one batch (``requests`` have ``stream``, ``final``,
+        ``segment`` and ``end_sample``)."""
         out: list[EncoderState | None] = []
         with self._lock:
+            claimed: set[int] = set()
             for r in requests:
-                out.append(self._claim_one(r))
-                if out[-1] is not None:
-                    self._busy.add(id(out[-1]))
+                if r.final or r.segment is None or r.segment <= self._closed.get(r.stream, -1):
+                    out.append(None)
+                    continue
+                for old in [k for k in self._states if k[0] == r.stream and k[1] < r.segment]:
+                    del self._states[old]  # a stream grows one segment at a time: an older one is over
+                state = self._states.get((r.stream, r.segment))
+                if state is None:
+                    state = self._states[(r.stream, r.segment)] = EncoderState()
+                    while len(self._states) > self.max_states:
+                        del self._states[next(iter(self._states))]
+                if id(state) in claimed or (r.end_sample is not None and r.end_sample <= state.end_sample):
+                    out.append(None)
+                    continue
+                claimed.add(id(state))
+                if r.end_sample is not None:
+                    state.end_sample = r.end_sample
+                out.append(state)
         return out
-
-    def _claim_one(self, r) -> EncoderState | None:
-        if r.segment is None:
-            return None
-        key = (r.stream, r.segment)
-        if r.final:
-            state = self._states.get(key)
-            if state is None or id(state) in self._busy or (r.end_sample is not None and r.end_sample < state.end_sample):
-                return None
-            return self._states.pop(key)
-        if r.segment <= self._closed.get(r.stream, -1):
-            return None
-        for old in [k for k in self._states if k[0] == r.stream and k[1] < r.segment]:
-            del self._states[old]  # a stream grows one segment at a time: an older one is over
-        state = self._states.get(key)
-        if state is None:
-            state = self._states[key] = EncoderState()
-            while len(self._states) > self.max_states:
-                del self._states[next(iter(self._states))]
-        if id(state) in self._busy or (r.end_sample is not None and r.end_sample <= state.end_sample):
-            return None
-        if r.end_sample is not None:
-            state.end_sample = r.end_sample
-        return state
 
     def get(self, stream: str, segment: int) -> EncoderState | None:
         with self._lock:

@@ -11,8 +11,7 @@ small, and runs the groups in the fair queue's order.
 Finals come before interims of every stream (an interim waits only for the short pass already running); a
 stream's waiting interim is superseded by its next one (:class:`Superseded`). An interim naming its segment
 (``submit(..., segment=, end_sample=)``) carries the segment's encoder state over (:mod:`serlive.model.incremental`)
-and costs its new audio; the segment's final finishes that state (within the predictor's ``final_tolerance``,
-else it reruns the segment, as training did).
+and costs its new audio; the segment's final drops the state and recomputes the segment, as training did.
 """
 
 from __future__ import annotations
@@ -124,7 +123,7 @@ class InferenceWorker:
         :class:`Prediction`. Urgent requests (final predictions) come before every interim. With ``segment``
         (the segment's id in ``stream``, increasing) and ``end_sample`` (where ``audio`` ends on the
         stream's sample clock), an interim's ``audio`` is the segment's audio from its start so far and its
-        encoder state is carried over to the next interim; the final of ``segment`` finishes it. A queued
+        encoder state is carried over to the next interim; the final of ``segment`` drops it. A queued
         interim of ``stream`` is superseded by a newer one (its future fails with :class:`Superseded`)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -222,14 +221,12 @@ class InferenceWorker:
             return
         states = self.states.claim([r for r, _, _ in ready]) if self.predictor.incremental else None
         try:
-            preds = self.predictor.predict_prepared([w for _, w, _ in ready], [m for _, _, m in ready], states,
-                                                    [r.final for r, _, _ in ready])
+            preds = self.predictor.predict_prepared([w for _, w, _ in ready], [m for _, _, m in ready], states)
         except Exception as exc:  # noqa: BLE001 - isolate the culprit, or tell the one waiter
             for state in states or []:
-                if state is not None:  # it may be half updated: the segment's next request starts afresh
+                if state is not None:  # it may be half updated: the segment's next interim starts afresh
                     state.reset()
                     state.end_sample = -1
-            self.states.release(states or [])
             if len(ready) > 1:
                 for r, _, _ in ready:
                     self._run([r])
@@ -238,7 +235,6 @@ class InferenceWorker:
             log.debug("forward pass failed", exc_info=True)
             ready[0][0].loop.call_soon_threadsafe(_resolve, ready[0][0].future, None, exc)
             return
-        self.states.release(states or [])
         with self._stats_lock:
             self.compute_s += time.perf_counter() - t0
             self.audio_s += sum(len(w) for _, w, _ in ready) / SAMPLE_RATE_HZ

@@ -97,7 +97,8 @@ def test_a_segment_that_stops_growing_is_predicted_as_the_whole_segment(predicto
 
 
 @pytest.mark.parametrize("tolerance, same_at_least, diff_at_most, frames_below", [
-    (DEFAULT_TOLERANCE, 0.99, 0.10, 0.7),  # measured on the 26 fixture files: 100 %, 0.055, 0.60
+    (0.25, 0.99, 0.10, 0.7),  # measured on the 26 fixture files: 100 %, 0.055, 0.60
+    (DEFAULT_TOLERANCE, 0.97, 0.15, 0.5),  # 99.0 %, 0.114, 0.41: no fixture segment's gain doubles
     (float("inf"), 0.97, 0.15, 0.5),  # never rebuild: 99.1 %, 0.114, 0.41
 ])
 def test_the_running_front_end_stays_within_its_documented_tolerance(predictor, tolerance, same_at_least,
@@ -113,9 +114,9 @@ def test_the_running_front_end_stays_within_its_documented_tolerance(predictor, 
 
 @pytest.mark.parametrize("final_tolerance, same_at_least, diff_at_most, frames_below", [
     (0.0, 1.0, 1e-5, 1.01),  # any drift reruns the segment: the whole-segment final
-    (FINAL_TOLERANCE, 0.99, 0.12, 0.7),  # measured on the 26 fixture files: 100 %, 0.004, 0.51
+    (FINAL_TOLERANCE, 0.99, 0.12, 0.9),  # the 26 fixture files: 100 %, 0.83 of the frames (most rerun anyway)
 ])
-def test_a_final_finishes_its_segments_state_within_its_tolerance(predictor, final_tolerance, same_at_least,
+def test_a_final_finishing_its_segments_state_stays_within_its_tolerance(predictor, final_tolerance, same_at_least,
                                                                   diff_at_most, frames_below):
     predictor.tolerance, predictor.final_tolerance = DEFAULT_TOLERANCE, final_tolerance
     try:
@@ -124,7 +125,6 @@ def test_a_final_finishes_its_segments_state_within_its_tolerance(predictor, fin
         predictor.final_tolerance = FINAL_TOLERANCE
     same = np.mean([w.label == g.label for w, g in pairs])
     diffs = [max(abs(a - b) for a, b in zip(w.probs, g.probs)) for w, g in pairs]
-    print(f"finals {len(pairs)} same {same:.3f} max diff {max(diffs):.4f} frames {run / whole_frames:.2f}")
     assert len(pairs) >= 20 and same >= same_at_least and max(diffs) <= diff_at_most
     assert run < frames_below * whole_frames
     if final_tolerance > 0:
@@ -144,12 +144,8 @@ def test_the_worker_keeps_a_segments_state_until_its_final_and_a_new_segment_sta
         ran = state.frames_run
         await worker.submit(audio[:32000], urgent=False, stream="s", segment=0, end_sample=32000)
         assert worker.states.get("s", 0) is state and state.frames_run - ran < 60  # only the new 0.5 s
-        ran = state.frames_run
-        final = await worker.submit(audio[:40000], urgent=True, stream="s", segment=0, end_sample=40000)
-        assert len(worker.states) == 0 and state.frames_run - ran < 60  # the final took it, ran its new 0.5 s
-        wave = predictor.prepare(audio[:40000])
-        whole = predictor.predict_prepared([wave], [predictor.mask(wave)])[0]
-        assert final.label == whole.label and np.allclose(final.probs, whole.probs, atol=0.12)
+        await worker.submit(audio[:32000], urgent=True, stream="s", segment=0, end_sample=32000)
+        assert len(worker.states) == 0  # the final dropped it
         late = await worker.submit(audio[:36000], urgent=False, stream="s", segment=0, end_sample=36000)
         assert len(worker.states) == 0 and late.frames > 0  # a closed segment's late interim: whole path
         first = await worker.submit(audio[:16000], urgent=False, stream="s", segment=1, end_sample=52000)
@@ -199,11 +195,11 @@ class HeldInterims:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def predict_prepared(self, waves, masks, states=None, finals=None):
+    def predict_prepared(self, waves, masks, states=None):
         if len(waves[0]) == 16000:
             self.inside.set()
             self.release.wait(30)
-        return self.inner.predict_prepared(waves, masks, states, finals)
+        return self.inner.predict_prepared(waves, masks, states)
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
@@ -289,22 +285,3 @@ def test_a_full_length_segments_state_is_about_what_the_worker_bound_assumes(pre
     predictor.predict_prepared([wave], [predictor.mask(wave)], [state])
     assert 1.0e6 < state.nbytes < 1.6e6
 
-
-def test_a_final_takes_its_segments_state_unless_a_pass_holds_it():
-    from types import SimpleNamespace as Req
-
-    from serlive.stream.carry import SegmentStates
-
-    states = SegmentStates()
-    interim = Req(stream="s", final=False, segment=0, end_sample=8000)
-    final = Req(stream="s", final=True, segment=0, end_sample=16000)
-    [held] = states.claim([interim])
-    states.close("s", 0)  # the final was submitted while the interim's pass runs
-    assert states.claim([final]) == [None]  # held: the final takes the whole-segment path
-    states.release([held])
-    assert states.claim([final]) == [held] and len(states) == 0  # taken: no later request finds it
-    assert states.claim([Req(stream="s", final=False, segment=0, end_sample=24000)]) == [None]  # closed
-    [a] = states.claim([Req(stream="s", final=False, segment=1, end_sample=32000)])
-    states.release([a])
-    states.close("s", 2)  # a newer segment's final: the older state goes
-    assert len(states) == 0
