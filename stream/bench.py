@@ -8,7 +8,9 @@ time with a random start offset, and prints one markdown table. Latency "e2e" is
 the last speech sample to the final prediction (it includes the ``--end-silence-ms`` wait that closes a
 segment); "close->final" is the model's share (queueing, batching and the forward pass). RTF is model
 compute seconds per second of stream audio (interims included); "load" is compute seconds per wall
-second, so a load near 1 (one model thread) means the engine can no longer keep up.
+second, so a load near 1 (one model thread) means the engine can no longer keep up. "interims shown" counts
+the interim predictions that reached the sinks per second of each stream's audio (at most 2 with interims every
+500 ms and speech all the time): under load the engine spaces them out before finals slow down.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def naive_baseline(predictor, audio: np.ndarray, config: SegmenterConfig) -> dic
             e2e.add((t2 - (t0 + segment.end_sample / SAMPLE_RATE_HZ)) * 1000)
             after_close.add((t2 - max(t1, t0 + chunk.end_sample / SAMPLE_RATE_HZ)) * 1000)
     return {"finals": len(e2e), "compute_s": compute, "wall_s": time.perf_counter() - t0,
-            "e2e": e2e, "close": after_close, "batch": 1.0, "skipped": 0}
+            "e2e": e2e, "close": after_close, "batch": 1.0, "skipped": 0, "interims": 0}
 
 
 async def _engine_run(predictor, audio: np.ndarray, streams: int, config: EngineConfig) -> dict:
@@ -123,7 +125,8 @@ async def _engine_run(predictor, audio: np.ndarray, streams: int, config: Engine
     worker = engine.worker
     return {"finals": len(engine.latency), "compute_s": worker.compute_s, "audio_s": worker.audio_s,
             "wall_s": time.perf_counter() - t0, "e2e": engine.latency, "close": engine.close_latency,
-            "batch": worker.items / max(worker.batches, 1), "skipped": engine.skipped_interims}
+            "batch": worker.items / max(worker.batches, 1), "skipped": engine.skipped_interims,
+            "interims": engine.interims_served}
 
 
 def _row(name: str, mode: str, streams: int, islands: int, r: dict, audio_s: float) -> str:
@@ -131,7 +134,8 @@ def _row(name: str, mode: str, streams: int, islands: int, r: dict, audio_s: flo
     pct = lambda w, q: "-" if w.percentile(q) is None else f"{w.percentile(q):.0f}"  # noqa: E731
     return (f"| {name} | {mode} | {streams} | {r['finals']}/{islands * streams} | {rtf:.3f} | "
             f"{r['compute_s'] / r['wall_s']:.2f} | {r['batch']:.1f} | {pct(r['e2e'], 50)} | {pct(r['e2e'], 95)} | "
-            f"{pct(r['close'], 50)} | {pct(r['close'], 95)} | {r['skipped']} |")
+            f"{pct(r['close'], 50)} | {pct(r['close'], 95)} | {r['skipped']} | "
+            f"{r['interims'] / (streams * audio_s):.2f} |")
 
 
 def _predictors(args, device, dtype):
@@ -176,8 +180,8 @@ def run_bench(args: argparse.Namespace) -> int:
           f"max_batch={args.max_batch} max_wait={args.max_wait_ms:g} ms interim={args.interim_ms} ms "
           f"end_silence={seg_config.end_silence_ms} ms")
     print("| model | mode | streams | finals | RTF | load | mean batch | e2e p50 ms | e2e p95 ms "
-          "| close->final p50 ms | close->final p95 ms | skipped interims |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| close->final p50 ms | close->final p95 ms | skipped interims | interims shown per stream-s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, predictor, stream_counts in _predictors(args, device, dtype):
         predictor.predict_batch([audio[:SAMPLE_RATE_HZ]])  # warm-up
         base = naive_baseline(predictor, audio, seg_config)

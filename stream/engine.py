@@ -30,6 +30,12 @@ MAX_INTERIM_SCALE = 8
 """Under load a stream's interims come at most this many times further apart than ``interim_ms``: each one
 superseded in the queue doubles its spacing, each one served halves it again."""
 
+FINAL_TARGET_MS = 100.0
+"""Finals first: a final that took longer than this from its segment's close doubles every stream's interim
+spacing (the engine's *pressure*, up to :data:`MAX_INTERIM_SCALE`), one back under half of it halves it again;
+the interims' compute goes to the finals before the finals queue up (a stream's own superseded interims space
+out that stream alone)."""
+
 
 @dataclass(eq=False)
 class _Stream:
@@ -65,6 +71,8 @@ class Engine(Draining):
         self.ready = asyncio.Event()
         self.ws = None
         self.skipped_interims = 0
+        self.interims_served = 0
+        self.pressure = 1  # every stream's interims at least this many times further apart (FINAL_TARGET_MS)
         self._sinks: list = []
         self._initial = list(sources)
         self._streams: dict[str, _Stream] = {}
@@ -134,6 +142,7 @@ class Engine(Draining):
             name, n = f"{source.name}#{n}", n + 1
         source.name = name
         pipeline = StreamPipeline(name, self.predictor.labels, self.config)
+        pipeline.pressure = self.pressure
         stream = _Stream(source, pipeline, remote)
         stream.adapter = self.predictor.new_adapter() if self.config.adapt else None
         self._streams[name] = stream
@@ -239,15 +248,30 @@ class Engine(Draining):
             uncertain=pred.uncertain, ood=pred.ood, adapted=pred.adapted,
         )
         self.emit(event)
+        if not req.final:
+            self.interims_served += 1
         if req.final:
             stream.finalized = req.segment
             self.latency.add(latency_ms)
             self.close_latency.add((now - req.decided_s) * 1000)
+            self._press((now - req.decided_s) * 1000)
             for state in stream.pipeline.apply_final(event, req.segment):
                 self.emit(state)
             if stream.adapter is not None and raw.speech_frames > 0 and not raw.far:  # a voice, sure or not
                 stream.adapter.update(raw.embedding)  # later segments only: never its own prediction
                 stream.adapted_until = req.end_sample
+
+    def _press(self, close_ms: float) -> None:
+        """Every stream's interims further apart when a final was slow, closer again when one was fast."""
+        pressure = self.pressure
+        if close_ms > FINAL_TARGET_MS:
+            pressure = min(2 * pressure, MAX_INTERIM_SCALE)
+        elif close_ms < FINAL_TARGET_MS / 2:
+            pressure = max(1, pressure // 2)
+        if pressure != self.pressure:
+            self.pressure = pressure
+            for stream in self._streams.values():
+                stream.pipeline.pressure = pressure
 
     def _adapt(self, stream: _Stream, req: InferenceRequest, pred):
         """``pred`` shifted by the stream's earlier finals (per-speaker adaptation), forgotten when the

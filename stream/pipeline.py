@@ -53,7 +53,8 @@ class StreamPipeline:
         self.segmenter = Segmenter(seg)
         self.state = RollingState(name, labels, config.state)
         self._interim = config.inference.interim_ms * SAMPLE_RATE_HZ // 1000
-        self.interim_scale = 1  # the engine spaces interims further apart under load (1: as configured)
+        self.interim_scale = 1  # the engine spaces this stream's interims further apart when they are superseded
+        self.pressure = 1  # ... and every stream's when finals are slow (engine.FINAL_TARGET_MS); 1: as configured
         self._min_speech = seg.min_speech_ms * SAMPLE_RATE_HZ // 1000
         self._level_every = config.level_interval_ms * SAMPLE_RATE_HZ // 1000
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
@@ -137,7 +138,7 @@ class StreamPipeline:
         opened = self.segmenter.open_segment
         if opened is None or not self._interim or position < self._next_interim:
             return []
-        period = self._interim * self.interim_scale
+        period = self._interim * max(self.interim_scale, self.pressure)
         self._next_interim += period * max(1, (position - self._next_interim) // period + 1)
         if position - opened.start_sample < self._min_speech:
             return []
