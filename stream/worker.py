@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 PAD_RATIO = 0.6
 """A batch holds only requests at least this fraction of its longest one (bounds padding waste)."""
 
+PASS_AUDIO_S = 30.0
+"""A forward pass holds at most this much padded audio (its longest request times its count): the pass's
+tensors grow with it (32 finals of 7.5 s made 74 MB of 10 ms LSTM outputs alone, and the server's RSS jumped by
+30 MB as a flooding client's first batches ran), while a CPU pass costs the same per second of audio beyond a
+few items."""
+
 MODEL_LANES = 2
 """Threads of the model owner (:class:`InferenceWorker`): one for finals, one for whatever waits."""
 
@@ -245,10 +251,13 @@ class InferenceWorker:
 
 
 def group_by_length(batch: list[QueuedRequest], max_batch: int) -> list[list[QueuedRequest]]:
-    """Longest first, each group holding requests at least :data:`PAD_RATIO` of its first one's length."""
+    """Longest first, each group holding requests at least :data:`PAD_RATIO` of its first one's length, and at
+    most :data:`PASS_AUDIO_S` of padded audio (a longer request goes alone)."""
     groups: list[list[QueuedRequest]] = []
+    budget = PASS_AUDIO_S * SAMPLE_RATE_HZ
     for r in sorted(batch, key=lambda r: -len(r.audio)):
-        if groups and len(groups[-1]) < max_batch and len(r.audio) >= PAD_RATIO * len(groups[-1][0].audio):
+        if (groups and len(groups[-1]) < max_batch and len(r.audio) >= PAD_RATIO * len(groups[-1][0].audio)
+                and (len(groups[-1]) + 1) * len(groups[-1][0].audio) <= budget):
             groups[-1].append(r)
         else:
             groups.append([r])
