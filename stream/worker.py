@@ -37,10 +37,9 @@ PAD_RATIO = 0.6
 """A batch holds only requests at least this fraction of its longest one (bounds padding waste)."""
 
 PASS_AUDIO_S = 30.0
-"""A forward pass holds at most this much padded audio (its longest request times its count): the pass's
-tensors grow with it (32 finals of 7.5 s made 74 MB of 10 ms LSTM outputs alone, and the server's RSS jumped by
-30 MB as a flooding client's first batches ran), while a CPU pass costs the same per second of audio beyond a
-few items."""
+"""A forward pass holds at most this much padded audio (its longest request times its count): its tensors grow
+with it (32 finals of 7.5 s would make 74 MB of 10 ms LSTM outputs alone), while a CPU pass costs about the same
+per second of audio beyond a few items."""
 
 MODEL_LANES = 2
 """Threads of the model owner (:class:`InferenceWorker`): one for finals, one for whatever waits."""

@@ -198,3 +198,15 @@ def test_bench_fairness_run_and_soak_report_real_figures(predictor, tmp_path, ca
     assert len(figures) >= 3 and all(f[1] > 0 and f[2] > 10 and f[3] > 10 and f[4] > 0 and f[5] >= 1 for f in figures)
     assert figures[-1][7] == 1  # every remote stream ended; only the local one is left
     assert sum(figures[-1][9:11]) >= 1  # clients came and went
+
+
+def test_a_forward_pass_holds_at_most_its_audio_budget():
+    from types import SimpleNamespace
+
+    from serlive.stream.worker import PASS_AUDIO_S, group_by_length
+
+    long = [SimpleNamespace(audio=np.zeros(int(7.5 * 16_000), np.float32)) for _ in range(10)]
+    short = [SimpleNamespace(audio=np.zeros(16_000, np.float32)) for _ in range(10)]
+    groups = group_by_length(long + short, max_batch=32)
+    assert [len(g) for g in groups] == [4, 4, 2, 10]  # 4 x 7.5 s = 30 s; the 1 s ones go together
+    assert all(len(g) * len(g[0].audio) <= PASS_AUDIO_S * 16_000 for g in groups)
