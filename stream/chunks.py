@@ -8,6 +8,7 @@ size into exact frames.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,12 +167,20 @@ def float_to_s16(samples: np.ndarray) -> np.ndarray:
 
 
 def quantise(samples: np.ndarray) -> np.ndarray:
-    """``(n,)`` float32 -> the same on the int16 grid (what s16le carries). Non-finite samples are kept as
+    """``(n,)`` float32 -> the same on the int16 grid (what s16le carries): :func:`float_to_s16`'s rule, back in
+    float32, computed in place (it runs on every 20 ms block of every stream). Non-finite samples are kept as
     they are: the model refuses their segment with ``bad_audio`` rather than hearing silence."""
-    out = float_to_s16(samples).astype(np.float32) / PCM16_FULL_SCALE
-    bad = ~np.isfinite(samples)
-    if bad.any():
-        out[bad] = samples[bad]
+    x = np.asarray(samples, dtype=np.float32)
+    if not np.isfinite(x).all():
+        out = float_to_s16(x).astype(np.float32) / PCM16_FULL_SCALE
+        bad = ~np.isfinite(x)
+        out[bad] = x[bad]
+        return out
+    out = np.multiply(x, np.float32(PCM16_FULL_SCALE))
+    np.rint(out, out=out)  # ties to even, as float_to_s16's np.round
+    np.minimum(out, np.float32(32767.0), out=out)
+    np.maximum(out, np.float32(-32768.0), out=out)
+    out /= np.float32(PCM16_FULL_SCALE)
     return out
 
 
@@ -182,10 +191,13 @@ def pcm16_to_float(data: bytes) -> np.ndarray:
 
 
 def dbfs(samples: np.ndarray) -> float:
-    """RMS level in dB relative to full scale, floored at -100."""
+    """RMS level in dB relative to full scale, floored at -100 (one dot product: it runs on every level window
+    of every stream)."""
     if not len(samples):
         return -100.0
-    if not np.isfinite(samples).all():  # NaN/inf input: the model refuses it; the meter shows full scale
-        samples = np.nan_to_num(samples, nan=1.0, posinf=1.0, neginf=-1.0)
-    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
-    return max(-100.0, 20.0 * np.log10(rms + 1e-10))
+    x = np.asarray(samples, dtype=np.float64)
+    mean_square = float(x.dot(x)) / len(x)
+    if not math.isfinite(mean_square):  # NaN/inf input: the model refuses it; the meter shows full scale
+        x = np.nan_to_num(x, nan=1.0, posinf=1.0, neginf=-1.0)
+        mean_square = float(x.dot(x)) / len(x)
+    return max(-100.0, 20.0 * math.log10(math.sqrt(mean_square) + 1e-10))
