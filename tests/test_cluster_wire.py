@@ -194,9 +194,9 @@ def test_a_stream_with_audio_waiting_at_its_source_sends_its_finals_to_the_bulk_
         names = Names()
         worker = RemoteWorker({}, names, "g", Prediction, ClusterSink(names, "g"), max_pending_s=4.0,
                               unpaced=lambda stream: stream == "file")
-        worker._outbox, worker.js = asyncio.Queue(), FakeBroker()
+        worker._outbox, worker._unpaced_outbox, worker.js = asyncio.Queue(), asyncio.Queue(), FakeBroker()
         worker.nc = worker.js
-        task = asyncio.create_task(worker._publish_requests())
+        tasks = [asyncio.create_task(worker._publish_requests(q)) for q in (worker._outbox, worker._unpaced_outbox)]
         audio = np.zeros(24_000, np.float32)  # 1.5 s: three reach 4 s owed, the engine holds the stream back
         lanes = []
 
@@ -214,8 +214,55 @@ def test_a_stream_with_audio_waiting_at_its_source_sends_its_finals_to_the_bulk_
         await final("ws", 3)
         await asyncio.sleep(0.35)
         await final("ws", 4)
-        task.cancel()
+        for task in tasks:
+            task.cancel()
         return lanes
 
     # the file: bulk at once; ws: live, live, bulk (3 s owed), bulk (just let go), live (HELD_MEMORY_S later)
     assert asyncio.run(run()) == ["bulk", "live", "live", "bulk", "bulk", "live"]
+
+
+def test_a_paced_streams_requests_do_not_wait_behind_a_fast_streams():
+    async def run():
+        names = Names()
+        worker = RemoteWorker({}, names, "g", Prediction, ClusterSink(names, "g"), unpaced=lambda s: s == "file")
+        worker._outbox, worker._unpaced_outbox, worker.js = asyncio.Queue(), asyncio.Queue(), FakeBroker()
+        worker.nc = worker.js
+        audio = np.zeros(24_000, np.float32)
+        for segment in range(50):  # a file read fast: 50 finals queued first
+            worker.submit(audio, urgent=True, stream="file", segment=segment, end_sample=len(audio))
+        worker.submit(audio, urgent=True, stream="mic", segment=0, end_sample=len(audio))
+        task = asyncio.create_task(worker._publish_requests())  # the paced streams' publisher alone
+        await asyncio.sleep(0.05)
+        task.cancel()
+        return [s for s, _ in worker.js.messages], worker._unpaced_outbox.qsize()
+
+    subjects, still_queued = asyncio.run(run())
+    assert subjects == ["serlive.req.final.live.g"] and still_queued == 50
+
+
+def test_a_real_time_stream_catching_up_after_a_lag_is_not_ahead_of_its_clock(monkeypatch):
+    """Its clock starts when the stream starts: audio that arrives late and then all at once (this process
+    lagged) is never ahead of it, while a stream whose start was not seen is judged from its first request."""
+    from serlive.stream.cluster import gateway
+    from serlive.stream.events import StreamStatus
+
+    monkeypatch.setattr(gateway, "AHEAD_S", 0.1)
+
+    async def run():
+        names = Names()
+        worker = RemoteWorker({}, names, "g", Prediction, ClusterSink(names, "g"))
+        worker._outbox, worker.js = asyncio.Queue(), FakeBroker()
+        worker.nc = worker.js
+        task = asyncio.create_task(worker._publish_requests())
+        worker.put(StreamStatus("mic", "started"))
+        await asyncio.sleep(0.3)  # the process lagged: nothing was read meanwhile
+        audio = np.zeros(800, np.float32)
+        for stream in ("mic", "unseen"):
+            worker.submit(audio, urgent=False, stream=stream, segment=0, end_sample=800)  # 0.05 s, late
+            worker.submit(audio, urgent=True, stream=stream, segment=0, end_sample=4_800)  # 0.3 s: caught up
+        await asyncio.sleep(0.05)
+        task.cancel()
+        return [s for s, _ in worker.js.messages if ".req.final." in s]
+
+    assert asyncio.run(run()) == ["serlive.req.final.live.g", "serlive.req.final.bulk.g"]

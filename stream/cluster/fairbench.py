@@ -3,8 +3,9 @@ alone and beside a flood (a gateway process reading ``--flood`` streams of a 10-
 file repeated, as fast as it can), then beside an overload (``--overload`` such streams: more than the one
 worker process can serve, so each advances slower than real time), same run: the single-process fairness
 benchmark's question (is a real-time stream's final kept behind another stream's backlog?) asked of the
-broker. The lanes' depths in the broker are sampled meanwhile, and the overload is also run through the
-single-process engine (the same streams in this process, no broker) for the reference."""
+broker. The lanes' depths in the broker are sampled meanwhile. The overload is also run with the real-time
+streams in its own gateway (this process), and through the single-process engine (the same streams in this
+process, no broker) for the reference."""
 
 from __future__ import annotations
 
@@ -32,8 +33,11 @@ def _ser_live(args, url: str, names: Names, name: str, *rest: str, err: Path) ->
                             stdout=subprocess.DEVNULL, stderr=open(err, "wb"))
 
 
-async def _live(predictor, url: str, names: Names, tag: str) -> tuple[list[float], dict]:
-    """The real-time streams' final latencies, and how many of their finals went to each lane."""
+async def _realtime(predictor, long_file: str, fast: int, cluster=None) -> dict:
+    """The real-time streams' final latencies, the wall time they took (their audio lasts the demo file's
+    length: more means the process fell behind them) and, through a gateway, how many of their finals went to
+    each lane; beside ``fast`` streams of ``long_file`` read as fast as possible in the same engine.
+    ``cluster``: (url, names, gateway name) to run as a gateway; None: the single-process engine."""
     from ..cli import demo_file
     from ..config import EngineConfig
     from ..engine import Engine
@@ -42,37 +46,25 @@ async def _live(predictor, url: str, names: Names, tag: str) -> tuple[list[float
     from ..sources import FileSource
     from .gateway import attach_gateway
 
-    sources = [FileSource(demo_file(), realtime=True) for _ in range(LIVE_STREAMS)]
-    live = Engine(predictor, EngineConfig(), sources, model_name="bench")
-    remote = attach_gateway(live, ({"servers": [url]}, names, f"{tag}live"))
-    sink = ListSink()
-    live.add_sink(sink)
-    await live.run()
-    return [e.latency_ms for e in sink.of(PredictionEvent) if e.final], dict(remote.lanes)
-
-
-async def _in_process(predictor, long_file: str, flood: int) -> list[float]:
-    """The same real-time streams through the single-process engine, alone or beside ``flood`` streams of
-    ``long_file`` read as fast as possible, in this process (the one model owner and its fair queue)."""
-    from ..cli import demo_file
-    from ..config import EngineConfig
-    from ..engine import Engine
-    from ..events import PredictionEvent
-    from ..sinks import ListSink
-    from ..sources import FileSource
-
     live = [FileSource(demo_file(), realtime=True, name=f"rt{i}") for i in range(LIVE_STREAMS)]
-    fast = [FileSource(long_file, realtime=False, name=f"fast{i}") for i in range(flood)]
-    engine = Engine(predictor, EngineConfig(), live + fast, model_name="bench")
+    engine = Engine(predictor, EngineConfig(), live + [FileSource(long_file, realtime=False, name=f"fast{i}")
+                                                       for i in range(fast)], model_name="bench")
+    remote = None if cluster is None else attach_gateway(engine, ({"servers": [cluster[0]]}, *cluster[1:]))
     sink = ListSink()
     engine.add_sink(sink)
+    loop = asyncio.get_running_loop()
     task = asyncio.create_task(engine.run())
     await engine.ready.wait()
+    t0 = loop.time()
     while not task.done() and not all(_ended(sink, s.name) for s in live):
         await asyncio.sleep(0.2)
+    wall_s = loop.time() - t0
+    out = {"realtime_wall_s": round(wall_s, 1)}
+    if remote is not None:  # (before the drain: its own streams' finals, the fast ones' included)
+        out["finals_by_lane"] = dict(remote.lanes)
     engine.stop()
     await task
-    return [e.latency_ms for e in sink.of(PredictionEvent) if e.final and e.stream.startswith("rt")]
+    return _summary([e.latency_ms for e in sink.of(PredictionEvent) if e.final and e.stream.startswith("rt")]) | out
 
 
 def _ended(sink, stream: str) -> bool:
@@ -137,44 +129,52 @@ async def _beside(predictor, args, url: str, names: Names, tmp: Path, phase: str
             await asyncio.sleep(0.1)
         before = _finals_in(jsonl)
         sampler = asyncio.create_task(_depths(nc.jetstream(), names, peak))
-        latencies, lanes = await _live(predictor, url, names, phase)
-        out = {"streams": streams, "beside": _summary(latencies), "flood_finals_meanwhile": _finals_in(jsonl) - before,
-               "realtime_finals_by_lane": lanes, "peak_waiting_by_lane": peak,
-               "flood_still_running": flood.poll() is None}  # the flood lasted the whole real-time run
-        out["ratio_p50_p95"] = _ratio(out["beside"], alone)
-        return out
+        beside = await _realtime(predictor, long_file, 0, (url, names, phase))
+        return {"streams": streams, "beside": beside, "ratio_p50_p95": _ratio(beside, alone),
+                "flood_finals_meanwhile": _finals_in(jsonl) - before, "peak_waiting_by_lane": peak,
+                "flood_still_running": flood.poll() is None}  # the flood lasted the whole real-time run
     finally:
         if sampler is not None:
             sampler.cancel()
         if flood.poll() is None:
             flood.terminate()
             flood.wait(30)
-        try:  # what the flood left queued is nobody's now: the next phase starts from an empty queue
-            await nc.jetstream().purge_stream(names.requests)
-        finally:
-            await nc.close()
+        await _purge(nc, names)
+
+
+async def _purge(nc, names: Names) -> None:
+    """What a flood left queued is nobody's now: the next phase starts from an empty queue."""
+    try:
+        await nc.jetstream().purge_stream(names.requests)
+    finally:
+        await nc.close()
 
 
 async def fairness(predictor, args, url: str, tmp: Path) -> dict:
+    from .broker import connect
+
     names = Names("fair")
     worker = _ser_live(args, url, names, "fairw", "worker", err=tmp / "fair-worker.err")
+    long_file = _long_recording(tmp)
     try:
         while "ready" not in (tmp / "fair-worker.err").read_text(errors="replace"):
             if worker.poll() is not None:
                 raise RuntimeError((tmp / "fair-worker.err").read_text(errors="replace")[-2000:])
             await asyncio.sleep(0.1)
-        latencies, lanes = await _live(predictor, url, names, "alone")
-        out: dict = {"alone": _summary(latencies) | {"realtime_finals_by_lane": lanes}}
-        long_file = _long_recording(tmp)
+        out: dict = {"alone": await _realtime(predictor, long_file, 0, (url, names, "alone"))}
         for phase, streams in (("flood", args.flood), ("overload", args.overload)):
             if streams:
                 out[phase] = await _beside(predictor, args, url, names, tmp, phase, streams, long_file, out["alone"])
+        if args.overload:  # the real-time streams in the overload's own gateway (this process)
+            same = await _realtime(predictor, long_file, args.overload, (url, names, "same"))
+            await _purge(await connect({"servers": [url]}, "ser-live bench probe"), names)
+            out["same_gateway"] = {"beside": same, "ratio_p50_p95": _ratio(same, out["alone"])}
     finally:
         if worker.poll() is None:
             worker.terminate()
             worker.wait(30)
     if args.overload:  # the reference: the same streams through the single-process engine, same run
-        alone = _summary(await _in_process(predictor, long_file, 0))
-        beside = _summary(await _in_process(predictor, long_file, args.overload))
+        alone = await _realtime(predictor, long_file, 0)
+        beside = await _realtime(predictor, long_file, args.overload)
         out["in_process"] = {"alone": alone, "beside_overload": beside, "ratio_p50_p95": _ratio(beside, alone)}
     return out

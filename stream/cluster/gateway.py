@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import worker as _worker
+from ..events import StreamStatus
 from ..worker import BadAudio
 from .broker import check_broker, connect, ensure_streams, fetch, retry
 from .options import Names, connect_options, names_of, process_name
@@ -38,8 +39,9 @@ HELD_MEMORY_S = 5.0
 """A final goes to the bulk lane when its stream has a backlog, that is audio waiting at its source: the
 source is read as fast as possible (a file with ``--fast``), or the engine held it back (its unanswered
 finals reached ``max_pending_s``) within the last ``HELD_MEMORY_S``, or its audio has run more than
-``AHEAD_S`` ahead of the wall clock (a client catching up; see :meth:`RemoteWorker._ahead_s`), or it has
-``LIVE_OWED_S`` of audio in finals still unanswered; otherwise to the live lane. Workers keep room for live
+``AHEAD_S`` ahead of the wall clock since it started (a client sending faster than real time; see
+:meth:`RemoteWorker._ahead_s`), or it has ``LIVE_OWED_S`` of audio in finals still unanswered; otherwise to
+the live lane. Workers keep room for live
 finals, so a real-time stream's final does not queue behind another stream's backlog, nor behind an
 overload of streams that each advance slower than real time only because the model cannot keep up."""
 CHUNK_MAX_SAMPLES = 4 * 16_000
@@ -82,10 +84,11 @@ class RemoteWorker:
         self._stream_numbers: dict[str, int] = {}
         self._interims: dict[str, str] = {}  # stream -> id of its interim still waiting
         self._owed: dict[str, int] = {}  # stream -> samples of its finals not answered yet
-        self._pace: dict[str, tuple[float, int]] = {}  # stream -> (loop time, end sample) it was last not ahead
+        self._pace: dict[str, tuple[float, int]] = {}  # stream -> (loop time, end sample) its clock starts from
         self._held: dict[str, float | None] = {}  # stream -> loop time the engine let it go (None: held now)
         self._anonymous = itertools.count(1)
-        self._outbox: asyncio.Queue | None = None
+        self._outbox: asyncio.Queue | None = None  # requests of streams paced by a clock (a microphone, a client)
+        self._unpaced_outbox: asyncio.Queue | None = None  # of streams read as fast as possible: published apart
         self._tasks: list[asyncio.Task] = []
         self.nc = self.js = None
 
@@ -99,7 +102,7 @@ class RemoteWorker:
         self.nc = await connect(self.options, f"ser-live gateway {self.gateway}")
         self.js = self.nc.jetstream()
         await ensure_streams(self.js, self.names)
-        self._outbox = asyncio.Queue()
+        self._outbox, self._unpaced_outbox = asyncio.Queue(), asyncio.Queue()
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         durable = f"gw_{self.gateway}"
@@ -109,6 +112,7 @@ class RemoteWorker:
                                   ack_wait=30, inactive_threshold=3600))
         await self.nc.subscribe(self.names.interim_result_subject(self.gateway), cb=self._on_interim_result)
         self._tasks = [asyncio.create_task(self._publish_requests(), name="cluster-requests"),
+                       asyncio.create_task(self._publish_requests(self._unpaced_outbox), name="cluster-fast-requests"),
                        asyncio.create_task(self._receive_results(), name="cluster-results"),
                        asyncio.create_task(self.sink.run(self.nc, self.js), name="cluster-events")]
         if self.hello is not None:
@@ -155,7 +159,8 @@ class RemoteWorker:
         self.audio_s += len(new) / 16_000
         self.bytes_whole += 4 * n
         self.requests += 1
-        self._outbox.put_nowait((segment, new, request_id, key, start, end, final, n, lane))
+        outbox = self._unpaced_outbox if self.unpaced(key[0]) else self._outbox  # (a stream's order is kept)
+        outbox.put_nowait((segment, new, request_id, key, start, end, final, n, lane))
         if not final:
             self._interims[key[0]] = request_id
             loop.call_later(INTERIM_TTL_S, self._expire, request_id)
@@ -169,13 +174,16 @@ class RemoteWorker:
                 or ahead_s > AHEAD_S or owed_samples >= LIVE_OWED_S * 16_000)
 
     def _ahead_s(self, stream: str, end_sample: int, now_s: float) -> float:
-        """How far the stream's audio has run ahead of the wall clock since it was last at or behind it (a
-        stream held back by back-pressure starts afresh when it is let go, so its burst counts)."""
+        """How far the stream's audio has run ahead of the wall clock since the stream started (since its
+        first request when its start was not seen): a source captured in real time never does, even when it
+        catches up after this process lagged; a client sending faster than real time does."""
         ref_s, ref_end = self._pace.setdefault(stream, (now_s, end_sample))
-        ahead_s = (end_sample - ref_end) / 16_000 - (now_s - ref_s)
-        if ahead_s < 0:
-            self._pace[stream] = (now_s, end_sample)
-        return ahead_s
+        return (end_sample - ref_end) / 16_000 - (now_s - ref_s)
+
+    def put(self, event) -> None:
+        """The engine's events (this is also one of its sinks): a stream's start starts its clock."""
+        if isinstance(event, StreamStatus) and event.state == "started":
+            self._pace[event.stream] = (asyncio.get_running_loop().time(), 0)
 
     def forget(self, stream: str) -> None:
         """The stream ended: its open segments' bookkeeping goes."""
@@ -204,10 +212,13 @@ class RemoteWorker:
         if future is not None and not future.done():
             future.set_exception(Superseded("no worker answered in time"))
 
-    async def _publish_requests(self) -> None:
-        names = self.names
+    async def _publish_requests(self, outbox: asyncio.Queue | None = None) -> None:
+        """Publish what is queued in ``outbox`` (the paced streams' by default), one request after another:
+        the streams read as fast as possible have a publisher of their own, so a real-time stream's request
+        never waits behind their chunks and requests in the same gateway."""
+        names, outbox = self.names, self._outbox if outbox is None else outbox
         while True:
-            segment, new, request_id, key, start, end, final, n, lane = await self._outbox.get()
+            segment, new, request_id, key, start, end, final, n, lane = await outbox.get()
             try:
                 tail = b""
                 if final and 0 < len(new) <= CHUNK_MAX_SAMPLES:  # the segment's last audio rides with its final
@@ -313,6 +324,7 @@ def attach_gateway(engine, checked: tuple[dict, Names, str]) -> RemoteWorker:
     worker = RemoteWorker(options, names, gateway, Prediction, sink, hello=engine.hello,
                           max_pending_s=engine.config.inference.max_pending_s, unpaced=lambda s: _unpaced(engine, s))
     engine.worker = worker
+    engine.add_sink(worker)
     engine.add_sink(sink)
     return worker
 
