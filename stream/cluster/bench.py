@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--flood", type=number(int, 0, 1000, "from 0 to 1000"), default=2,
                     help="fairness: streams of a 10-minute recording read as fast as possible beside the real-time ones")
     ap.add_argument("--overload", type=number(int, 0, 1000, "from 0 to 1000"), default=0,
-                    help="fairness: then as many such streams as overload the worker (300 here), and the same "
-                    "through the single-process engine (0: not run)")
+                    help="fairness: then this many such streams (an overload: 300 here) in another gateway, in the "
+                    "real-time streams' own, and through the single-process engine (0: not run)")
     ap.add_argument("--segments", type=number(int, 2, 10_000, "from 2 to 10000"), default=60, help="hop: finals")
     ap.add_argument("--requests", type=number(int, 1, 100_000, "from 1 to 100000"), default=96,
                     help="capacity: finals in the burst")
