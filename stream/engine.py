@@ -135,6 +135,12 @@ class Engine(Draining):
             self.add_source(source)
         self.ready.set()
 
+    def source(self, name: str) -> Source | None:
+        """The source of stream ``name`` while the engine holds it (None: no such stream, or a remote one that
+        ended)."""
+        stream = self._streams.get(name)
+        return None if stream is None else stream.source
+
     def add_source(self, source: Source, remote: bool = False) -> str:
         """Start consuming ``source`` (at start or while running); returns its unique stream id."""
         name, n = source.name, 2

@@ -332,5 +332,5 @@ def attach_gateway(engine, checked: tuple[dict, Names, str]) -> RemoteWorker:
 def _unpaced(engine, stream: str) -> bool:
     """Whether ``engine`` reads ``stream``'s source as fast as it can (a file or array without real-time
     pacing). Other sources (a microphone, stdin, a WebSocket client) are judged by how they behave."""
-    entry = engine._streams.get(stream)  # (the engine has no public view of a stream's source)
-    return entry is not None and getattr(entry.source, "realtime", True) is False
+    source = engine.source(stream)
+    return source is not None and getattr(source, "realtime", True) is False
