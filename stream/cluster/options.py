@@ -128,13 +128,29 @@ def connect_options(args: argparse.Namespace) -> dict:
         kw["token"] = token
     if args.nats_creds:
         _read(args.nats_creds, "--nats-creds")
+        _nkeys("--nats-creds")
         kw["user_credentials"] = args.nats_creds
     if args.nats_nkey:
         kw["nkeys_seed_str"] = _read(args.nats_nkey, "--nats-nkey")
+        nkeys = _nkeys("--nats-nkey")
+        try:  # checked here: nats-py would report a bad seed as the server being unreachable
+            nkeys.from_seed(bytearray(kw["nkeys_seed_str"].encode()))
+        except (nkeys.NkeysError, ValueError) as exc:
+            raise CliError(f"--nats-nkey {args.nats_nkey} holds no nkey seed (a line starting SU)") from exc
     if args.nats_tls_ca or args.nats_tls_cert or any(s.startswith(("tls://", "wss://")) for s in servers):
         kw["tls"] = _tls_context(args)
     redact.install((password, token, kw.get("nkeys_seed_str")))  # no log line writes them, at any level
     return kw
+
+
+def _nkeys(option: str):
+    """The ``nkeys`` package, with which nats-py signs the server's challenge (nats-py's ``nkeys`` extra,
+    in ours as ``cluster``): without it nats-py fails mid-connect with an import error."""
+    try:
+        import nkeys
+    except ImportError as exc:
+        raise CliError(f"{option} needs the nkeys package (pip install nkeys; the cluster extra has it)") from exc
+    return nkeys
 
 
 def _tls_context(args: argparse.Namespace):
