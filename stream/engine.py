@@ -30,6 +30,14 @@ MAX_INTERIM_SCALE = 8
 """Under load a stream's interims come at most this many times further apart than ``interim_ms``: each one
 superseded in the queue doubles its spacing, each one served halves it again."""
 
+HELD_S = 5.0
+"""A stream whose source is read as fast as it goes (a file with ``--fast``), or that was held back for the model
+within this many seconds (its finals' audio reached ``max_pending_s``: a client sending faster than real time),
+takes its turns on the event loop through the engine's one *bulk gate*: such streams go one chunk at a time
+between them, so however many there are, a stream that comes in real time (a microphone, a paced file, a live
+client) is served every round of the loop and keeps its clock. (Running ahead of the wall clock is not the test:
+hundreds of fast streams sharing an overloaded model each advance slower than real time.)"""
+
 FINAL_TARGET_MS = 100.0
 """Finals first: a final that took longer than this from its segment's close doubles every stream's interim
 spacing (the engine's *pressure*, up to :data:`MAX_INTERIM_SCALE`), one back under half of it halves it again;
@@ -73,6 +81,7 @@ class Engine(Draining):
         self.skipped_interims = 0
         self.interims_served = 0
         self.pressure = 1  # every stream's interims at least this many times further apart (FINAL_TARGET_MS)
+        self._bulk = asyncio.Lock()  # the bulk gate (HELD_S)
         self._sinks: list = []
         self._initial = list(sources)
         self._streams: dict[str, _Stream] = {}
@@ -161,12 +170,19 @@ class Engine(Draining):
         """Source -> pipeline -> requests; at the end of input, close the open segment, wait for every
         final, then ``ended``. Cancelled only when a drain runs out of time (see :meth:`_shutdown`)."""
         loop, source, pipeline = asyncio.get_running_loop(), stream.source, stream.pipeline
+        unpaced, held_until = getattr(source, "realtime", True) is False, -1.0
         try:
             async for chunk in source.chunks():
-                self._dispatch(stream, pipeline.push(chunk, loop.time()))
+                if unpaced or loop.time() < held_until:
+                    async with self._bulk:  # audio waiting at its source: one such stream's chunk per round
+                        self._dispatch(stream, pipeline.push(chunk, loop.time()))
+                        await asyncio.sleep(0)
+                else:
+                    self._dispatch(stream, pipeline.push(chunk, loop.time()))
                 while stream.owed_samples >= self._max_owed and not stream.stopping:
                     stream.room.clear()  # back-pressure: the source is not read until the model catches up
                     await stream.room.wait()
+                    held_until = loop.time() + HELD_S
                 await asyncio.sleep(0)  # a source with audio ready never suspends: let the other streams in
         except Exception as exc:  # noqa: BLE001 - a failing source ends its stream, not the engine
             log.debug("source %s failed", source.name, exc_info=True)

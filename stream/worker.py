@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 PAD_RATIO = 0.6
 """A batch holds only requests at least this fraction of its longest one (bounds padding waste)."""
 
-PASS_AUDIO_S = 30.0
-"""A forward pass holds at most this much padded audio (its longest request times its count): its tensors grow
-with it (32 finals of 7.5 s would make 74 MB of 10 ms LSTM outputs alone), while a CPU pass costs about the same
-per second of audio beyond a few items."""
+PASS_AUDIO_S = 10.0
+"""A forward pass holds at most this much padded audio (its longest request times its count). A pass is not
+pre-empted, so this bounds how long a real-time stream's final can wait behind another stream's backlog of long
+finals on a busy lane (about 0.1 s of compute on a CPU core), and the pass's tensors (32 finals of 7.5 s would
+make 74 MB of 10 ms LSTM outputs alone); a CPU pass costs about the same per second of audio beyond a few items."""
 
 MODEL_LANES = 2
 """Threads of the model owner (:class:`InferenceWorker`): one for finals, one for whatever waits."""

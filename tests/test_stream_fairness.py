@@ -208,5 +208,5 @@ def test_a_forward_pass_holds_at_most_its_audio_budget():
     long = [SimpleNamespace(audio=np.zeros(int(7.5 * 16_000), np.float32)) for _ in range(10)]
     short = [SimpleNamespace(audio=np.zeros(16_000, np.float32)) for _ in range(10)]
     groups = group_by_length(long + short, max_batch=32)
-    assert [len(g) for g in groups] == [4, 4, 2, 10]  # 4 x 7.5 s = 30 s; the 1 s ones go together
+    assert [len(g) for g in groups] == [1] * 10 + [10]  # 2 x 7.5 s > 10 s: alone; the 1 s ones go together
     assert all(len(g) * len(g[0].audio) <= PASS_AUDIO_S * 16_000 for g in groups)
