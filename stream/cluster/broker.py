@@ -26,9 +26,13 @@ DUPLICATE_WINDOW_S = 120.0
 published again by the worker a request was redelivered to)."""
 
 
-def _describe(exc: BaseException, servers: list[str]) -> str:
+def _describe(exc: BaseException, servers: list[str], tls: bool = False) -> str:
     where = ", ".join(servers)
     text = str(exc)
+    if tls and ("Connection lost" in text or "connection closed" in text.lower() or isinstance(exc, ConnectionResetError)):
+        # TLS 1.3: a server that wants a client certificate may close the connection before its alert is read
+        return (f"the NATS server at {where} closed the TLS connection while it was opened (does it want a client "
+                "certificate? --nats-tls-cert and --nats-tls-key)")
     if "Authorization" in text or "authorization" in text or "Authentication" in text:
         return f"the NATS server at {where} refused the credentials ({text.removeprefix('nats: ').strip(chr(39))})"
     if type(exc).__name__ in ("SecureConnRequiredError", "SecureConnWantedError", "SecureConnFailedError") \
@@ -72,7 +76,7 @@ async def connect(options: dict, name: str, probe: bool = False):
         return nc
     except Exception as exc:  # noqa: BLE001 - every failure is one sentence for the user
         cause = next((e for e in errors if "Authorization" in str(e)), errors[-1] if errors else exc)
-        raise CliError(_describe(cause, options["servers"])) from exc
+        raise CliError(_describe(cause, options["servers"], "tls" in options)) from exc
 
 
 def check_broker(options: dict, names: Names) -> None:
