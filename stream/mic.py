@@ -48,6 +48,7 @@ class MicSource(Source):
     """
 
     live = True
+    paced = True
 
     def __init__(self, device: str | int | None = None, block_ms: int = 20, queue_blocks: int = 50,
                  stall_s: float = 2.0, sd=None) -> None:

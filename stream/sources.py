@@ -37,9 +37,12 @@ class SourceError(Exception):
 
 
 class Source:
-    """Base class: ``name`` is the stream id; ``live`` sources (microphones) run until stopped."""
+    """Base class: ``name`` is the stream id; ``live`` sources (microphones) run until stopped. ``paced``:
+    True when its audio comes at most in real time (a microphone, a file paced on the clock), False when it is
+    read as fast as it goes, None when it depends on a sender (stdin, a WebSocket client)."""
 
     live = False
+    paced: bool | None = None
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -87,6 +90,7 @@ class ArraySource(Source):
         super().__init__(name)
         self.audio, self.sample_rate_hz = np.asarray(audio), sample_rate_hz
         self.realtime, self.block_ms = realtime, block_ms
+        self.paced = realtime
         self._closed = False
 
     def close(self) -> None:
@@ -118,6 +122,7 @@ class FileSource(Source):
         self.path = Path(path)
         super().__init__(name or self.path.name)
         self.realtime, self.block_ms = realtime, block_ms
+        self.paced = realtime
         self._closed = False
         if not self.path.is_file():
             raise SourceError(f"input file {self.path} does not exist")

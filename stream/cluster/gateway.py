@@ -324,6 +324,7 @@ def attach_gateway(engine, checked: tuple[dict, Names, str]) -> RemoteWorker:
     worker = RemoteWorker(options, names, gateway, Prediction, sink, hello=engine.hello,
                           max_pending_s=engine.config.inference.max_pending_s, unpaced=lambda s: _unpaced(engine, s))
     engine.worker = worker
+    engine.bulk_queue = None  # fast streams' finals wait in the broker's bulk lane, not in this process
     engine.add_sink(worker)
     engine.add_sink(sink)
     return worker
