@@ -22,39 +22,10 @@ from .events import PROTOCOL_VERSION, Error, Event, Hello, PredictionEvent, Stat
 from .pipeline import InferenceRequest, StreamPipeline
 from .sources import Source
 from .state import LatencyWindow
+from .load import BULK_QUEUE_BATCHES, HELD_S, MAX_INTERIM_SCALE, BulkGate, Pressure
 from .worker import BadAudio, InferenceWorker, Superseded
 
 log = logging.getLogger(__name__)
-
-MAX_INTERIM_SCALE = 8
-"""Under load a stream's interims come at most this many times further apart than ``interim_ms``: each one
-superseded in the queue doubles its spacing, each one served halves it again."""
-
-HELD_S = 5.0
-"""A stream whose source is read as fast as it goes (``Source.paced`` False: a file with ``--fast``), or whose
-pacing depends on its sender (stdin, a WebSocket client) and which was held back for the model within this many
-seconds (its finals' audio reached ``max_pending_s``: a client sending faster than real time), takes its turns
-on the event loop through the engine's one *bulk gate*: such streams go one chunk at a time between them, so
-however many there are, a paced stream (a microphone, a file on the clock) is served every round of the loop and
-keeps its clock. A paced stream is never gated, even when the model holds it back (it is behind, not ahead).
-(Running ahead of the wall clock is not the test: hundreds of fast streams sharing an overloaded model each
-advance slower than real time.)"""
-
-BULK_WAIT_S = 0.005
-"""How often the bulk gate looks at the model's queue again while it is full."""
-
-BULK_QUEUE_BATCHES = 1
-"""The bulk gate also waits while this many model batches (``max_batch`` each) already wait for the model: streams
-read as fast as they go otherwise spin the event loop, queue hundreds of finals ahead of a paced stream's and keep
-the interpreter lock from the model's threads (200 fast files beside one paced: 312 finals waiting, passes of 4-6
-finals taking 0.35-0.65 s, the paced stream's second final 3-8.8 s late; bounded: 0.46-1.6 s)."""
-
-FINAL_TARGET_MS = 100.0
-"""Finals first: a final that took longer than this from its segment's close doubles every stream's interim
-spacing (the engine's *pressure*, up to :data:`MAX_INTERIM_SCALE`), one back under half of it halves it again;
-the interims' compute goes to the finals before the finals queue up (a stream's own superseded interims space
-out that stream alone)."""
-
 
 @dataclass(eq=False)
 class _Stream:
@@ -91,11 +62,8 @@ class Engine(Draining):
         self.ws = None
         self.skipped_interims = 0
         self.interims_served = 0
-        self.pressure = 1  # every stream's interims at least this many times further apart (FINAL_TARGET_MS)
-        self._bulk = asyncio.Lock()  # the bulk gate (HELD_S)
-        self.bulk_queue: int | None = BULK_QUEUE_BATCHES * config.inference.max_batch
-        """Requests waiting for the model past which the bulk gate holds (None: no bound; a cluster gateway's
-        backlog waits in the broker's bulk lane)."""
+        self.pressure = Pressure()  # shared by every stream's pipeline
+        self.bulk = BulkGate(lambda: self.worker.queue_depth, BULK_QUEUE_BATCHES * config.inference.max_batch)
         self._sinks: list = []
         self._initial = list(sources)
         self._streams: dict[str, _Stream] = {}
@@ -170,8 +138,7 @@ class Engine(Draining):
         while name in self._streams:
             name, n = f"{source.name}#{n}", n + 1
         source.name = name
-        pipeline = StreamPipeline(name, self.predictor.labels, self.config)
-        pipeline.pressure = self.pressure
+        pipeline = StreamPipeline(name, self.predictor.labels, self.config, self.pressure)
         stream = _Stream(source, pipeline, remote)
         stream.adapter = self.predictor.new_adapter() if self.config.adapt else None
         self._streams[name] = stream
@@ -188,12 +155,8 @@ class Engine(Draining):
         try:
             async for chunk in source.chunks():
                 if paced is False or (paced is None and loop.time() < held_until):
-                    async with self._bulk:  # audio waiting at its source: one such stream's chunk per round
-                        while self.bulk_queue is not None and self.worker.queue_depth >= self.bulk_queue \
-                                and not stream.stopping:
-                            await asyncio.sleep(BULK_WAIT_S)  # and only while the model keeps up
+                    async with self.bulk.turn(lambda: stream.stopping):  # audio waiting at its source
                         self._dispatch(stream, pipeline.push(chunk, loop.time()))
-                        await asyncio.sleep(0)
                 else:
                     self._dispatch(stream, pipeline.push(chunk, loop.time()))
                 while stream.owed_samples >= self._max_owed and not stream.stopping:
@@ -289,28 +252,16 @@ class Engine(Draining):
         self.emit(event)
         if not req.final:
             self.interims_served += 1
-        if req.final:
+        else:
             stream.finalized = req.segment
             self.latency.add(latency_ms)
             self.close_latency.add((now - req.decided_s) * 1000)
-            self._press((now - req.decided_s) * 1000)
+            self.pressure.press((now - req.decided_s) * 1000)
             for state in stream.pipeline.apply_final(event, req.segment):
                 self.emit(state)
             if stream.adapter is not None and raw.speech_frames > 0 and not raw.far:  # a voice, sure or not
                 stream.adapter.update(raw.embedding)  # later segments only: never its own prediction
                 stream.adapted_until = req.end_sample
-
-    def _press(self, close_ms: float) -> None:
-        """Every stream's interims further apart when a final was slow, closer again when one was fast."""
-        pressure = self.pressure
-        if close_ms > FINAL_TARGET_MS:
-            pressure = min(2 * pressure, MAX_INTERIM_SCALE)
-        elif close_ms < FINAL_TARGET_MS / 2:
-            pressure = max(1, pressure // 2)
-        if pressure != self.pressure:
-            self.pressure = pressure
-            for stream in self._streams.values():
-                stream.pipeline.pressure = pressure
 
     def _adapt(self, stream: _Stream, req: InferenceRequest, pred):
         """``pred`` shifted by the stream's earlier finals (per-speaker adaptation), forgotten when the

@@ -15,6 +15,7 @@ import numpy as np
 from .chunks import SAMPLE_RATE_HZ, AudioChunk, Segment, dbfs
 from .config import EngineConfig
 from .events import Event, Level, PredictionEvent, SegmentEnd, SegmentStart, State
+from .load import Pressure
 from .segmenter import Segmenter, SegmentOpened
 from .state import RollingState
 from .vad import VadStage
@@ -44,9 +45,11 @@ Output = Event | InferenceRequest
 
 
 class StreamPipeline:
-    """VAD, segmenter, interim scheduling and the level meter for stream ``name``."""
+    """VAD, segmenter, interim scheduling and the level meter for stream ``name``. ``pressure``: the engine's,
+    shared by its streams (None: this stream's own, at 1)."""
 
-    def __init__(self, name: str, labels: tuple[str, ...], config: EngineConfig = EngineConfig()) -> None:
+    def __init__(self, name: str, labels: tuple[str, ...], config: EngineConfig = EngineConfig(),
+                 pressure: Pressure | None = None) -> None:
         self.name, self.config = name, config
         seg = config.segmenter
         self.vad = VadStage(seg.vad_mode, seg.frame_ms)
@@ -54,7 +57,7 @@ class StreamPipeline:
         self.state = RollingState(name, labels, config.state)
         self._interim = config.inference.interim_ms * SAMPLE_RATE_HZ // 1000
         self.interim_scale = 1  # the engine spaces this stream's interims further apart when they are superseded
-        self.pressure = 1  # ... and every stream's when finals are slow (engine.FINAL_TARGET_MS); 1: as configured
+        self.pressure = pressure or Pressure()  # ... and every stream's when finals are slow
         self._min_speech = seg.min_speech_ms * SAMPLE_RATE_HZ // 1000
         self._level_every = config.level_interval_ms * SAMPLE_RATE_HZ // 1000
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=4096)
@@ -138,7 +141,7 @@ class StreamPipeline:
         opened = self.segmenter.open_segment
         if opened is None or not self._interim or position < self._next_interim:
             return []
-        period = self._interim * max(self.interim_scale, self.pressure)
+        period = self._interim * max(self.interim_scale, self.pressure.level)
         self._next_interim += period * max(1, (position - self._next_interim) // period + 1)
         if position - opened.start_sample < self._min_speech:
             return []

@@ -73,8 +73,8 @@ class Pcm16Reader:
         return self._convert.push(np.frombuffer(data, "<i2"))
 
 
-async def _pace(loop: asyncio.AbstractEventLoop, t0: float, end_sample: int, realtime: bool) -> None:
-    if realtime:
+async def _pace(loop: asyncio.AbstractEventLoop, t0: float, end_sample: int, paced: bool) -> None:
+    if paced:
         delay = t0 + end_sample / SAMPLE_RATE_HZ - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -89,8 +89,7 @@ class ArraySource(Source):
                  realtime: bool = False, block_ms: int = FILE_BLOCK_MS) -> None:
         super().__init__(name)
         self.audio, self.sample_rate_hz = np.asarray(audio), sample_rate_hz
-        self.realtime, self.block_ms = realtime, block_ms
-        self.paced = realtime
+        self.paced, self.block_ms = realtime, block_ms
         self._closed = False
 
     def close(self) -> None:
@@ -109,7 +108,7 @@ class ArraySource(Source):
             last = i + block >= len(self.audio)
             for chunk in resampler.push(self.audio[i:i + block], last=last):
                 yield chunk
-                await _pace(loop, t0, chunk.end_sample, self.realtime)
+                await _pace(loop, t0, chunk.end_sample, self.paced)
 
 
 class FileSource(Source):
@@ -121,8 +120,7 @@ class FileSource(Source):
 
         self.path = Path(path)
         super().__init__(name or self.path.name)
-        self.realtime, self.block_ms = realtime, block_ms
-        self.paced = realtime
+        self.paced, self.block_ms = realtime, block_ms
         self._closed = False
         if not self.path.is_file():
             raise SourceError(f"input file {self.path} does not exist")
@@ -162,7 +160,7 @@ class FileSource(Source):
                 last = self.failed or len(data) < block or fh.tell() >= self.frames
                 for chunk in resampler.push(data, last=last):
                     yield chunk
-                    await _pace(loop, t0, chunk.end_sample, self.realtime)
+                    await _pace(loop, t0, chunk.end_sample, self.paced)
                 if last:
                     return
         self.detail = "stopped"

@@ -259,9 +259,10 @@ def test_under_load_interims_are_skipped_oldest_first_and_finals_stay_whole(pred
 
 
 def test_slow_finals_space_every_streams_interims_out_until_finals_are_fast_again(predictor):
-    """Finals first (engine.FINAL_TARGET_MS): a slow final doubles every stream's interim spacing, up to the
+    """Finals first (load.FINAL_TARGET_MS): a slow final doubles every stream's interim spacing, up to the
     cap; fast ones halve it; a stream's pipeline asks for interims that much further apart."""
-    from serlive.stream.engine import FINAL_TARGET_MS, MAX_INTERIM_SCALE, _Stream
+    from serlive.stream.engine import _Stream
+    from serlive.stream.load import FINAL_TARGET_MS, MAX_INTERIM_SCALE, Pressure
     from serlive.stream.pipeline import InferenceRequest, StreamPipeline
     from serlive.stream.chunks import AudioChunk
 
@@ -269,19 +270,18 @@ def test_slow_finals_space_every_streams_interims_out_until_finals_are_fast_agai
     engine = Engine(predictor, config)
     for name in ("a", "b"):
         engine._streams[name] = _Stream(ArraySource(name, np.zeros(1, np.float32)),
-                                        StreamPipeline(name, predictor.labels, config), False)
+                                        StreamPipeline(name, predictor.labels, config, engine.pressure), False)
     pressures = []
     for close_ms in [2 * FINAL_TARGET_MS] * 5 + [0.8 * FINAL_TARGET_MS] + [0.1 * FINAL_TARGET_MS] * 4:
-        engine._press(close_ms)
-        pressures.append([s.pipeline.pressure for s in engine._streams.values()])
+        engine.pressure.press(close_ms)
+        pressures.append([s.pipeline.pressure.level for s in engine._streams.values()])
     assert [a for a, b in pressures] == [b for a, b in pressures] == [2, 4, 8, 8, 8, 8, 4, 2, 1, 1]
     assert MAX_INTERIM_SCALE == 8
 
     audio, _ = islands([0.3, 4.0, 0.6])
 
     def interims(pressure: int) -> list[int]:
-        pipeline = StreamPipeline("s", predictor.labels, config)
-        pipeline.pressure = pressure
+        pipeline = StreamPipeline("s", predictor.labels, config, Pressure(pressure))
         out = [r for i in range(0, len(audio), 320) for r in pipeline.push(AudioChunk(i, audio[i:i + 320]), 0.0)]
         return [r.end_sample for r in out if isinstance(r, InferenceRequest) and not r.final]
 

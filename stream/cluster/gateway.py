@@ -324,7 +324,7 @@ def attach_gateway(engine, checked: tuple[dict, Names, str]) -> RemoteWorker:
     worker = RemoteWorker(options, names, gateway, Prediction, sink, hello=engine.hello,
                           max_pending_s=engine.config.inference.max_pending_s, unpaced=lambda s: _unpaced(engine, s))
     engine.worker = worker
-    engine.bulk_queue = None  # fast streams' finals wait in the broker's bulk lane, not in this process
+    engine.bulk.bound = None  # fast streams' finals wait in the broker's bulk lane, not in this process
     engine.add_sink(worker)
     engine.add_sink(sink)
     return worker
@@ -334,4 +334,4 @@ def _unpaced(engine, stream: str) -> bool:
     """Whether ``engine`` reads ``stream``'s source as fast as it can (a file or array without real-time
     pacing). Other sources (a microphone, stdin, a WebSocket client) are judged by how they behave."""
     source = engine.source(stream)
-    return source is not None and getattr(source, "realtime", True) is False
+    return source is not None and source.paced is False
