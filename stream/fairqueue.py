@@ -67,14 +67,13 @@ class FairQueue:
     def take(self, n: int, interims: int | None = None, lane: str = "any") -> list[QueuedRequest]:
         """Up to ``n`` requests in service order (one stream alone may fill the batch); a batch of interims
         holds at most ``interims`` (None: ``n``). ``lane`` "any": finals before any interim; "finals": finals
-        only; "interims": interims only (a stream's interim may then go before its own waiting final, which
-        another lane serves)."""
+        only."""
         out: list[QueuedRequest] = []
         while self._start and len(out) < n:
             if out and not out[0].final and len(out) >= (interims or n):
                 break  # a batch of interims is full
             finals = [name for name in self._start if self._queues[name][0]]
-            final = lane == "finals" or (lane == "any" and bool(finals))  # finals before any interim
+            final = lane == "finals" or bool(finals)  # finals before any interim
             names = finals if final else [name for name in self._start if self._queues[name][1]]
             if not names or (out and out[-1].final != final):
                 break  # a batch holds finals or interims, never both: interims never slow a final's pass

@@ -192,9 +192,6 @@ class InferenceWorker:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            if lane == "interims":
-                return self._queue.take(self.max_batch, INTERIM_BATCH, "interims") or \
-                    self._queue.take(self.max_batch, INTERIM_BATCH, "finals")
             return self._queue.take(self.max_batch, INTERIM_BATCH, lane)
 
     def _serve(self, lane: str = "any") -> None:
