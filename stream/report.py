@@ -56,9 +56,19 @@ def check_report_path(path: str) -> Path:
 
 @dataclass
 class _StreamLog:
+    """One run of a stream: from its start to its end. A name is free again once its stream ended (a client
+    may send ``start_stream`` with it again), so one name can have several runs, each its own section."""
+
+    name: str
     finals: list[PredictionEvent] = field(default_factory=list)
     detail: str = ""
     remote: bool = False
+    ended: bool = False
+
+    @property
+    def title(self) -> str:
+        """The name as a heading in plain text (the PNG): marked when remote, like the text sink."""
+        return f"{self.name} (remote)" if self.remote else self.name
 
     @property
     def duration_s(self) -> float:
@@ -70,15 +80,24 @@ class ReportSink:
 
     def __init__(self, path: Path, labels: tuple[str, ...], model_name: str) -> None:
         self.path, self.labels, self.model_name = Path(path), tuple(labels), model_name
-        self.streams: dict[str, _StreamLog] = {}
+        self.streams: list[_StreamLog] = []  # every run, in the order they started
+        self._latest: dict[str, _StreamLog] = {}  # name -> its latest run
         self.written = False
+
+    def _run(self, name: str, starting: bool = False) -> _StreamLog:
+        log_ = self._latest.get(name)
+        if log_ is None or (starting and log_.ended):
+            log_ = self._latest[name] = _StreamLog(name)
+            self.streams.append(log_)
+        return log_
 
     def put(self, event: Event) -> None:
         if isinstance(event, PredictionEvent) and event.final:
-            self.streams.setdefault(event.stream, _StreamLog()).finals.append(event)
+            self._run(event.stream).finals.append(event)
         elif isinstance(event, StreamStatus):
-            log_ = self.streams.setdefault(event.stream, _StreamLog())
+            log_ = self._run(event.stream, starting=event.state == "started")
             log_.detail, log_.remote = event.detail, log_.remote or event.remote
+            log_.ended = log_.ended or event.state == "ended"
 
     def close(self) -> None:
         try:
@@ -161,14 +180,14 @@ padding:0 .4rem;border-radius:1rem;vertical-align:2px}
 @media (max-width:600px){body{margin:.8rem}table{font-size:.75rem}td,th{padding:.15rem .35rem}}"""
 
 
-def render_html(streams: dict[str, _StreamLog], labels: tuple[str, ...], model_name: str) -> str:
+def render_html(streams: list[_StreamLog], labels: tuple[str, ...], model_name: str) -> str:
     """The whole report page (no script, nothing loaded from elsewhere)."""
     legend = "".join(f'<span><span class="sw" style="background:{colour(k, labels)}"></span>{html.escape(k)}</span>'
                      for k in labels)
     body = []
-    for name, log_ in streams.items():
+    for log_ in streams:
         mark = ' <span class="remote" title="audio and name from a WebSocket client">⇄ remote</span>' if log_.remote else ""
-        body.append(f'<section class="stream"><h2>{html.escape(name)}{mark}</h2>'
+        body.append(f'<section class="stream"><h2>{html.escape(log_.name)}{mark}</h2>'
                     f'<p class="muted">{len(log_.finals)} segments over {log_.duration_s:.1f} s'
                     f'{" · " + html.escape(log_.detail) if log_.detail else ""}</p>'
                     f'{_svg_timeline(log_, labels)}{_summary(log_, labels)}{_table(log_, labels)}</section>')
@@ -182,7 +201,7 @@ def render_html(streams: dict[str, _StreamLog], labels: tuple[str, ...], model_n
             f'<div class="legend">{legend}</div>{"".join(body)}</body></html>\n')
 
 
-def write_png(path: Path, streams: dict[str, _StreamLog], labels: tuple[str, ...]) -> None:
+def write_png(path: Path, streams: list[_StreamLog], labels: tuple[str, ...]) -> None:
     """One row per stream: labelled segments above stacked probability bars (matplotlib, Agg)."""
     import matplotlib
 
@@ -191,7 +210,7 @@ def write_png(path: Path, streams: dict[str, _StreamLog], labels: tuple[str, ...
 
     rows = max(len(streams), 1)
     fig, axes = plt.subplots(rows, 1, figsize=(12, 2.4 * rows), squeeze=False)
-    for ax, (name, log_) in zip(axes[:, 0], streams.items()):
+    for ax, log_ in zip(axes[:, 0], streams):
         for p in log_.finals:
             width, bottom = p.end_s - p.start_s, 0.0
             for label in labels:
@@ -202,7 +221,7 @@ def write_png(path: Path, streams: dict[str, _StreamLog], labels: tuple[str, ...
         ax.set_xlim(0, max(log_.duration_s, 1.0))
         ax.set_ylim(0, 1.35)
         ax.set_yticks([0, 0.5, 1.0])
-        ax.set_title(name, loc="left", fontsize=10)
+        ax.set_title(log_.title, loc="left", fontsize=10)
         ax.set_xlabel("time (s)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour(k, labels)) for k in labels]
     fig.legend(handles, labels, loc="upper right", ncol=len(labels), fontsize=9)

@@ -207,6 +207,42 @@ def test_report_marks_a_remote_stream_named_like_a_local_one(tmp_path):
                                  confidence=0.8))
         sink.put(StreamStatus(name, "ended", "done", "end_of_input", remote=remote))
     sink.close()
+    assert [log_.title for log_ in sink.streams] == ["speech.wav", f"{lookalike} (remote)"]  # the PNG's headings
     titles = re.findall(r"<h2>(.*?)</h2>", report.read_text())
     assert titles == ["speech.wav", f'{lookalike} <span class="remote" title="audio and name from a WebSocket '
                                     f'client">⇄ remote</span>']
+
+
+def test_report_keeps_two_runs_of_one_name_apart(model_dir, tmp_path):
+    """A client may reuse a name once its stream ended: the report shows each run on its own, with the finals
+    that run's client received (before, both runs were one section: segments 0-3 then 0-1 on one axis)."""
+    import soundfile
+
+    audio, rate_hz = soundfile.read(cli.demo_file(), dtype="int16")
+    assert rate_hz == 16_000
+    report = tmp_path / "runs.html"
+
+    async def one_run(address: str, pcm: bytes) -> list[tuple[float, float]]:
+        async with connect(address, max_size=None) as ws:
+            await ws.send(json.dumps({"type": "start_stream", "stream": "re", "format": {
+                "sample_rate_hz": 16_000, "encoding": "s16le", "channels": 1}}))
+            for start in range(0, len(pcm), 32_000):
+                await ws.send(pcm[start:start + 32_000])
+            await ws.send(json.dumps({"type": "end_stream"}))
+            finals = []
+            async for message in ws:
+                event = json.loads(message)
+                if event["type"] == "prediction" and event["final"] and event["stream"] == "re":
+                    finals.append((event["start_s"], event["end_s"]))
+                if event["type"] == "stream" and event["stream"] == "re" and event["state"] == "ended":
+                    return finals
+
+    with EngineProcess(model_dir, "--input", "none", "--report", str(report)) as engine:
+        address = f"ws://127.0.0.1:{engine.port}/"
+        runs = [asyncio.run(one_run(address, audio.tobytes())), asyncio.run(one_run(address, audio[:160_000].tobytes()))]
+    assert len(runs[0]) > len(runs[1]) > 0
+    sections = re.findall(r"<section class=\"stream\"><h2>(.*?)</h2>(.*?)</section>", report.read_text(), re.S)
+    assert [title.split(" <span")[0] for title, _ in sections] == ["re", "re"]
+    shown = [[(float(a), float(b)) for a, b in re.findall(r'data-start-s="([\d.]+)" data-end-s="([\d.]+)"', body)]
+             for _, body in sections]
+    assert shown == [[(pytest.approx(a, abs=1e-3), pytest.approx(b, abs=1e-3)) for a, b in run] for run in runs]
