@@ -8,8 +8,9 @@ the server itself served) or when it is listed with ``--ws-allow-origin``. On a 
 is not "same host". Requests without ``Origin`` (programs, not browsers) pass the origin check.
 
 Before those checks, a request with two ``Host``, ``Origin`` or ``Authorization`` headers is a 400 (which
-of the two counts would be a guess), a method other than GET or HEAD is a 405, and the answer to a HEAD
-request keeps its headers (``Content-Length`` included) but loses its body.
+of the two counts would be a guess), a method other than GET or HEAD is a 405 (with a body too: see
+:func:`without_body`), and the answer to a HEAD request keeps its headers (``Content-Length`` included) but
+loses its body.
 """
 
 from __future__ import annotations
@@ -102,6 +103,30 @@ def is_upgrade(request) -> bool:
 
 SINGLE_HEADERS = ("Host", "Origin", "Authorization")
 """Headers the access checks read: a request must not carry any of them twice."""
+
+
+MAX_HEAD_BYTES = 16_384
+"""Most bytes of a request held back while its head is incomplete, to see whether it is one that
+:func:`without_body` rewrites; a longer head goes to websockets as it is (which answers 414 or 431)."""
+
+_BODY_HEADERS = (b"content-length", b"transfer-encoding")
+
+
+def without_body(raw: bytes) -> bytes | None:
+    """A request's first bytes -> its head without ``Content-Length``/``Transfer-Encoding`` when its method is
+    not GET or HEAD and it announces a body, None otherwise (also while the head is incomplete).
+
+    websockets reads no request body: a POST with one (``curl -d``, a form) made it close the connection
+    without a word ("Empty reply from server"). Without those headers the request is answered 405 like a
+    bodyless one; its body is never read (the caller drops every later byte)."""
+    head, blank, _ = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    if not blank or lines[0].split(b" ", 1)[0] in (b"GET", b"HEAD"):
+        return None
+    kept = [line for line in lines[1:] if line.split(b":", 1)[0].strip().lower() not in _BODY_HEADERS]
+    if len(kept) == len(lines) - 1:
+        return None
+    return b"\r\n".join([lines[0], *kept]) + b"\r\n\r\n"
 
 
 def check_request(connection, request, config, http_handler=None):

@@ -129,10 +129,31 @@ class ConnectionGate:
 
 def gated_connection_class(gate: ConnectionGate):
     """A websockets ``ServerConnection`` subclass (the ``create_connection`` argument of ``serve``) that
-    asks ``gate`` before it takes a new connection."""
+    asks ``gate`` before it takes a new connection, and hands websockets a request head that announces a
+    body it cannot read without that body (:func:`serlive.stream.access.without_body`)."""
     from websockets.asyncio.server import ServerConnection
 
+    from .access import MAX_HEAD_BYTES, without_body
+
     class GatedConnection(ServerConnection):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._head: bytes | None = b""  # the request's first bytes until its head is complete; then None
+            self._discard = False  # a rewritten request's body: never read
+
+        def data_received(self, data: bytes) -> None:
+            if self._discard:
+                return
+            if self._head is not None:
+                data = self._head + data
+                if b"\r\n\r\n" not in data and len(data) < MAX_HEAD_BYTES:
+                    self._head = data
+                    return
+                self._head = None
+                if (head := without_body(data)) is not None:
+                    data, self._discard = head, True
+            super().data_received(data)
+
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             peer = transport.get_extra_info("peername")

@@ -1,6 +1,7 @@
 """Honest HTTP from the WebSocket server, through raw sockets on 127.0.0.1 port 0: HEAD answers with the
 headers a GET would get and no body; a request with two ``Origin``, ``Host`` or ``Authorization`` headers
-is a 400 (which one counts is ambiguous), never a 500 with a traceback."""
+is a 400 (which one counts is ambiguous), never a 500 with a traceback; other methods are a 405, with a
+body too."""
 
 from __future__ import annotations
 
@@ -82,3 +83,20 @@ def test_methods_other_than_get_and_head_are_a_405(predictor):
     answers = serve(engine, *[request(method, "/", "Host: 127.0.0.1", "Content-Length: 0")
                               for method in ("POST", "PUT", "DELETE", "OPTIONS")])
     assert [(status, headers["allow"]) for status, headers, _ in answers] == [(405, "GET, HEAD")] * 4
+
+
+def test_a_request_with_a_body_is_a_405_not_a_silent_close(predictor, caplog):
+    """websockets reads no request body: a POST with one (``curl -d``) had its connection closed without an
+    answer ("Empty reply from server"); the answer is a 405 like a bodyless one, and the body is never read."""
+    engine = Engine(predictor, ws_config(), [])
+    host = "Host: 127.0.0.1"
+    with caplog.at_level(logging.DEBUG):
+        answers = serve(engine, request("POST", "/", host, "Content-Length: 3") + b"a=b",
+                        request("PUT", "/", host, "Transfer-Encoding: chunked") + b"3\r\nabc\r\n0\r\n\r\n",
+                        request("POST", "/?token=x", host, "Content-Type: application/json", "Content-Length: 2048",
+                                *UPGRADE) + b"{" * 2048,
+                        request("GET", "/", host))
+    assert [(status, headers.get("allow")) for status, headers, _ in answers[:3]] == [(405, "GET, HEAD")] * 3
+    assert all(body == b"Only GET and HEAD are served here.\n" for _, _, body in answers[:3])
+    assert answers[3][0] == 200  # the connections after them are served as before
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
