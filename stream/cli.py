@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .argcheck import EXIT_USAGE, TOKEN_ENV, CliError, Parser, check_bindable, number, ws_token, ws_url
 from . import redact
-from .dashboard import dashboard_url
+from .dashboard import announcement
 from .report import ReportSink, check_report_path
 from .signals import EXIT_INTERRUPTED, Drain, exit_on_late_signals, interrupted  # noqa: F401 - EXIT_INTERRUPTED re-exported
 
@@ -350,8 +350,8 @@ async def _serve(engine) -> int:
 
 async def _announce_dashboard(engine) -> None:
     await engine.ready.wait()  # the server listens: one line with the page's address
-    if url := dashboard_url(engine.ws):
-        print(f"ser-live: dashboard at {url}", file=sys.stderr, flush=True)
+    if line := announcement(engine.ws, terminal=sys.stderr.isatty()):
+        print(line, file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

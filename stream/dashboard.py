@@ -90,8 +90,9 @@ def http_handler(connection, request: Request) -> Response:
     return _response(http.HTTPStatus.OK, body, content_type, host)
 
 
-def dashboard_url(ws_server) -> str | None:
-    """The page's address for a started ``WsServer`` (token included, so that it is one click away)."""
+def dashboard_url(ws_server, with_token: bool = True) -> str | None:
+    """The page's address for a started ``WsServer``: with the token (so that it is one click away) unless
+    ``with_token`` is False."""
     if ws_server is None or ws_server.port is None:
         return None
     config = ws_server.config
@@ -101,5 +102,16 @@ def dashboard_url(ws_server) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     scheme = "https" if getattr(config, "tls_cert", None) else "http"
-    token = f"?token={quote(config.token, safe='')}" if config.token else ""
+    token = f"?token={quote(config.token, safe='')}" if config.token and with_token else ""
     return f"{scheme}://{host}:{ws_server.port}/{token}"
+
+
+def announcement(ws_server, terminal: bool) -> str | None:
+    """The line printed when the server listens. The link carries the token only when it is shown on a
+    terminal: stderr sent to a file (``nohup.out``, a service's journal, a CI log) would keep the token
+    where others may read it, which ``--ws-token-file`` and the environment variable are there to avoid."""
+    url = dashboard_url(ws_server, with_token=terminal)
+    if url is None:
+        return None
+    hidden = not terminal and ws_server.config.token
+    return f"ser-live: dashboard at {url}" + (" (add ?token= and the token: not written to a file)" if hidden else "")

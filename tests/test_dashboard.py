@@ -34,7 +34,7 @@ START_TIMEOUT_S = 90.0
 
 class EngineProcess:
     """``python -m serlive.stream --no-tui ... --ws 127.0.0.1:PORT`` until the ``with`` block ends (SIGINT);
-    ``url`` is the dashboard address it prints on start (token included)."""
+    ``url`` is the dashboard address it prints on start, with ``--ws-token``'s token added."""
 
     def __init__(self, model_dir: Path, *args: str, port: int = 0, accept_audio: bool = True) -> None:
         self.argv = [sys.executable, "-m", "serlive.stream", "--no-tui", "--model", str(model_dir), "--threads", "1",
@@ -50,8 +50,10 @@ class EngineProcess:
             if line is None:
                 raise RuntimeError("ser-live ended before serving: " + "".join(self.stderr_lines))
             match = re.search(r"dashboard at (\S+)", line)
-            if match:
-                self.url, self.port = match.group(1), urlsplit(match.group(1)).port
+            if match:  # stderr is a pipe: the printed link leaves the token out
+                token = self.argv[self.argv.index("--ws-token") + 1] if "--ws-token" in self.argv else None
+                self.url = match.group(1) + (f"?token={token}" if token else "")
+                self.port = urlsplit(match.group(1)).port
                 return self
 
     def _read(self) -> None:

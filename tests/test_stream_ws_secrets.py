@@ -100,12 +100,37 @@ def test_a_debug_run_never_writes_the_token(tmp_path):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     assert all('"accepts_audio": true' in h.replace('":true', '": true') for h in hellos[:2]) and hellos[2] == 200
-    lines = seen + err.splitlines()
-    announce = [line for line in lines if "dashboard at" in line]  # the documented one-click link
-    others = "\n".join(line for line in lines if line not in announce)
-    assert "< GET /?token=[redacted] HTTP/1.1" in others and "< Authorization: [redacted]" in others
-    assert TOKEN not in others and quote(TOKEN, safe="") not in others and TOKEN[:-1] not in others
-    assert "Traceback" not in others
+    text = "".join(seen) + err
+    assert "< GET /?token=[redacted] HTTP/1.1" in text and "< Authorization: [redacted]" in text
+    assert TOKEN not in text and quote(TOKEN, safe="") not in text and TOKEN[:-1] not in text
+    assert "Traceback" not in text
+    # stderr is a pipe here, as it is to a file or a journal: the dashboard's link goes without the token
+    assert f"dashboard at http://127.0.0.1:{port}/ (add ?token= and the token" in text
+
+
+def test_the_dashboard_link_carries_the_token_only_on_a_terminal(tmp_path):
+    """On a terminal the link stays one click away; the run above shows a pipe gets none."""
+    import pty
+
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    main, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "serlive.stream", "--no-tui", "--threads", "1", "--input", "none",
+                             "--ws", "127.0.0.1:0", "--ws-token-file", str(path)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    try:
+        while b"dashboard at" not in shown or not shown.endswith(b"\n"):
+            chunk = os.read(main, 4096)
+            assert chunk, shown
+            shown += chunk
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        os.close(main)
+    assert re.search(r"dashboard at http://127\.0\.0\.1:\d+/\?token=" + re.escape(quote(TOKEN, safe="")) + r"\r?\n",
+                     shown.decode())
 
 
 def test_connect_sends_the_token_from_the_environment(monkeypatch):
