@@ -156,14 +156,16 @@ def test_neutral_dot_and_ended_dot_are_distinct(page, engine):
         page.evaluate("m => serliveApp.handle(m)", {**final, "stream": name})
     page.evaluate("m => serliveApp.handle(m)", {"type": "stream", "stream": "old.wav", "state": "ended",
                                                 "reason": "end_of_input"})
+    page.evaluate("m => serliveApp.handle(m)", {"type": "stream", "stream": "quiet.wav", "state": "started"})
     page.wait_for_function("document.querySelectorAll('#streams li.ended').length === 1")
-    # One evaluation reads both: the list is redrawn with every event, so an element found earlier may be gone.
-    neutral, ended = page.evaluate("""() => [...document.querySelectorAll('#streams li')]
-        .filter((li) => ['calm.wav', 'old.wav'].includes(li.querySelector('.name').textContent))
+    # One evaluation reads all: the list is redrawn with every event, so an element found earlier may be gone.
+    neutral, ended, waiting = page.evaluate("""() => [...document.querySelectorAll('#streams li')]
+        .filter((li) => ['calm.wav', 'old.wav', 'quiet.wav'].includes(li.querySelector('.name').textContent))
         .map((li) => { const s = getComputedStyle(li.querySelector('.dot'));
                        return [s.backgroundColor, s.borderTopStyle, s.borderTopWidth]; })""")
     assert neutral[0] == "rgb(141, 153, 174)" and neutral[2] == "0px"  # filled in neutral's grey
     assert ended[0] == "rgba(0, 0, 0, 0)" and ended[1] == "solid" and ended[2] == "2px"  # an empty ring
+    assert waiting[0] == "rgba(0, 0, 0, 0)" and waiting[1] == "dashed"  # no prediction yet: not a pale neutral
     assert page.eval_on_selector("#streams li.ended .tags", "e => e.textContent") == "ended"
     page.screenshot(path=ARTIFACTS / "layout-dots-1280.png")
     assert not page.errors
