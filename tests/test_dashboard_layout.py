@@ -171,6 +171,23 @@ def test_neutral_dot_and_ended_dot_are_distinct(page, engine):
     assert not page.errors
 
 
+def test_a_short_name_with_two_tags_stays_on_one_line(page, engine):
+    """The list is 250 px wide at 1280: a name with "⇄ remote" and "ended" beside it was broken mid-word
+    ("ѕpeec" / "h.wav"), the very name a person must read letter by letter; the tags wrap under it instead."""
+    open_page(page, engine.url)
+    for state in ("started", "ended"):
+        page.evaluate("m => serliveApp.handle(m)", {"type": "stream", "stream": LOOKALIKE, "state": state,
+                                                    "remote": True, "reason": "client_ended" if state == "ended" else None})
+    page.wait_for_function("document.querySelectorAll('#streams li.ended').length === 1")
+    lines = page.evaluate("""() => { const range = document.createRange();
+        range.selectNodeContents(document.querySelector('#streams li.ended .name'));
+        return range.getClientRects().length; }""")
+    assert page.eval_on_selector("#streams li.ended .tags", "e => e.textContent") == "⇄ remoteended"
+    assert lines == 1
+    page.locator("#streams").screenshot(path=ARTIFACTS / "layout-stream-tags-1280.png")
+    assert not page.errors
+
+
 def test_ood_score_is_said_in_words(page, engine, remote):
     open_page(page, engine.url)
     page.click("#streams li:nth-child(2)")
