@@ -70,16 +70,7 @@ class Ingest:
 
     async def _feed(self, pcm: bytes) -> None:
         if pcm:
-            await self._holding(self.remote.feed(pcm))
-
-    async def _holding(self, waiting) -> None:
-        """Await ``waiting`` without reading this client meanwhile (its pongs wait unread: the server
-        must not take it for a client that stopped reading)."""
-        self.client.feeding = True
-        try:
-            await waiting
-        finally:
-            self.client.feeding = False
+            await self.remote.feed(pcm)
 
     async def _control(self, text: str) -> None:
         if len(text) > MAX_TEXT_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
@@ -134,7 +125,7 @@ class Ingest:
         self.remote = None
         remote.end("client_ended", "the client ended the stream")
         # Its finals first: then the next start_stream of this client finds the name free again.
-        await self._holding(self.server.stream_ended(remote.name, self.client.conn))
+        await self.server.stream_ended(remote.name, self.client.conn)
 
     def closed(self, reason: str, detail: str) -> None:
         """The connection ended: end its stream, if one is open."""

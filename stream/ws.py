@@ -44,6 +44,9 @@ connection is cut (a client that paused and resumes still learns why it was clos
 READ_PROBE_INTERVAL_S = 1.0
 """Least time between two read probes of one client (a ping after what was sent; see :meth:`_Client.read_probe`)."""
 
+PROBE_SLICE_S = 0.1
+"""A probe looks this often whether the server is reading the client (see :meth:`_Client._answered`)."""
+
 
 class _Client:
     """One connection's outgoing queue; ``offer`` never blocks."""
@@ -51,21 +54,10 @@ class _Client:
     def __init__(self, conn, max_queue: int, stall_timeout_s: float, on_drop=None) -> None:
         self.conn, self.max_queue, self.stall_timeout_s = conn, max_queue, stall_timeout_s
         self.skipped = 0
-        self._feeding, self._feeds = False, 0
         self._queue: deque[str] = deque()
         self._wake, self._sent = asyncio.Event(), asyncio.Event()
         self._on_drop = on_drop
         self.dropped = False
-
-    @property
-    def feeding(self) -> bool:
-        """The server itself is not reading this client (back-pressure on its audio): its pongs wait unread."""
-        return self._feeding
-
-    @feeding.setter
-    def feeding(self, value: bool) -> None:
-        self._feeding = value
-        self._feeds += value
 
     def offer(self, message: str, reply: bool = False) -> None:
         """Queue ``message``; when the queue is full, broadcast events are skipped (counted) but a
@@ -109,16 +101,30 @@ class _Client:
     async def _ping(self) -> None:
         await (await self.conn.ping())
 
-    async def _answered(self, timeout_s: float) -> bool | None:
-        """Ping: True when the pong came within ``timeout_s``; False when it did not although the server
-        read this client all along; None when that cannot be told (the server stopped reading it meanwhile,
-        so its pong may be waiting unread). Raises ``ConnectionClosed``."""
-        feeds = self._feeds
+    def _reading(self) -> bool:
+        transport = self.conn.transport
+        return transport is not None and transport.is_reading()
+
+    async def _answered(self, timeout_s: float) -> bool:
+        """Ping: True when the pong comes back, False when the server has read this client for ``timeout_s``
+        in all without it. Time while websockets does not read the connection (its received messages wait
+        for the engine: back-pressure on its audio) does not count, as the pong may wait unread behind them;
+        time while the server reads it does, however busy the client keeps it with audio. Raises
+        ``ConnectionClosed``."""
+        pong = asyncio.ensure_future(self._ping())
+        read_s = 0.0
         try:
-            await asyncio.wait_for(self._ping(), timeout_s)
-            return True
-        except asyncio.TimeoutError:
-            return None if self.feeding or self._feeds != feeds else False
+            while read_s < timeout_s:
+                reading = self._reading()
+                done, _ = await asyncio.wait({pong}, timeout=PROBE_SLICE_S)
+                if done:
+                    pong.result()
+                    return True
+                if reading and self._reading():
+                    read_s += PROBE_SLICE_S
+            return False
+        finally:
+            pong.cancel()
 
     async def read_probe(self) -> None:
         """A ping after what was sent (at most every :data:`READ_PROBE_INTERVAL_S`): its pong comes back only
@@ -129,7 +135,7 @@ class _Client:
             while not self.dropped:
                 await self._sent.wait()
                 self._sent.clear()
-                if await self._answered(self.stall_timeout_s) is False:
+                if not await self._answered(self.stall_timeout_s):
                     self.drop(f"did not read for {self.stall_timeout_s:g} s")
                     return
                 await asyncio.sleep(READ_PROBE_INTERVAL_S)
@@ -142,7 +148,7 @@ class _Client:
         try:
             while not self.dropped:
                 await asyncio.sleep(interval_s)
-                if not self.feeding and await self._answered(timeout_s) is False:
+                if not await self._answered(timeout_s):
                     self.drop(f"left a ping unanswered for {timeout_s:g} s")
                     return
         except Exception:  # noqa: BLE001 - ConnectionClosed: the handler sees it and cleans up

@@ -47,6 +47,36 @@ def test_a_client_that_never_reads_is_dropped_after_the_documented_5_s(predictor
     assert "did not read for 5 s" in caplog.text
 
 
+def test_a_sender_that_never_reads_is_dropped_after_the_stall_timeout(predictor, caplog):
+    """A client that streams audio in real time (the server reads every message at once) but reads nothing:
+    the read probe must still find it, although the server was busy with its audio all along."""
+    audio, _ = islands([0.5, 1.0, 0.5] * 10, seed=11)
+    pcm = (audio * 32767).astype("<i2").tobytes()
+    engine = Engine(predictor, ws_config(accept_audio=True, stall_timeout_s=1.0), [])  # keep-alive: 20 + 20 s
+    loop_s, block = 0.05, 1_600  # 0.1 s of audio every 0.05 s: never behind, never held back
+
+    async def main():
+        async with running(engine):
+            sock, proto = await raw_client(url(engine))  # sends from here on, reads nothing
+            loop = asyncio.get_running_loop()
+            proto.send_text(json.dumps({"type": "start_stream", "stream": "deaf"}).encode())
+            start = time.monotonic()
+            for i in range(0, len(pcm), 2 * block):
+                if engine.ws.slow_closed:
+                    break
+                proto.send_binary(pcm[i:i + 2 * block])
+                await loop.sock_sendall(sock, b"".join(proto.data_to_send()))
+                await asyncio.sleep(loop_s)
+            dropped_after_s = time.monotonic() - start
+            sock.close()
+            return dropped_after_s, engine.ws.slow_closed
+
+    with caplog.at_level(logging.WARNING, logger="serlive.stream.ws"):
+        dropped_after_s, slow_closed = asyncio.run(main())
+    assert slow_closed == 1 and 0.9 <= dropped_after_s <= 3.0, (slow_closed, dropped_after_s)
+    assert "did not read for 1 s" in caplog.text
+
+
 class SlowModel:
     """The test predictor, 0.4 s slower per forward pass: the engine falls behind a fast sender."""
 
