@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
     ap.add_argument("--interim-ms", type=int, default=500)
+    ap.add_argument("--model-process", default="off", choices=["off", "on", "both"],
+                    help="the engine's model owner in a child process (both: a row of each, same run)")
     ap.add_argument("--threads", type=int, help="CPU threads in all (default: every core; the model owner's two "
                                                    "lanes get half each)")
     ap.add_argument("--fairness-s", type=float, default=30.0,
@@ -190,9 +192,13 @@ def run_bench(args: argparse.Namespace) -> int:
             r = asyncio.run(_engine_run(predictor, audio, 1, replace(config, inference=replace(
                 config.inference, interim_ms=0))))
             print(_row(name, "engine, no interims", 1, islands, r, args.seconds), flush=True)
+        owners = {"off": (False,), "on": (True,), "both": (False, True)}[args.model_process]
         for n in (int(s) for s in stream_counts.split(",") if s.strip()):
-            r = asyncio.run(_engine_run(predictor, audio, n, config))
-            print(_row(name, "engine", n, islands, r, args.seconds), flush=True)
+            for in_process in owners:
+                cfg = replace(config, inference=replace(config.inference, model_process=in_process))
+                r = asyncio.run(_engine_run(predictor, audio, n, cfg))
+                print(_row(name, "engine, model process" if in_process else "engine", n, islands, r, args.seconds),
+                      flush=True)
         if args.fairness_s and "WavLM" not in name:
             fairness_table(name, predictor, config, args.fairness_s)
     return 0

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="longer speech is force-closed")
     ap.add_argument("--interim-ms", type=number(int, 0, 60_000, "from 0 to 60000 ms"), default=500,
                     help="interim prediction period (0: none)")
+    ap.add_argument("--model-process", action="store_true",
+                    help="run the model in a process of its own (many streams on a CPU: the audio's and the "
+                         "model's Python then stop taking turns; costs a second copy of the model in memory)")
     ap.add_argument("--ws", default="127.0.0.1:8765", metavar="HOST:PORT|off",
                     help="WebSocket server (a host beyond loopback needs a token)")
     ap.add_argument("--ws-token", help="token clients must send (?token= or Authorization: Bearer); clients "
@@ -263,7 +266,7 @@ def engine_config(args: argparse.Namespace):
                                       end_silence_ms=args.end_silence_ms, min_speech_ms=args.min_speech_ms,
                                       max_segment_ms=int(args.max_segment_s * 1000)),
             inference=InferenceConfig(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                                      interim_ms=args.interim_ms),
+                                      interim_ms=args.interim_ms, model_process=args.model_process),
             ws=parse_ws(args),
             drain_s=getattr(args, "drain_s", 5.0), adapt=not getattr(args, "no_adapt", False),
         )

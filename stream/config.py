@@ -51,13 +51,15 @@ class InferenceConfig:
     """The model owner: batches of at most ``max_batch`` requests, waiting at most ``max_wait_ms`` to
     fill one; interim predictions every ``interim_ms`` of open speech (0 disables them). A stream whose
     final predictions waiting for the model hold ``max_pending_s`` of audio or more is not read further
-    until they shrink (its source feels the back-pressure; a microphone counts what it drops)."""
+    until they shrink (its source feels the back-pressure; a microphone counts what it drops). With
+    ``model_process`` the model owner runs in a child process (:mod:`serlive.stream.procworker`)."""
 
     max_batch: int = 16
     max_wait_ms: float = 10.0
     interim_ms: int = 500
     warm_up: bool = True
     max_pending_s: float = 4.0
+    model_process: bool = False  # the model owner in a child process (stream/procworker.py)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:

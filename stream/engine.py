@@ -23,6 +23,7 @@ from .pipeline import InferenceRequest, StreamPipeline
 from .sources import Source
 from .state import LatencyWindow
 from .load import BULK_QUEUE_BATCHES, HELD_S, MAX_INTERIM_SCALE, BulkGate, Pressure
+from .procworker import ProcessWorker
 from .worker import BadAudio, InferenceWorker, Superseded
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ class Engine(Draining):
                  sources: list[Source] | tuple = (), model_name: str = "") -> None:
         self.predictor, self.config = predictor, config
         self.model_name = model_name or predictor.config.description or f"{predictor.config.encoder.kind} encoder"
-        self.worker = InferenceWorker(predictor, config.inference.max_batch, config.inference.max_wait_ms)
+        owner = ProcessWorker if config.inference.model_process else InferenceWorker
+        self.worker = owner(predictor, config.inference.max_batch, config.inference.max_wait_ms)
         self._max_owed = int(config.inference.max_pending_s * SAMPLE_RATE_HZ)
         self.latency = LatencyWindow()
         self.close_latency = LatencyWindow()  # segment closed -> final emitted: the model's share

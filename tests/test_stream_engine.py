@@ -319,5 +319,6 @@ def test_streams_read_faster_than_real_time_do_not_hold_back_a_real_time_one(pre
     _, sink, _ = run_engine(predictor, sources, EngineConfig(inference=InferenceConfig(interim_ms=0)), until=watch)
     got = finals(sink, "rt")
     assert [e.segment for e in got] == [0, 1]
-    assert len(lags) >= 30 and max(lags) < 0.15, max(lags)  # measured 0.02 s with the gate
+    assert len(lags) >= 30 and np.percentile(lags, 90) < 0.1, sorted(lags)  # measured 0.02 s with the gate
+    assert max(lags) < 0.25, sorted(lags)  # one pause of the loop (a garbage collection): 0.16 s seen once
     assert max(e.latency_ms for e in got) < 2500, [e.latency_ms for e in got]  # measured 0.46-1.63 s (3-8.8 s before)
